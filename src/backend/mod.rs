@@ -1,0 +1,3 @@
+//! Backends that turn a container into a guest of some kind. Today: Proxmox LXC.
+
+pub mod proxmox;

@@ -1,0 +1,10 @@
+//! Proxmox VE LXC: every container is a `pct` guest of the node.
+
+pub mod conf;
+pub mod driver;
+pub mod pct;
+pub mod template;
+pub mod translate;
+pub mod vmid;
+
+pub use driver::Driver;

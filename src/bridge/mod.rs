@@ -1,0 +1,278 @@
+//! The process bridge (DESIGN.md). A Proxmox container's init is a child of
+//! lxc-start under systemd, never of the supervisor that called us, yet
+//! containerd's shim and conmon reap the pid we report and read the
+//! container's output from the stdio they gave `create`. So:
+//!
+//! - `create` leaves a *monitor* behind (a child of the caller: its pid is the
+//!   container's pid) that hands the caller's stdio to the container and exits
+//!   with the process's status;
+//! - nexcage itself, bind-mounted read-only, is the container's PID 1 (*init*):
+//!   it receives those descriptors, forks the process, holds it on `exec.fifo`
+//!   until `start`, then reaps and reports.
+//!
+//! Everything travels through `<root>/<id>/bridge`, bind-mounted read-only at
+//! `/.nexcage`: sockets and fifos work on read-only mounts, so the container
+//! can use them but never replace them.
+
+pub mod init;
+pub mod monitor;
+pub mod proto;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use oci_spec::runtime::Process;
+
+use crate::cli::{GlobalOpts, LogFormat};
+use crate::procfs::ProcRef;
+use proto::Outcome;
+
+/// Where the bridge directory appears inside the container.
+pub const MOUNT_POINT: &str = "/.nexcage";
+/// The same, relative to the container's root (for lxc.mount.entry).
+pub const MOUNT_TARGET: &str = ".nexcage";
+/// nexcage's own binary inside the container, and the command LXC starts.
+pub const INIT_CMD: &str = "/.nexcage/init init";
+
+const PROCESS_FILE: &str = "process.json";
+const FIFO_FILE: &str = "exec.fifo";
+const SOCKET_FILE: &str = "sock";
+const INIT_FILE: &str = "init";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Process(String),
+    #[error("the container's init did not report within {0} s")]
+    Timeout(u64),
+    #[error("the bridge monitor exited before the container was created ({0})")]
+    MonitorDied(String),
+    #[error("the container's process is not waiting to be started")]
+    NotWaiting,
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BridgeError + 'a {
+    move |source| BridgeError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `<root>/<id>/bridge`.
+pub struct BridgeDir {
+    dir: PathBuf,
+}
+
+impl BridgeDir {
+    pub fn of(container_dir: &Path) -> BridgeDir {
+        BridgeDir {
+            dir: container_dir.join("bridge"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The empty file the nexcage binary is bind-mounted onto.
+    pub fn init_mount_target() -> String {
+        format!("{MOUNT_TARGET}/{INIT_FILE}")
+    }
+
+    /// Lay out the directory and bind the socket the init will connect to.
+    /// Modes allow a container root that maps to an unprivileged host uid to
+    /// read, connect and open the fifo, and nothing more.
+    pub fn prepare(&self, process: &Process) -> Result<OwnedFd, BridgeError> {
+        let dir = &self.dir;
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(dir)
+            .map_err(io("create", dir))?;
+        set_mode(dir, 0o755)?;
+
+        let json = serde_json::to_vec(process).expect("process serializes");
+        let p = dir.join(PROCESS_FILE);
+        fs::write(&p, json).map_err(io("write", &p))?;
+        set_mode(&p, 0o644)?;
+
+        let p = dir.join(INIT_FILE);
+        File::create(&p).map_err(io("create", &p))?;
+        set_mode(&p, 0o644)?;
+
+        let p = dir.join(FIFO_FILE);
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o622))
+            .map_err(|e| io("create fifo", &p)(e.into()))?;
+        set_mode(&p, 0o622)?;
+
+        let p = dir.join(SOCKET_FILE);
+        let sock = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| io("create socket", &p)(e.into()))?;
+        let addr = UnixAddr::new(&p).map_err(|e| io("bind", &p)(e.into()))?;
+        bind(sock.as_raw_fd(), &addr).map_err(|e| io("bind", &p)(e.into()))?;
+        set_mode(&p, 0o666)?;
+        listen(&sock, Backlog::new(1).expect("valid backlog"))
+            .map_err(|e| io("listen on", &p)(e.into()))?;
+        Ok(sock)
+    }
+
+    /// The fifo exists from create until start: its presence is "created".
+    pub fn is_created(&self) -> bool {
+        fs::symlink_metadata(self.dir.join(FIFO_FILE))
+            .map(|m| m.file_type().is_fifo())
+            .unwrap_or(false)
+    }
+
+    /// `start`: open the fifo, which lets the process's blocked open return;
+    /// it writes one byte and goes on to exec.
+    pub fn release(&self, timeout: Duration) -> Result<(), BridgeError> {
+        let path = self.dir.join(FIFO_FILE);
+        let fifo = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => BridgeError::NotWaiting,
+                _ => io("open", &path)(e),
+            })?;
+        let meta = fifo.metadata().map_err(io("stat", &path))?;
+        if !meta.file_type().is_fifo() {
+            return Err(io("use", &path)(std::io::Error::other("not a fifo")));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut byte = [0u8; 1];
+        loop {
+            match nix::unistd::read(&fifo, &mut byte) {
+                Ok(1) => break,
+                Ok(_) | Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
+                    let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+                    let _ = poll(&mut fds, PollTimeout::from(10u16));
+                    if fds[0]
+                        .revents()
+                        .is_some_and(|r| r.contains(PollFlags::POLLHUP))
+                    {
+                        // No writer yet (or it left): don't spin on POLLHUP.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                Ok(_) | Err(nix::errno::Errno::EAGAIN) => return Err(BridgeError::NotWaiting),
+                Err(e) => return Err(io("read", &path)(e.into())),
+            }
+        }
+        fs::remove_file(&path).map_err(io("remove", &path))
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), BridgeError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
+}
+
+/// A monitor started by `create`, not yet known to be ready.
+pub struct Launched {
+    pub child: Child,
+    status: File,
+}
+
+/// Start the monitor: nexcage itself, inheriting our stdio (which it passes
+/// on to the container) and `preserve_fds` descriptors from 3 up, plus the
+/// listening socket and the status pipe right after them.
+pub fn spawn_monitor(
+    global: &GlobalOpts,
+    id: &str,
+    listener: OwnedFd,
+    preserve_fds: u32,
+) -> Result<Launched, BridgeError> {
+    let exe = std::env::current_exe().map_err(io("locate", Path::new("/proc/self/exe")))?;
+    let (status_r, status_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("create pipe", &exe)(e.into()))?;
+    let listen_fd = 3 + preserve_fds as i32;
+    let status_fd = listen_fd + 1;
+
+    let mut cmd = Command::new(&exe);
+    cmd.arg("--root").arg(&global.root);
+    if let Some(log) = &global.log {
+        cmd.arg("--log").arg(log);
+    }
+    if global.log_format == LogFormat::Json {
+        cmd.args(["--log-format", "json"]);
+    }
+    if global.debug {
+        cmd.arg("--debug");
+    }
+    cmd.args(["monitor", id])
+        .arg(format!("--listen-fd={listen_fd}"))
+        .arg(format!("--status-fd={status_fd}"))
+        .arg(format!("--preserve-fds={preserve_fds}"));
+    let (l_raw, s_raw) = (listener.as_raw_fd(), status_w.as_raw_fd());
+    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::libc;
+            // Park both above every target first, so neither dup2 clobbers
+            // the other; dup2 then clears close-on-exec on the targets.
+            let high = status_fd + 1;
+            let l = libc::fcntl(l_raw, libc::F_DUPFD_CLOEXEC, high);
+            let s = libc::fcntl(s_raw, libc::F_DUPFD_CLOEXEC, high);
+            if l < 0 || s < 0 || libc::dup2(l, listen_fd) < 0 || libc::dup2(s, status_fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(io("start monitor", &exe))?;
+    drop(status_w);
+    drop(listener);
+    Ok(Launched {
+        child,
+        status: File::from(status_r),
+    })
+}
+
+impl Launched {
+    /// Wait for the monitor's report that the init holds the process at the
+    /// fifo; returns the host pids of the init and of the process.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(ProcRef, ProcRef), BridgeError> {
+        let mut fds = [PollFd::new(self.status.as_fd(), PollFlags::POLLIN)];
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let n = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX))
+            .map_err(|e| BridgeError::MonitorDied(e.to_string()))?;
+        if n == 0 {
+            return Err(BridgeError::Timeout(timeout.as_secs()));
+        }
+        let mut line = String::new();
+        let _ = BufReader::new(&self.status).read_line(&mut line);
+        match serde_json::from_str::<Outcome>(&line) {
+            Ok(Outcome::Ready { init, process }) => Ok((init, process)),
+            Ok(Outcome::Failed { message }) => Err(BridgeError::Process(message)),
+            Err(_) => {
+                let status = self
+                    .child
+                    .try_wait()
+                    .ok()
+                    .flatten()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "no report".into());
+                Err(BridgeError::MonitorDied(status))
+            }
+        }
+    }
+}

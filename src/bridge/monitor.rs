@@ -1,0 +1,268 @@
+//! The host side of the bridge. Started by `create` as its child, it outlives
+//! `create` (reparented to the caller's subreaper, as runc's init is), hands
+//! the caller's stdio to the container's init, relays signals it receives to
+//! the process, and exits exactly as the process did.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{accept4, getsockname, getsockopt, sockopt, SockFlag, UnixAddr};
+
+use super::proto::{self, Message, Outcome};
+use crate::cli::MonitorArgs;
+use crate::procfs::{self, ProcRef};
+
+/// How the process ended, to be reproduced by the monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl Exit {
+    /// Validate what the init reports: it runs inside the container, so its
+    /// word is bounded to what a process can really end with.
+    pub fn from_report(code: Option<i32>, signal: Option<i32>) -> Exit {
+        match (code, signal.and_then(|s| Signal::try_from(s).ok())) {
+            (_, Some(sig)) => Exit::Signal(sig),
+            (Some(c), None) if (0..=255).contains(&c) => Exit::Code(c),
+            _ => Exit::Code(255),
+        }
+    }
+}
+
+/// Signals a supervisor may send the monitor and that make sense to relay.
+pub fn relayed_signals() -> SigSet {
+    let mut set = SigSet::all();
+    for s in [
+        Signal::SIGKILL,
+        Signal::SIGSTOP,
+        Signal::SIGCHLD,
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGFPE,
+        Signal::SIGILL,
+        Signal::SIGTRAP,
+        Signal::SIGSYS,
+    ] {
+        set.remove(s);
+    }
+    set
+}
+
+pub fn run(args: &MonitorArgs) -> ! {
+    let exit = match serve(args) {
+        Ok(exit) => exit,
+        Err(message) => {
+            tracing::error!(id = %args.id, "{message}");
+            Exit::Code(1)
+        }
+    };
+    exit_like(exit)
+}
+
+fn serve(args: &MonitorArgs) -> Result<Exit, String> {
+    // SAFETY: create placed these descriptors here for this process alone.
+    let listener = unsafe { OwnedFd::from_raw_fd(args.listen_fd) };
+    let mut status = unsafe { File::from_raw_fd(args.status_fd) };
+    for fd in [listener.as_raw_fd(), status.as_raw_fd()] {
+        let _ = nix::fcntl::fcntl(
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+    // Block before anything else so that no relayed signal is lost.
+    let mask = relayed_signals();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("cannot create signalfd: {e}"))?;
+
+    let (conn, process) = match handshake(&listener, &status, args.preserve_fds) {
+        Ok((conn, init, process)) => {
+            report(&mut status, &Outcome::Ready { init, process });
+            (conn, process)
+        }
+        Err(message) => {
+            report(
+                &mut status,
+                &Outcome::Failed {
+                    message: message.clone(),
+                },
+            );
+            return Err(message);
+        }
+    };
+    drop(status);
+    drop(listener);
+    Ok(supervise(&conn, &signals, process))
+}
+
+fn report(status: &mut File, outcome: &Outcome) {
+    let mut line = serde_json::to_vec(outcome).expect("outcome serializes");
+    line.push(b'\n');
+    let _ = status.write_all(&line);
+}
+
+/// Accept the init's connection, give it our stdio, learn both host pids.
+fn handshake(
+    listener: &OwnedFd,
+    status: &File,
+    preserve_fds: u32,
+) -> Result<(OwnedFd, ProcRef, ProcRef), String> {
+    // Wait for the init, but give up if create (the status reader) is gone.
+    loop {
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(status.as_fd(), PollFlags::empty()),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+            Ok(_) => {}
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return Err("create went away before the container's init connected".into());
+        }
+        if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            break;
+        }
+    }
+    let conn = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| format!("accept on the bridge socket: {e}"))?;
+    // SAFETY: accept4 returned a new descriptor that we now own.
+    let conn = unsafe { OwnedFd::from_raw_fd(conn) };
+    // The kernel translates the peer's pid into our (host) pid namespace.
+    let cred = getsockopt(&conn, sockopt::PeerCredentials)
+        .map_err(|e| format!("peer credentials: {e}"))?;
+    // One connection only: nobody else may reach the monitor afterwards.
+    if let Ok(addr) = getsockname::<UnixAddr>(listener.as_raw_fd()) {
+        if let Some(path) = addr.path() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let init = ProcRef::of(cred.pid()).ok_or("the container's init vanished")?;
+
+    let passed: Vec<RawFd> = (0..3 + preserve_fds as RawFd).collect();
+    proto::send(conn.as_fd(), &Message::Stdio, &passed)?;
+    release_stdio(preserve_fds);
+
+    match proto::recv(conn.as_fd())? {
+        Some((Message::Ready, _)) => {}
+        Some((Message::Failed { message }, _)) => return Err(message),
+        Some((other, _)) => return Err(format!("unexpected message from init: {other:?}")),
+        None => return Err("the container's init exited during set-up".into()),
+    }
+    let process = find_process(init.pid)?;
+    Ok((conn, init, process))
+}
+
+/// The container now holds the caller's stdio; our copies must go, or the
+/// caller would not see end-of-file when the process exits.
+fn release_stdio(preserve_fds: u32) {
+    use nix::libc;
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            // SAFETY: replaces descriptors 0-2 in place; nothing else owns them.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    for fd in 3..3 + preserve_fds as RawFd {
+        // SAFETY: the preserved descriptors were inherited and are owned by no object.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// The init has exactly one child at this point: the process, waiting at the fifo.
+fn find_process(init_pid: i32) -> Result<ProcRef, String> {
+    for _ in 0..100 {
+        if let [pid] = procfs::children(init_pid)[..] {
+            if let Some(p) = ProcRef::of(pid) {
+                return Ok(p);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!("cannot find the process forked by the container's init (host pid {init_pid})"))
+}
+
+fn supervise(conn: &OwnedFd, signals: &SignalFd, process: ProcRef) -> Exit {
+    loop {
+        let mut fds = [
+            PollFd::new(conn.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return Exit::Signal(Signal::SIGKILL),
+            Ok(_) => {}
+        }
+        if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            while let Ok(Some(info)) = signals.read_signal() {
+                if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                    tracing::debug!(?sig, pid = process.pid, "relaying signal");
+                    let _ = process.signal(sig);
+                }
+            }
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            match proto::recv(conn.as_fd()) {
+                Ok(Some((Message::Exited { code, signal }, _))) => {
+                    return Exit::from_report(code, signal)
+                }
+                Ok(Some(_)) => continue,
+                // The container went away without a report: it was stopped
+                // from outside (pct stop, delete), i.e. killed.
+                Ok(None) | Err(_) => return Exit::Signal(Signal::SIGKILL),
+            }
+        }
+    }
+}
+
+/// Leave the way the process left: same code, or death by the same signal.
+pub fn exit_like(exit: Exit) -> ! {
+    match exit {
+        Exit::Code(c) => std::process::exit(c),
+        Exit::Signal(sig) => {
+            use nix::sys::resource::{setrlimit, Resource};
+            use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
+            // A core dump of the monitor would be misleading.
+            let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+            let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+            // SAFETY: restoring the default disposition has no handler to race with.
+            let _ = unsafe { sigaction(sig, &dfl) };
+            let mut only = SigSet::empty();
+            only.add(sig);
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&only), None);
+            let _ = nix::sys::signal::raise(sig);
+            std::thread::sleep(Duration::from_millis(100));
+            std::process::exit(128 + sig as i32)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_from_the_container_are_bounded() {
+        assert_eq!(Exit::from_report(Some(7), None), Exit::Code(7));
+        assert_eq!(Exit::from_report(None, Some(9)), Exit::Signal(Signal::SIGKILL));
+        assert_eq!(Exit::from_report(Some(1000), None), Exit::Code(255));
+        assert_eq!(Exit::from_report(None, Some(999)), Exit::Code(255));
+        assert_eq!(Exit::from_report(None, None), Exit::Code(255));
+    }
+
+    #[test]
+    fn never_relays_what_cannot_or_must_not_be_relayed() {
+        let s = relayed_signals();
+        assert!(s.contains(Signal::SIGTERM) && s.contains(Signal::SIGWINCH));
+        assert!(!s.contains(Signal::SIGKILL) && !s.contains(Signal::SIGCHLD));
+    }
+}

@@ -1,0 +1,33 @@
+use std::io::Write;
+
+use oci_spec::runtime::Spec;
+
+use crate::cli::SpecArgs;
+use crate::error::{Error, Result};
+
+/// `runc spec`: a default config.json for a shell in ./rootfs.
+pub fn run(args: &SpecArgs) -> Result<i32> {
+    let path = args.bundle.join("config.json");
+    let mut spec = if args.rootless {
+        Spec::rootless(nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+    } else {
+        Spec::default()
+    };
+    spec.set_version(crate::lifecycle::OCI_VERSION.to_string());
+    spec.set_hostname(Some("nexcage".into()));
+    let json = serde_json::to_string_pretty(&spec).expect("spec serializes");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                Error::Usage(format!("File {} exists. Remove it first", path.display()))
+            }
+            _ => Error::io(&path, e),
+        })?;
+    f.write_all(json.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .map_err(|e| Error::io(&path, e))?;
+    Ok(0)
+}

@@ -1,0 +1,198 @@
+//! /etc/nexcage/config.toml (or $NEXCAGE_CONFIG). Every key has a default that
+//! matches a stock Proxmox VE node, so no file is needed there.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/nexcage/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub proxmox: ProxmoxSettings,
+}
+
+/// Whether containers are created unprivileged (with Proxmox's uid map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnprivilegedPolicy {
+    /// Unprivileged exactly when the bundle asks for a user namespace.
+    #[default]
+    Auto,
+    /// Always unprivileged, whatever the bundle says.
+    Always,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxmoxSettings {
+    pub pct: PathBuf,
+    pub pveam: PathBuf,
+    pub pvesm: PathBuf,
+    pub pvesh: PathBuf,
+    /// Where `<vmid>.conf` lives (this node's view of the cluster filesystem).
+    pub conf_dir: PathBuf,
+    /// Cluster-wide list of guest ids; read instead of starting `pvesh`.
+    pub vmlist: PathBuf,
+    pub datacenter_cfg: PathBuf,
+    /// Directory of pct's per-guest config locks.
+    pub lock_dir: PathBuf,
+    /// Storage that holds converted templates (`<storage>:vztmpl/...`).
+    pub template_storage: String,
+    /// Storage for container root filesystems (`pct create --storage`).
+    pub storage: String,
+    /// Bridge for net0 when the bundle asks for its own network namespace.
+    pub bridge: String,
+    /// Inclusive VMID range; defaults to the datacenter's next-id range.
+    pub vmid_min: Option<u32>,
+    pub vmid_max: Option<u32>,
+    pub unprivileged: UnprivilegedPolicy,
+    /// Upper bound for one pct/pveam/pvesm/pvesh call.
+    pub command_timeout_secs: u64,
+    /// How long create waits for the container's init to report ready.
+    pub start_timeout_secs: u64,
+}
+
+impl Default for ProxmoxSettings {
+    fn default() -> Self {
+        ProxmoxSettings {
+            pct: "/usr/sbin/pct".into(),
+            pveam: "/usr/sbin/pveam".into(),
+            pvesm: "/usr/sbin/pvesm".into(),
+            pvesh: "/usr/bin/pvesh".into(),
+            conf_dir: "/etc/pve/lxc".into(),
+            vmlist: "/etc/pve/.vmlist".into(),
+            datacenter_cfg: "/etc/pve/datacenter.cfg".into(),
+            lock_dir: "/run/lock/lxc".into(),
+            template_storage: "local".into(),
+            storage: "local".into(),
+            bridge: "vmbr0".into(),
+            vmid_min: None,
+            vmid_max: None,
+            unprivileged: UnprivilegedPolicy::Auto,
+            command_timeout_secs: 300,
+            start_timeout_secs: 60,
+        }
+    }
+}
+
+impl Settings {
+    /// Load from $NEXCAGE_CONFIG, else the default path; a missing default file
+    /// means "all defaults", a missing explicitly named file is an error.
+    pub fn load() -> Result<Settings, ConfigError> {
+        match std::env::var_os("NEXCAGE_CONFIG") {
+            Some(p) => Settings::from_file(Path::new(&p)),
+            None if Path::new(DEFAULT_PATH).exists() => Settings::from_file(Path::new(DEFAULT_PATH)),
+            None => Ok(Settings::default()),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Settings::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Settings, String> {
+        let s: Settings = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        s.proxmox.validate()?;
+        Ok(s)
+    }
+}
+
+impl ProxmoxSettings {
+    fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("template_storage", &self.template_storage),
+            ("storage", &self.storage),
+        ] {
+            if !is_storage_id(value) {
+                return Err(format!("{key}: {value:?} is not a Proxmox storage id"));
+            }
+        }
+        if !is_bridge_name(&self.bridge) {
+            return Err(format!("bridge: {:?} is not a bridge name", self.bridge));
+        }
+        if let (Some(lo), Some(hi)) = (self.vmid_min, self.vmid_max) {
+            if lo > hi {
+                return Err(format!("vmid_min {lo} is above vmid_max {hi}"));
+            }
+        }
+        for v in [self.vmid_min, self.vmid_max].into_iter().flatten() {
+            if !(100..=999_999_999).contains(&v) {
+                return Err(format!("vmid {v} is outside 100..999999999"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Proxmox storage ids: `[a-z][a-z0-9\-\_\.]*[a-z0-9]`.
+pub fn is_storage_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphabetic()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// Linux interface names: at most 15 bytes, no '/', ':', whitespace or '='.
+pub fn is_bridge_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_stock_node_defaults() {
+        let s = Settings::parse("").unwrap();
+        assert_eq!(s.proxmox.pct, PathBuf::from("/usr/sbin/pct"));
+        assert_eq!(s.proxmox.conf_dir, PathBuf::from("/etc/pve/lxc"));
+        assert_eq!(s.proxmox.template_storage, "local");
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let s = Settings::parse(
+            "[proxmox]\npct = \"/x/pct\"\nbridge = \"vmbr1\"\nvmid_min = 5000\nvmid_max = 5999\nunprivileged = \"always\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.proxmox.pct, PathBuf::from("/x/pct"));
+        assert_eq!(s.proxmox.bridge, "vmbr1");
+        assert_eq!(s.proxmox.vmid_min, Some(5000));
+        assert_eq!(s.proxmox.unprivileged, UnprivilegedPolicy::Always);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Settings::parse("[proxmox]\nbogus = 1\n").is_err());
+        assert!(Settings::parse("[proxmox]\nbridge = \"vmbr0\\nlxc.x=1\"\n").is_err());
+        assert!(Settings::parse("[proxmox]\nstorage = \"local:evil\"\n").is_err());
+        assert!(Settings::parse("[proxmox]\nvmid_min = 50\n").is_err());
+        assert!(Settings::parse("[proxmox]\nvmid_min = 900\nvmid_max = 800\n").is_err());
+    }
+}

@@ -1,0 +1,274 @@
+//! The container lifecycle, independent of the backend: create, start, kill,
+//! delete and the live status. `state` and `kill` never call a node tool:
+//! they use the state file, the bridge's fifo and signals.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::bridge::{self, BridgeDir};
+use crate::bundle;
+use crate::cli::{CreateArgs, GlobalOpts};
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::procfs::{self, ProcRef};
+use crate::router::{self, Provision};
+use crate::state::{self, validate_id, ContainerLock, Record, Status, Store};
+
+pub const OCI_VERSION: &str = "1.2.0";
+
+pub fn check_id(id: &str) -> Result<()> {
+    validate_id(id).map_err(|why| Error::InvalidId(id.to_string(), why))
+}
+
+/// The live status: a process can end at any moment, so it is derived from
+/// the process itself, never trusted from the file alone.
+pub fn status(store: &Store, record: &Record) -> Status {
+    if record.status == Status::Creating {
+        return Status::Creating;
+    }
+    if !record.process.is_some_and(|p| p.is_alive()) {
+        return Status::Stopped;
+    }
+    if BridgeDir::of(&store.dir(&record.id)).is_created() {
+        return Status::Created;
+    }
+    match record.status {
+        Status::Paused => Status::Paused,
+        _ => Status::Running,
+    }
+}
+
+pub fn load(store: &Store, id: &str) -> Result<Record> {
+    check_id(id)?;
+    store.load(id)?.ok_or_else(|| Error::NotFound(id.to_string()))
+}
+
+fn lock(store: &Store, id: &str) -> Result<(ContainerLock, Record)> {
+    check_id(id)?;
+    let lock = store.lock(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+    let record = store.load(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+    Ok((lock, record))
+}
+
+/// `create`: returns the monitor, a child of ours (`run` waits for it).
+pub fn create(store: &Store, settings: &Settings, global: &GlobalOpts, args: &CreateArgs) -> Result<Child> {
+    check_id(&args.id)?;
+    let bundle = bundle::load(&args.bundle)?;
+    if args.console_socket.is_some() {
+        return Err(Error::NotSupported("--console-socket (terminal mode)"));
+    }
+    let backend = router::select(&bundle, settings, store.root())?;
+    let lock = store
+        .claim(&args.id)?
+        .ok_or_else(|| Error::Exists(args.id.clone()))?;
+    let mut record = Record {
+        oci_version: OCI_VERSION.into(),
+        id: args.id.clone(),
+        status: Status::Creating,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        annotations: bundle.spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+        created: state::now_rfc3339(),
+        owner: String::new(),
+        backend: backend.name().into(),
+        vmid: None,
+        monitor: None,
+        init: None,
+        process: None,
+        systemd_cgroup: global.systemd_cgroup,
+        new_template: None,
+    };
+    store.save(&lock, &record)?;
+
+    let mut monitor: Option<Child> = None;
+    let result = (|| -> Result<()> {
+        let bridge = BridgeDir::of(&store.dir(&args.id));
+        let listener = bridge.prepare(bundle.process())?;
+        let exe = std::env::current_exe().map_err(|e| Error::io("/proc/self/exe", e))?;
+        let req = Provision {
+            id: &args.id,
+            bundle: &bundle,
+            bridge_dir: bridge.path(),
+            init_binary: &exe,
+        };
+        backend.provision(&req, &mut record, &mut |r| Ok(store.save(&lock, r)?))?;
+        let mut launched = bridge::spawn_monitor(global, &args.id, listener, args.preserve_fds)?;
+        record.monitor = ProcRef::of(launched.child.id() as i32);
+        let child_pid = launched.child.id();
+        store.save(&lock, &record)?;
+        let boot = backend.boot(&record);
+        let ready = boot.and_then(|()| {
+            launched
+                .wait_ready(Duration::from_secs(settings.proxmox.start_timeout_secs))
+                .map_err(Error::from)
+        });
+        monitor = Some(launched.child);
+        let (init, process) = ready?;
+        record.init = Some(init);
+        record.process = Some(process);
+        record.status = Status::Created;
+        record.new_template = None;
+        store.save(&lock, &record)?;
+        if let Some(pid_file) = &args.pid_file {
+            write_pid_file(pid_file, child_pid)?;
+        }
+        Ok(())
+    })();
+
+    match result {
+        Ok(()) => Ok(monitor.expect("monitor started")),
+        Err(e) => {
+            tracing::debug!("create failed, rolling back: {e}");
+            if let Some(mut m) = monitor {
+                let _ = m.kill();
+                let _ = m.wait();
+            }
+            if let Err(undo) = backend.destroy(&record) {
+                // Keep the state so that `delete --force` can finish the job.
+                record.status = Status::Stopped;
+                let _ = store.save(&lock, &record);
+                return Err(Error::Usage(format!("{e}; rollback failed: {undo}")));
+            }
+            backend.discard(&record);
+            store.remove(lock)?;
+            Err(e)
+        }
+    }
+}
+
+fn write_pid_file(path: &Path, pid: u32) -> Result<()> {
+    let path: PathBuf = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io(".", e))?
+            .join(path)
+    };
+    state::write_atomic(&path, pid.to_string().as_bytes(), 0o644)?;
+    Ok(())
+}
+
+pub fn start(store: &Store, settings: &Settings, id: &str) -> Result<()> {
+    let (lock, mut record) = lock(store, id)?;
+    match status(store, &record) {
+        Status::Created => {}
+        Status::Stopped => {
+            return Err(Error::Usage("cannot start a container that has stopped".into()))
+        }
+        Status::Running | Status::Paused => {
+            return Err(Error::Usage("cannot start an already running container".into()))
+        }
+        Status::Creating => {
+            return Err(Error::Usage(format!("cannot start container {id}: it is still being created")))
+        }
+    }
+    BridgeDir::of(&store.dir(id))
+        .release(Duration::from_secs(settings.proxmox.start_timeout_secs))?;
+    record.status = Status::Running;
+    store.save(&lock, &record)?;
+    Ok(())
+}
+
+/// Signal numbers or names, with or without SIG, as runc accepts them.
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    let bad = || Error::Usage(format!("unknown signal {s:?}"));
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| bad());
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>().map_err(|_| bad())
+}
+
+pub fn kill(store: &Store, id: &str, signal: Signal, all: bool) -> Result<()> {
+    let record = load(store, id)?;
+    match status(store, &record) {
+        Status::Created | Status::Running | Status::Paused => {}
+        _ => return Err(Error::NotRunning(id.to_string())),
+    }
+    let process = record.process.expect("live containers have a process");
+    if all {
+        if let Some(init) = record.init.filter(|i| i.is_alive()) {
+            for pid in procfs::descendants(init.pid).into_iter().skip(1) {
+                if let Some(p) = ProcRef::of(pid) {
+                    let _ = p.signal(signal);
+                }
+            }
+            return Ok(());
+        }
+    }
+    process.signal(signal).map_err(|e| match e {
+        nix::errno::Errno::ESRCH => Error::NotRunning(id.to_string()),
+        e => Error::Usage(format!("cannot signal container {id}: {e}")),
+    })
+}
+
+pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Result<()> {
+    check_id(id)?;
+    let Some(lock) = store.lock(id)? else {
+        return if force {
+            Ok(())
+        } else {
+            Err(Error::NotFound(id.to_string()))
+        };
+    };
+    let Some(record) = store.load(id)? else {
+        store.remove(lock)?;
+        return if force { Ok(()) } else { Err(Error::NotFound(id.to_string())) };
+    };
+    let st = status(store, &record);
+    if matches!(st, Status::Running | Status::Paused | Status::Creating) && !force {
+        return Err(Error::Usage(format!(
+            "cannot delete container {id} that is not stopped: {st}"
+        )));
+    }
+    if let Some(p) = record.process.filter(|p| p.is_alive()) {
+        let _ = p.signal(Signal::SIGKILL);
+    }
+    router::for_record(&record, settings, store.root())?.destroy(&record)?;
+    wait_gone(record.monitor, Duration::from_secs(5));
+    store.remove(lock)?;
+    Ok(())
+}
+
+/// The monitor exits by itself once the container is gone; don't leave it
+/// behind if it does not.
+fn wait_gone(p: Option<ProcRef>, within: Duration) {
+    let Some(p) = p else { return };
+    let deadline = Instant::now() + within;
+    while p.is_alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if p.is_alive() {
+        let _ = p.signal(Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_number_and_name() {
+        for (s, want) in [
+            ("9", Signal::SIGKILL),
+            ("KILL", Signal::SIGKILL),
+            ("SIGKILL", Signal::SIGKILL),
+            ("term", Signal::SIGTERM),
+            ("15", Signal::SIGTERM),
+            ("SIGUSR1", Signal::SIGUSR1),
+        ] {
+            assert_eq!(parse_signal(s).unwrap(), want, "{s}");
+        }
+        for bad in ["0", "99", "SIGNOPE", "", "-1"] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+    }
+}

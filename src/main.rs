@@ -1,0 +1,52 @@
+//! nexcage: an OCI runtime with runc's command line that runs each container
+//! as a Proxmox VE LXC guest.
+
+mod backend;
+mod bridge;
+mod bundle;
+mod cli;
+mod commands;
+mod config;
+mod error;
+mod features;
+mod lifecycle;
+mod logging;
+mod procfs;
+mod router;
+mod state;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    if cli.global.version {
+        println!("nexcage version {}", env!("CARGO_PKG_VERSION"));
+        println!("commit: {}", env!("NEXCAGE_COMMIT"));
+        println!("spec: {}", lifecycle::OCI_VERSION);
+        return;
+    }
+    let Some(command) = cli.command else {
+        let _ = Cli::command().print_help();
+        std::process::exit(1);
+    };
+    match command {
+        // Inside the container: touch nothing of the host's layout.
+        Command::Init => bridge::init::run(),
+        Command::Monitor(args) => {
+            logging::init(&cli.global, logging::Role::Monitor);
+            bridge::monitor::run(&args)
+        }
+        command => {
+            logging::init(&cli.global, logging::Role::Command);
+            match commands::dispatch(command, &cli.global) {
+                Ok(code) => std::process::exit(code),
+                Err(e) => {
+                    logging::report_error(&cli.global, &e.to_string());
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! The container state store: `<root>/<id>/state.json`, one directory per
+//! container. Writes are atomic (temp file, fsync, rename) and happen under a
+//! per-container flock on the container's directory.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::procfs::ProcRef;
+
+const STATE_FILE: &str = "state.json";
+const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt state file {path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("timed out waiting for the lock on {0}")]
+    LockTimeout(PathBuf),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// OCI lifecycle status, plus runc's `paused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// What nexcage keeps about one container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub oci_version: String,
+    pub id: String,
+    /// The last status a command set; the live status is derived (see
+    /// `crate::lifecycle::status`), because a process can exit at any time.
+    pub status: Status,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    pub created: String,
+    #[serde(default)]
+    pub owner: String,
+    /// Backend chosen at create; later commands go to the same one.
+    pub backend: String,
+    #[serde(default)]
+    pub vmid: Option<u32>,
+    /// The bridge monitor: its pid is the container's pid for clients.
+    #[serde(default)]
+    pub monitor: Option<ProcRef>,
+    /// The container's PID 1 (nexcage init), as a host pid.
+    #[serde(default)]
+    pub init: Option<ProcRef>,
+    /// The user's process, as a host pid.
+    #[serde(default)]
+    pub process: Option<ProcRef>,
+    #[serde(default)]
+    pub systemd_cgroup: bool,
+    /// A template this create converted (not reused): removed if create fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_template: Option<PathBuf>,
+}
+
+/// The state document `nexcage state` prints (OCI runtime spec + runc's extras).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OciState {
+    pub oci_version: String,
+    pub id: String,
+    pub status: Status,
+    pub pid: i32,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Record {
+    pub fn oci_state(&self, status: Status) -> OciState {
+        let pid = match status {
+            Status::Stopped => 0,
+            _ => self.monitor.map(|m| m.pid).unwrap_or(0),
+        };
+        OciState {
+            oci_version: self.oci_version.clone(),
+            id: self.id.clone(),
+            status,
+            pid,
+            bundle: self.bundle.clone(),
+            rootfs: self.rootfs.clone(),
+            created: self.created.clone(),
+            owner: self.owner.clone(),
+            annotations: self.annotations.clone(),
+        }
+    }
+}
+
+/// Container ids as runc accepts them: `[A-Za-z0-9_+\-.]+`, not `.` or `..`.
+/// They become directory names, hence the length bound.
+pub fn validate_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() {
+        return Err("empty");
+    }
+    if id.len() > 255 {
+        return Err("longer than 255 bytes");
+    }
+    if id == "." || id == ".." {
+        return Err("not a valid name");
+    }
+    if !id
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'+' | b'-' | b'.'))
+    {
+        return Err("only letters, digits and _+-. are allowed");
+    }
+    Ok(())
+}
+
+/// Exclusive hold on one container's directory; released on drop.
+pub struct ContainerLock {
+    _lock: Flock<File>,
+    pub id: String,
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// The root is private to root: state files name host paths and pids.
+    pub fn open(root: &Path) -> Result<Store, StateError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(io("create state root", root))?;
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join(STATE_FILE)
+    }
+
+    /// Claim a new container directory. Returns None when the id is taken.
+    pub fn claim(&self, id: &str) -> Result<Option<ContainerLock>, StateError> {
+        let dir = self.dir(id);
+        match fs::DirBuilder::new().mode(0o711).create(&dir) {
+            Ok(()) => self.lock_dir(id).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(io("create state directory", &dir)(e)),
+        }
+    }
+
+    /// Lock an existing container; None when it does not exist (or vanished
+    /// while we waited for the lock).
+    pub fn lock(&self, id: &str) -> Result<Option<ContainerLock>, StateError> {
+        if !self.dir(id).is_dir() {
+            return Ok(None);
+        }
+        let lock = match self.lock_dir(id) {
+            Ok(l) => l,
+            Err(StateError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(self.dir(id).is_dir().then_some(lock))
+    }
+
+    fn lock_dir(&self, id: &str) -> Result<ContainerLock, StateError> {
+        let dir = self.dir(id);
+        let file = File::open(&dir).map_err(io("open", &dir))?;
+        let deadline = Instant::now() + LOCK_TIMEOUT;
+        let mut file = file;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => {
+                    return Ok(ContainerLock {
+                        _lock: lock,
+                        id: id.to_string(),
+                    })
+                }
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    return Err(StateError::LockTimeout(dir));
+                }
+                Err((_, e)) => return Err(io("lock", &dir)(e.into())),
+            }
+        }
+    }
+
+    /// Read without the lock: writers replace the file atomically, so a reader
+    /// always sees a whole document. None when the container does not exist.
+    pub fn load(&self, id: &str) -> Result<Option<Record>, StateError> {
+        let path = self.state_path(id);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", &path)(e)),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path,
+                message: e.to_string(),
+            })
+    }
+
+    pub fn save(&self, lock: &ContainerLock, record: &Record) -> Result<(), StateError> {
+        debug_assert_eq!(lock.id, record.id);
+        let body = serde_json::to_vec_pretty(record).expect("state serializes");
+        write_atomic(&self.state_path(&record.id), &body, 0o600)
+    }
+
+    /// Remove the container's directory; the lock goes with it.
+    pub fn remove(&self, lock: ContainerLock) -> Result<(), StateError> {
+        let dir = self.dir(&lock.id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &dir)(e)),
+        }
+    }
+
+    /// Ids of every container directory, sorted.
+    pub fn ids(&self) -> Result<Vec<String>, StateError> {
+        let rd = fs::read_dir(&self.root).map_err(io("list", &self.root))?;
+        let mut ids: Vec<String> = rd
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.file_name().into_string().ok()?;
+                (e.file_type().ok()?.is_dir() && validate_id(&name).is_ok()).then_some(name)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+/// Write `body` to `path` so that readers see either the old or the new file:
+/// a temp file beside it, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, body: &[u8], mode: u32) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        f.write_all(body).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("sync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io("rename into place", path))?;
+        let d = File::open(dir).map_err(io("open", dir))?;
+        nix::unistd::fsync(d.as_fd()).map_err(|e| io("sync", dir)(e.into()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// RFC 3339 UTC timestamp with nanoseconds, as runc writes `created`.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> Record {
+        Record {
+            oci_version: "1.2.0".into(),
+            id: id.into(),
+            status: Status::Created,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            annotations: BTreeMap::new(),
+            created: now_rfc3339(),
+            owner: String::new(),
+            backend: "proxmox-lxc".into(),
+            vmid: Some(123),
+            monitor: None,
+            init: None,
+            process: None,
+            systemd_cgroup: false,
+            new_template: None,
+        }
+    }
+
+    #[test]
+    fn ids_follow_runc_rules() {
+        for ok in ["a", "abc-1_2+3.4", "0123456789abcdef", "A.B"] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "a\nb", "../x", "é", &"x".repeat(256)] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn claim_save_load_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("root")).unwrap();
+        let lock = store.claim("c1").unwrap().expect("new id");
+        assert!(store.claim("c1").unwrap().is_none(), "second claim must fail");
+        store.save(&lock, &record("c1")).unwrap();
+        let back = store.load("c1").unwrap().unwrap();
+        assert_eq!(back.vmid, Some(123));
+        assert_eq!(store.ids().unwrap(), vec!["c1".to_string()]);
+        store.remove(lock).unwrap();
+        assert!(store.load("c1").unwrap().is_none());
+        assert!(store.lock("c1").unwrap().is_none());
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_file_and_replaces_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("f.json");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        write_atomic(&p, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn lock_is_exclusive_between_processes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let held = store.claim("c").unwrap().unwrap();
+        let dir = store.dir("c");
+        // flock conflicts between open file descriptions, even in one process.
+        let f = File::open(&dir).unwrap();
+        assert!(Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err());
+        drop(held);
+        let f = File::open(&dir).unwrap();
+        assert!(Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok());
+    }
+
+    #[test]
+    fn stopped_state_reports_pid_zero() {
+        let mut r = record("c");
+        r.monitor = Some(ProcRef {
+            pid: 77,
+            start_time: 1,
+        });
+        assert_eq!(r.oci_state(Status::Created).pid, 77);
+        assert_eq!(r.oci_state(Status::Stopped).pid, 0);
+        let json = serde_json::to_value(r.oci_state(Status::Created)).unwrap();
+        assert_eq!(json["ociVersion"], "1.2.0");
+        assert_eq!(json["status"], "created");
+    }
+}

@@ -1,0 +1,266 @@
+//! A fresh simulated Proxmox node per test (fixtures/pve-sim), with real LXC
+//! containers, and helpers to drive the real nexcage binary over it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub const NEXCAGE: &str = env!("CARGO_BIN_EXE_nexcage");
+
+/// pve-sim is built beside nexcage by `cargo build --workspace`.
+pub fn sim_binary() -> PathBuf {
+    let p = Path::new(NEXCAGE).with_file_name("pve-sim");
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
+    p
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The busybox rootfs shared by all test bundles (built once per machine).
+pub fn rootfs() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let dir = repo().join("target/fixtures");
+    BUILD.call_once(|| {
+        std::fs::create_dir_all(&dir).unwrap();
+        // Several test binaries run at once: the script builds under a lock.
+        let status = Command::new("flock")
+            .arg(dir.join(".lock"))
+            .arg(repo().join("fixtures/bundles/make-rootfs.sh"))
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "make-rootfs.sh failed");
+    });
+    dir.join("rootfs")
+}
+
+/// Make this test process the subreaper of the monitors its nexcage calls
+/// leave behind, as containerd's shim and conmon are.
+pub fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| nix::sys::prctl::set_child_subreaper(true).unwrap());
+}
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        Node::with_config("")
+    }
+
+    /// `extra` is appended to the [proxmox] section of nexcage's config.
+    pub fn with_config(extra: &str) -> Node {
+        let dir = tempfile::Builder::new().prefix("nexcage-node-").tempdir().unwrap();
+        let root = dir.path();
+        let out = Command::new(sim_binary())
+            .arg("node-init")
+            .arg(root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "node-init: {}", String::from_utf8_lossy(&out.stderr));
+        let config = root.join("nexcage.toml");
+        let node = Node { dir, config };
+        node.write_config(extra);
+        node
+    }
+
+    pub fn write_config(&self, extra: &str) {
+        let root = self.root();
+        let bin = root.join("bin");
+        let text = format!(
+            "[proxmox]\npct = {:?}\npveam = {:?}\npvesm = {:?}\npvesh = {:?}\nconf_dir = {:?}\nvmlist = {:?}\ndatacenter_cfg = {:?}\nlock_dir = {:?}\n{extra}\n",
+            bin.join("pct"),
+            bin.join("pveam"),
+            bin.join("pvesm"),
+            bin.join("pvesh"),
+            root.join("etc/pve/lxc"),
+            root.join("etc/pve/.vmlist"),
+            root.join("etc/pve/datacenter.cfg"),
+            root.join("run/lock/lxc"),
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_root(&self) -> PathBuf {
+        self.root().join("run/nexcage")
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        let path = format!(
+            "{}:{}",
+            self.root().join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env("PVE_SIM_ROOT", self.root())
+            .env("NEXCAGE_CONFIG", &self.config)
+            .env("PATH", path);
+    }
+
+    /// `nexcage --root <node state> args...`, stdin closed.
+    pub fn nexcage<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        become_subreaper();
+        let mut cmd = Command::new(NEXCAGE);
+        self.env(&mut cmd);
+        cmd.arg("--root").arg(self.state_root()).args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.nexcage(args).output().unwrap()
+    }
+
+    pub fn pct<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(self.root().join("bin/pct"));
+        self.env(&mut cmd);
+        cmd.args(args).output().unwrap()
+    }
+
+    /// VMIDs the node has, from `pct list`.
+    pub fn vmids(&self) -> Vec<u32> {
+        let out = self.pct(["list"]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// A bundle over the shared busybox rootfs; `patch` is merged into a
+    /// minimal config.json.
+    pub fn bundle(&self, name: &str, patch: serde_json::Value) -> PathBuf {
+        let dir = self.root().join("bundles").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": ["sh", "-c", "echo hello"],
+                "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+                "cwd": "/"
+            },
+            "root": {"path": rootfs()},
+            "hostname": name.replace('_', "-"),
+            "linux": {"namespaces": [
+                {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}
+            ]}
+        });
+        merge(&mut config, patch);
+        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        dir
+    }
+
+    pub fn state(&self, id: &str) -> serde_json::Value {
+        let out = self.run(["state", id]);
+        assert!(out.status.success(), "state {id}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.state(id)["status"].as_str().unwrap().to_string()
+    }
+
+    /// Poll until the container reaches `want` (processes end asynchronously).
+    pub fn wait_status(&self, id: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.status(id);
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{id}: status {got}, wanted {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn templates(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root().join("var/lib/vz/template/cache"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with("nexcage-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new(sim_binary())
+            .arg("node-cleanup")
+            .arg(self.root())
+            .output();
+    }
+}
+
+pub fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Wait for a child of this (subreaper) process and return its wait status.
+pub fn reap(pid: i32, within: Duration) -> nix::sys::wait::WaitStatus {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + within;
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).unwrap() {
+            WaitStatus::StillAlive => {
+                assert!(Instant::now() < deadline, "pid {pid} still running");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            s => return s,
+        }
+    }
+}
+
+pub fn wait_for_file_content(path: &Path, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = std::fs::read_to_string(path).unwrap_or_default();
+        if got.contains(want) {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{} has {got:?}, wanted {want:?}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

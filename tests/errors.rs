@@ -1,0 +1,136 @@
+//! Every bad input gets a one-line `nexcage: ...` error, exit 1, and leaves
+//! nothing behind: no guest, no state, no VMID reservation.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+use serde_json::json;
+
+fn assert_clean(node: &Node) {
+    assert!(node.vmids().is_empty(), "guest left: {:?}", node.vmids());
+    let left: Vec<_> = std::fs::read_dir(node.state_root())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().into_string().unwrap())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "state left: {left:?}");
+    let vmids = node.state_root().join(".vmids");
+    if vmids.exists() {
+        assert_eq!(std::fs::read_dir(vmids).unwrap().count(), 0, "VMID reservation left");
+    }
+}
+
+fn fails_with(out: &std::process::Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(out));
+    let err = stderr(out);
+    assert!(err.starts_with("nexcage: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "wanted {needle:?} in {err}");
+    assert_eq!(stdout(out), "");
+}
+
+#[test]
+fn missing_bundle_and_bad_config() {
+    let node = Node::new();
+    let out = node.run(["create", "--bundle", "/nonexistent/bundle", "x"]);
+    fails_with(&out, "/nonexistent/bundle");
+    let bundle = node.bundle("bad", json!({}));
+    std::fs::write(bundle.join("config.json"), "{ nope").unwrap();
+    fails_with(&node.nexcage(["create", "-b"]).arg(&bundle).arg("bad").output().unwrap(), "config.json");
+    assert_clean(&node);
+}
+
+#[test]
+fn bad_ids_are_refused_before_any_work() {
+    let node = Node::new();
+    let bundle = node.bundle("ok", json!({}));
+    for id in ["../escape", "a/b", "..", "with space", "new\nline"] {
+        let out = node.nexcage(["create", "-b"]).arg(&bundle).arg(id).output().unwrap();
+        fails_with(&out, "invalid container id");
+    }
+    assert_clean(&node);
+    assert!(node.templates().is_empty(), "work was done for a bad id");
+}
+
+#[test]
+fn duplicate_id_start_twice_delete_running_kill_stopped() {
+    let node = Node::new();
+    let bundle = node.bundle("dup", json!({"process": {"args": ["sleep", "1000"]}}));
+    let create = || node.nexcage(["create", "-b"]).arg(&bundle).arg("dup").stdout(Stdio::null()).output().unwrap();
+    assert!(create().status.success());
+    fails_with(&create(), "container with id exists: dup");
+    assert_eq!(node.vmids().len(), 1, "the duplicate made a guest");
+
+    assert!(node.run(["start", "dup"]).status.success());
+    fails_with(&node.run(["start", "dup"]), "already running");
+    fails_with(&node.run(["delete", "dup"]), "not stopped: running");
+    assert!(node.run(["kill", "dup", "SIGKILL"]).status.success());
+    node.wait_status("dup", "stopped");
+    fails_with(&node.run(["kill", "dup"]), "container not running");
+    fails_with(&node.run(["start", "dup"]), "has stopped");
+    assert!(node.run(["delete", "dup"]).status.success());
+    assert_clean(&node);
+}
+
+#[test]
+fn unknown_ids() {
+    let node = Node::new();
+    for cmd in ["state", "start", "kill", "delete"] {
+        fails_with(&node.run([cmd, "ghost"]), "container does not exist");
+    }
+    let out = node.run(["delete", "--force", "ghost"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn errors_go_to_the_log_file_as_one_json_line() {
+    let node = Node::new();
+    let log = node.root().join("log.json");
+    let out = node
+        .nexcage(["--log"])
+        .arg(&log)
+        .args(["--log-format", "json", "state", "ghost"])
+        .output()
+        .unwrap();
+    fails_with(&out, "does not exist");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["level"], "error");
+    assert!(v["msg"].as_str().unwrap().contains("container does not exist"));
+    assert!(v["time"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn pct_create_failure_rolls_back() {
+    // A storage the node does not have: pct create refuses it.
+    let node = Node::with_config("storage = \"nosuchstorage\"");
+    let bundle = node.bundle("rb", json!({}));
+    let out = node.nexcage(["create", "-b"]).arg(&bundle).arg("rb").output().unwrap();
+    fails_with(&out, "pct create");
+    assert_clean(&node);
+    assert!(node.templates().is_empty(), "the template converted for the failed create is left");
+}
+
+#[test]
+fn failure_after_pct_create_destroys_the_guest() {
+    let node = Node::new();
+    let bundle = node.bundle("nox", json!({"process": {"args": ["/no/such/program"]}}));
+    let out = node.nexcage(["create", "-b"]).arg(&bundle).arg("nox").output().unwrap();
+    fails_with(&out, "/no/such/program");
+    assert_clean(&node);
+}
+
+#[test]
+fn not_yet_supported_commands_fail_clearly() {
+    let node = Node::new();
+    for cmd in ["exec", "ps", "pause", "resume", "update", "events"] {
+        fails_with(&node.run([cmd, "x"]), "not supported yet");
+    }
+}
