@@ -109,11 +109,7 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
             format!("{} is not an absolute path", process.cwd().display()),
         ));
     }
-    Ok(Bundle {
-        dir,
-        spec,
-        rootfs,
-    })
+    Ok(Bundle { dir, spec, rootfs })
 }
 
 #[cfg(test)]
@@ -139,7 +135,10 @@ mod tests {
     fn minimal_bundle_loads_with_rootfs_resolved() {
         let b = bundle_with(&minimal("1.0.2"));
         let loaded = load(b.path()).unwrap();
-        assert_eq!(loaded.rootfs, b.path().canonicalize().unwrap().join("rootfs"));
+        assert_eq!(
+            loaded.rootfs,
+            b.path().canonicalize().unwrap().join("rootfs")
+        );
         assert_eq!(loaded.process().args().as_ref().unwrap()[0], "sh");
     }
 
@@ -203,8 +202,13 @@ mod tests {
     fn malformed_json_and_missing_bundle_are_clear() {
         let b = bundle_with("{ not json");
         let err = load(b.path()).unwrap_err().to_string();
-        assert!(err.starts_with("invalid ") && err.contains("config.json"), "{err}");
-        let err = load(Path::new("/nonexistent/bundle")).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid ") && err.contains("config.json"),
+            "{err}"
+        );
+        let err = load(Path::new("/nonexistent/bundle"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/bundle"), "{err}");
     }
 }

@@ -94,7 +94,9 @@ impl Settings {
     pub fn load() -> Result<Settings, ConfigError> {
         match std::env::var_os("NEXCAGE_CONFIG") {
             Some(p) => Settings::from_file(Path::new(&p)),
-            None if Path::new(DEFAULT_PATH).exists() => Settings::from_file(Path::new(DEFAULT_PATH)),
+            None if Path::new(DEFAULT_PATH).exists() => {
+                Settings::from_file(Path::new(DEFAULT_PATH))
+            }
             None => Ok(Settings::default()),
         }
     }

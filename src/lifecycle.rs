@@ -43,18 +43,29 @@ pub fn status(store: &Store, record: &Record) -> Status {
 
 pub fn load(store: &Store, id: &str) -> Result<Record> {
     check_id(id)?;
-    store.load(id)?.ok_or_else(|| Error::NotFound(id.to_string()))
+    store
+        .load(id)?
+        .ok_or_else(|| Error::NotFound(id.to_string()))
 }
 
 fn lock(store: &Store, id: &str) -> Result<(ContainerLock, Record)> {
     check_id(id)?;
-    let lock = store.lock(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
-    let record = store.load(id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+    let lock = store
+        .lock(id)?
+        .ok_or_else(|| Error::NotFound(id.to_string()))?;
+    let record = store
+        .load(id)?
+        .ok_or_else(|| Error::NotFound(id.to_string()))?;
     Ok((lock, record))
 }
 
 /// `create`: returns the monitor, a child of ours (`run` waits for it).
-pub fn create(store: &Store, settings: &Settings, global: &GlobalOpts, args: &CreateArgs) -> Result<Child> {
+pub fn create(
+    store: &Store,
+    settings: &Settings,
+    global: &GlobalOpts,
+    args: &CreateArgs,
+) -> Result<Child> {
     check_id(&args.id)?;
     let bundle = bundle::load(&args.bundle)?;
     if args.console_socket.is_some() {
@@ -70,7 +81,13 @@ pub fn create(store: &Store, settings: &Settings, global: &GlobalOpts, args: &Cr
         status: Status::Creating,
         bundle: bundle.dir.clone(),
         rootfs: bundle.rootfs.clone(),
-        annotations: bundle.spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+        annotations: bundle
+            .spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         created: state::now_rfc3339(),
         owner: String::new(),
         backend: backend.name().into(),
@@ -156,13 +173,19 @@ pub fn start(store: &Store, settings: &Settings, id: &str) -> Result<()> {
     match status(store, &record) {
         Status::Created => {}
         Status::Stopped => {
-            return Err(Error::Usage("cannot start a container that has stopped".into()))
+            return Err(Error::Usage(
+                "cannot start a container that has stopped".into(),
+            ))
         }
         Status::Running | Status::Paused => {
-            return Err(Error::Usage("cannot start an already running container".into()))
+            return Err(Error::Usage(
+                "cannot start an already running container".into(),
+            ))
         }
         Status::Creating => {
-            return Err(Error::Usage(format!("cannot start container {id}: it is still being created")))
+            return Err(Error::Usage(format!(
+                "cannot start container {id}: it is still being created"
+            )))
         }
     }
     BridgeDir::of(&store.dir(id))
@@ -221,7 +244,11 @@ pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Resu
     };
     let Some(record) = store.load(id)? else {
         store.remove(lock)?;
-        return if force { Ok(()) } else { Err(Error::NotFound(id.to_string())) };
+        return if force {
+            Ok(())
+        } else {
+            Err(Error::NotFound(id.to_string()))
+        };
     };
     let st = status(store, &record);
     if matches!(st, Status::Running | Status::Paused | Status::Creating) && !force {

@@ -71,7 +71,9 @@ pub fn report_error(global: &GlobalOpts, msg: &str) {
     eprintln!("nexcage: {msg}");
     if let Some(path) = &global.log {
         if let Some(mut f) = open(path) {
-            let _ = f.write_all(format_line(global.log_format, "error", &msg, &now_rfc3339()).as_bytes());
+            let _ = f.write_all(
+                format_line(global.log_format, "error", &msg, &now_rfc3339()).as_bytes(),
+            );
         }
     }
 }
@@ -128,7 +130,12 @@ mod tests {
 
     #[test]
     fn json_lines_have_exactly_the_keys_clients_parse() {
-        let line = format_line(LogFormat::Json, "error", "container does not exist: x", "2026-01-01T00:00:00Z");
+        let line = format_line(
+            LogFormat::Json,
+            "error",
+            "container does not exist: x",
+            "2026-01-01T00:00:00Z",
+        );
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["level"], "error");

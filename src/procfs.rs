@@ -128,7 +128,10 @@ mod tests {
 
     #[test]
     fn children_lists_a_spawned_child() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let me = std::process::id() as i32;
         let kids = scan_children(me);
         assert!(kids.contains(&(child.id() as i32)));
@@ -156,7 +159,8 @@ impl ProcRef {
             return nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig);
         }
         // SAFETY: fd was just returned by pidfd_open and is ours alone.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        let fd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
         if !self.is_alive() {
             return Err(nix::errno::Errno::ESRCH);
         }
@@ -183,7 +187,10 @@ mod signal_tests {
 
     #[test]
     fn signal_reaches_the_process_and_not_a_stale_ref() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let r = ProcRef::of(child.id() as i32).unwrap();
         let stale = ProcRef {
             start_time: r.start_time + 1,

@@ -69,6 +69,10 @@ pub fn by_name(name: &str, settings: &Settings, state_root: &Path) -> Result<Box
 }
 
 /// The backend that manages `record`.
-pub fn for_record(record: &Record, settings: &Settings, state_root: &Path) -> Result<Box<dyn Backend>> {
+pub fn for_record(
+    record: &Record,
+    settings: &Settings,
+    state_root: &Path,
+) -> Result<Box<dyn Backend>> {
     by_name(&record.backend, settings, state_root)
 }

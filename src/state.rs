@@ -166,11 +166,13 @@ pub struct Store {
 }
 
 impl Store {
-    /// The root is private to root: state files name host paths and pids.
+    /// The root is searchable but not listable (0711, as runc's): state files
+    /// stay private (0600), while an unprivileged container's root user can
+    /// still reach its bridge directory below it.
     pub fn open(root: &Path) -> Result<Store, StateError> {
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(0o711)
             .create(root)
             .map_err(io("create state root", root))?;
         Ok(Store {
@@ -208,9 +210,7 @@ impl Store {
         }
         let lock = match self.lock_dir(id) {
             Ok(l) => l,
-            Err(StateError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
+            Err(StateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(None)
             }
             Err(e) => return Err(e),
@@ -351,7 +351,17 @@ mod tests {
         for ok in ["a", "abc-1_2+3.4", "0123456789abcdef", "A.B"] {
             assert!(validate_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "a/b", "a b", "a\nb", "../x", "é", &"x".repeat(256)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "a\nb",
+            "../x",
+            "é",
+            &"x".repeat(256),
+        ] {
             assert!(validate_id(bad).is_err(), "{bad:?}");
         }
     }
@@ -361,7 +371,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&tmp.path().join("root")).unwrap();
         let lock = store.claim("c1").unwrap().expect("new id");
-        assert!(store.claim("c1").unwrap().is_none(), "second claim must fail");
+        assert!(
+            store.claim("c1").unwrap().is_none(),
+            "second claim must fail"
+        );
         store.save(&lock, &record("c1")).unwrap();
         let back = store.load("c1").unwrap().unwrap();
         assert_eq!(back.vmid, Some(123));

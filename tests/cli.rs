@@ -34,9 +34,17 @@ fn spec_writes_a_loadable_default_and_refuses_to_overwrite() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
 
     let rootless = tempfile::tempdir().unwrap();
-    assert!(nexcage(&["spec", "--rootless", "--bundle", rootless.path().to_str().unwrap()]).status.success());
+    assert!(nexcage(&[
+        "spec",
+        "--rootless",
+        "--bundle",
+        rootless.path().to_str().unwrap()
+    ])
+    .status
+    .success());
     let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(rootless.path().join("config.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(rootless.path().join("config.json")).unwrap())
+            .unwrap();
     let ns = v["linux"]["namespaces"].as_array().unwrap();
     assert!(ns.iter().any(|n| n["type"] == "user"), "{ns:?}");
     assert!(v["linux"]["uidMappings"].is_array());
@@ -79,6 +87,10 @@ fn global_flags_come_before_the_subcommand_as_clients_send_them() {
         "list",
         "-q",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stderr.is_empty());
 }

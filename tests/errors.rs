@@ -21,7 +21,11 @@ fn assert_clean(node: &Node) {
     assert!(left.is_empty(), "state left: {left:?}");
     let vmids = node.state_root().join(".vmids");
     if vmids.exists() {
-        assert_eq!(std::fs::read_dir(vmids).unwrap().count(), 0, "VMID reservation left");
+        assert_eq!(
+            std::fs::read_dir(vmids).unwrap().count(),
+            0,
+            "VMID reservation left"
+        );
     }
 }
 
@@ -41,7 +45,15 @@ fn missing_bundle_and_bad_config() {
     fails_with(&out, "/nonexistent/bundle");
     let bundle = node.bundle("bad", json!({}));
     std::fs::write(bundle.join("config.json"), "{ nope").unwrap();
-    fails_with(&node.nexcage(["create", "-b"]).arg(&bundle).arg("bad").output().unwrap(), "config.json");
+    fails_with(
+        &node
+            .nexcage(["create", "-b"])
+            .arg(&bundle)
+            .arg("bad")
+            .output()
+            .unwrap(),
+        "config.json",
+    );
     assert_clean(&node);
 }
 
@@ -50,7 +62,12 @@ fn bad_ids_are_refused_before_any_work() {
     let node = Node::new();
     let bundle = node.bundle("ok", json!({}));
     for id in ["../escape", "a/b", "..", "with space", "new\nline"] {
-        let out = node.nexcage(["create", "-b"]).arg(&bundle).arg(id).output().unwrap();
+        let out = node
+            .nexcage(["create", "-b"])
+            .arg(&bundle)
+            .arg(id)
+            .output()
+            .unwrap();
         fails_with(&out, "invalid container id");
     }
     assert_clean(&node);
@@ -61,7 +78,14 @@ fn bad_ids_are_refused_before_any_work() {
 fn duplicate_id_start_twice_delete_running_kill_stopped() {
     let node = Node::new();
     let bundle = node.bundle("dup", json!({"process": {"args": ["sleep", "1000"]}}));
-    let create = || node.nexcage(["create", "-b"]).arg(&bundle).arg("dup").stdout(Stdio::null()).output().unwrap();
+    let create = || {
+        node.nexcage(["create", "-b"])
+            .arg(&bundle)
+            .arg("dup")
+            .stdout(Stdio::null())
+            .output()
+            .unwrap()
+    };
     assert!(create().status.success());
     fails_with(&create(), "container with id exists: dup");
     assert_eq!(node.vmids().len(), 1, "the duplicate made a guest");
@@ -103,7 +127,10 @@ fn errors_go_to_the_log_file_as_one_json_line() {
     assert_eq!(text.lines().count(), 1, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["level"], "error");
-    assert!(v["msg"].as_str().unwrap().contains("container does not exist"));
+    assert!(v["msg"]
+        .as_str()
+        .unwrap()
+        .contains("container does not exist"));
     assert!(v["time"].as_str().unwrap().ends_with('Z'));
 }
 
@@ -112,17 +139,30 @@ fn pct_create_failure_rolls_back() {
     // A storage the node does not have: pct create refuses it.
     let node = Node::with_config("storage = \"nosuchstorage\"");
     let bundle = node.bundle("rb", json!({}));
-    let out = node.nexcage(["create", "-b"]).arg(&bundle).arg("rb").output().unwrap();
+    let out = node
+        .nexcage(["create", "-b"])
+        .arg(&bundle)
+        .arg("rb")
+        .output()
+        .unwrap();
     fails_with(&out, "pct create");
     assert_clean(&node);
-    assert!(node.templates().is_empty(), "the template converted for the failed create is left");
+    assert!(
+        node.templates().is_empty(),
+        "the template converted for the failed create is left"
+    );
 }
 
 #[test]
 fn failure_after_pct_create_destroys_the_guest() {
     let node = Node::new();
     let bundle = node.bundle("nox", json!({"process": {"args": ["/no/such/program"]}}));
-    let out = node.nexcage(["create", "-b"]).arg(&bundle).arg("nox").output().unwrap();
+    let out = node
+        .nexcage(["create", "-b"])
+        .arg(&bundle)
+        .arg("nox")
+        .output()
+        .unwrap();
     fails_with(&out, "/no/such/program");
     assert_clean(&node);
 }

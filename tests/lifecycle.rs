@@ -32,18 +32,29 @@ fn create_start_kill_delete() {
         .stderr(File::create(&err_path).unwrap())
         .status()
         .unwrap();
-    assert!(create.success(), "create: {}", std::fs::read_to_string(&err_path).unwrap());
+    assert!(
+        create.success(),
+        "create: {}",
+        std::fs::read_to_string(&err_path).unwrap()
+    );
 
     // created: a live pid, the same in the pid file and the state, process not run.
     let state = node.state("life");
     assert_eq!(state["status"], "created");
     assert_eq!(state["id"], "life");
-    assert_eq!(state["bundle"], bundle.canonicalize().unwrap().to_str().unwrap());
+    assert_eq!(
+        state["bundle"],
+        bundle.canonicalize().unwrap().to_str().unwrap()
+    );
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
     assert_eq!(state["pid"], pid);
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), "", "process ran before start");
+    assert_eq!(
+        std::fs::read_to_string(&out_path).unwrap(),
+        "",
+        "process ran before start"
+    );
     let vmids = node.vmids();
     assert_eq!(vmids.len(), 1);
 
@@ -51,13 +62,19 @@ fn create_start_kill_delete() {
     let out = node.run(["start", "life"]);
     assert!(out.status.success(), "start: {}", stderr(&out));
     assert_eq!(node.status("life"), "running");
-    assert_eq!(wait_for_file_content(&out_path, "started-life"), "started-life\n");
+    assert_eq!(
+        wait_for_file_content(&out_path, "started-life"),
+        "started-life\n"
+    );
     wait_for_file_content(&err_path, "to-stderr");
 
     // kill: the process dies by SIGTERM, and so does the monitor.
     let out = node.run(["kill", "life", "TERM"]);
     assert!(out.status.success(), "kill: {}", stderr(&out));
-    assert_eq!(reap(pid, Duration::from_secs(20)), WaitStatus::Signaled(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM, false));
+    assert_eq!(
+        reap(pid, Duration::from_secs(20)),
+        WaitStatus::Signaled(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM, false)
+    );
     node.wait_status("life", "stopped");
     assert_eq!(node.state("life")["pid"], 0);
 
@@ -74,8 +91,16 @@ fn create_start_kill_delete() {
 #[test]
 fn run_passes_output_and_exit_status_and_cleans_up() {
     let node = Node::new();
-    let bundle = node.bundle("runner", json!({"process": {"args": ["sh", "-c", "echo hi from $(hostname); exit 7"]}}));
-    let out = node.nexcage(["run", "--bundle"]).arg(&bundle).arg("runner").output().unwrap();
+    let bundle = node.bundle(
+        "runner",
+        json!({"process": {"args": ["sh", "-c", "echo hi from $(hostname); exit 7"]}}),
+    );
+    let out = node
+        .nexcage(["run", "--bundle"])
+        .arg(&bundle)
+        .arg("runner")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "hi from runner\n");
     assert!(node.vmids().is_empty());
@@ -99,7 +124,10 @@ fn monitor_exits_with_the_process_exit_code() {
     assert!(out.status.success(), "{}", stderr(&out));
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
     assert!(node.run(["start", "code"]).status.success());
-    assert_eq!(reap(pid, Duration::from_secs(20)), WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 3));
+    assert_eq!(
+        reap(pid, Duration::from_secs(20)),
+        WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 3)
+    );
     node.wait_status("code", "stopped");
     assert!(node.run(["delete", "code"]).status.success());
     assert!(node.vmids().is_empty());
@@ -113,7 +141,12 @@ fn unprivileged_when_the_bundle_has_a_user_namespace() {
         json!({"process": {"args": ["sh", "-c", "cat /proc/self/uid_map; id -u"]},
                "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "user"}, {"type": "mount"}]}}),
     );
-    let out = node.nexcage(["run", "--bundle"]).arg(&bundle).arg("unpriv").output().unwrap();
+    let out = node
+        .nexcage(["run", "--bundle"])
+        .arg(&bundle)
+        .arg("unpriv")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     let fields: Vec<&str> = text.split_whitespace().collect();
@@ -133,7 +166,12 @@ fn process_user_cwd_env_and_rlimits_are_applied_inside() {
             "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 321, "hard": 654}]
         }}),
     );
-    let out = node.nexcage(["run", "--bundle"]).arg(&bundle).arg("creds").output().unwrap();
+    let out = node
+        .nexcage(["run", "--bundle"])
+        .arg(&bundle)
+        .arg("creds")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "1234\n5678\n/tmp\nhello world\n321\n0077\n");
 }
@@ -144,7 +182,12 @@ fn one_rootfs_is_converted_once_for_two_containers() {
     let a = node.bundle("tpl_a", json!({}));
     let b = node.bundle("tpl_b", json!({}));
     for (bundle, id) in [(&a, "tpl_a"), (&b, "tpl_b")] {
-        let out = node.nexcage(["create", "--bundle"]).arg(bundle).arg(id).output().unwrap();
+        let out = node
+            .nexcage(["create", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
     assert_eq!(node.templates().len(), 1, "{:?}", node.templates());
@@ -173,27 +216,50 @@ fn a_lifecycle_costs_three_node_tool_runs_and_state_kill_none() {
             ),
         )
         .unwrap();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&w).unwrap().permissions(), 0o755);
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(&w).unwrap().permissions(),
+            0o755,
+        );
         std::fs::set_permissions(&w, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
     let cfg = std::fs::read_to_string(&node.config).unwrap();
     let bin = node.root().join("bin");
-    std::fs::write(&node.config, cfg.replace(bin.to_str().unwrap(), wrappers.to_str().unwrap())).unwrap();
+    std::fs::write(
+        &node.config,
+        cfg.replace(bin.to_str().unwrap(), wrappers.to_str().unwrap()),
+    )
+    .unwrap();
 
     // Warm the template directory cache (one pvesm for the node's lifetime).
     let warm = node.bundle("warm", json!({}));
-    assert!(node.nexcage(["run", "--bundle"]).arg(&warm).arg("warm").output().unwrap().status.success());
+    assert!(node
+        .nexcage(["run", "--bundle"])
+        .arg(&warm)
+        .arg("warm")
+        .output()
+        .unwrap()
+        .status
+        .success());
     std::fs::write(&log, "").unwrap();
 
     let bundle = node.bundle("count", json!({"process": {"args": ["sleep", "1000"]}}));
-    let out = node.nexcage(["create", "--bundle"]).arg(&bundle).arg("count").output().unwrap();
+    let out = node
+        .nexcage(["create", "--bundle"])
+        .arg(&bundle)
+        .arg("count")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(node.run(["start", "count"]).status.success());
     let before_state_kill = std::fs::read_to_string(&log).unwrap();
     assert_eq!(node.status("count"), "running");
     assert!(node.run(["kill", "count", "KILL"]).status.success());
     node.wait_status("count", "stopped");
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), before_state_kill, "state/kill ran a node tool");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        before_state_kill,
+        "state/kill ran a node tool"
+    );
     assert!(node.run(["delete", "count"]).status.success());
     let calls = std::fs::read_to_string(&log).unwrap();
     assert_eq!(calls, "pct create\npct start\npct destroy\n");

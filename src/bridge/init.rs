@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::libc;
-use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{
+    kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
+};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -104,19 +106,24 @@ struct Prepared {
 
 impl Prepared {
     fn load(path: &Path) -> Result<Prepared, String> {
-        let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let process: Process =
-            serde_json::from_slice(&text).map_err(|e| format!("invalid {}: {e}", path.display()))?;
+        let text =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let process: Process = serde_json::from_slice(&text)
+            .map_err(|e| format!("invalid {}: {e}", path.display()))?;
         Prepared::from_process(&process)
     }
 
     fn from_process(p: &Process) -> Result<Prepared, String> {
-        let cstr = |s: &[u8]| CString::new(s).map_err(|_| "NUL byte in process settings".to_string());
+        let cstr =
+            |s: &[u8]| CString::new(s).map_err(|_| "NUL byte in process settings".to_string());
         let args = p.args().clone().unwrap_or_default();
         let env = p.env().clone().unwrap_or_default();
         let cwd = p.cwd();
         if !cwd.is_dir() {
-            return Err(format!("cwd {:?}: not a directory in the container", cwd.display().to_string()));
+            return Err(format!(
+                "cwd {:?}: not a directory in the container",
+                cwd.display().to_string()
+            ));
         }
         let program = args.first().ok_or("process.args is empty")?;
         let path = resolve(program, &env, cwd)?;
@@ -125,12 +132,24 @@ impl Prepared {
             .rlimits()
             .iter()
             .flatten()
-            .map(|r| Ok((rlimit_resource(&format!("{:?}", r.typ()))?, r.soft(), r.hard())))
+            .map(|r| {
+                Ok((
+                    rlimit_resource(&format!("{:?}", r.typ()))?,
+                    r.soft(),
+                    r.hard(),
+                ))
+            })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Prepared {
             path: cstr(path.as_os_str().as_bytes())?,
-            args: args.iter().map(|a| cstr(a.as_bytes())).collect::<Result<_, _>>()?,
-            env: env.iter().map(|e| cstr(e.as_bytes())).collect::<Result<_, _>>()?,
+            args: args
+                .iter()
+                .map(|a| cstr(a.as_bytes()))
+                .collect::<Result<_, _>>()?,
+            env: env
+                .iter()
+                .map(|e| cstr(e.as_bytes()))
+                .collect::<Result<_, _>>()?,
             cwd: cstr(cwd.as_os_str().as_bytes())?,
             uid: user.uid(),
             gid: user.gid(),
@@ -169,7 +188,10 @@ fn resolve(program: &str, env: &[String], cwd: &Path) -> Result<PathBuf, String>
         .unwrap_or(DEFAULT_PATH);
     path_var
         .split(':')
-        .map(|dir| cwd.join(if dir.is_empty() { "." } else { dir }).join(program))
+        .map(|dir| {
+            cwd.join(if dir.is_empty() { "." } else { dir })
+                .join(program)
+        })
         .find(|p| executable(p))
         .ok_or_else(|| format!("exec: {program:?}: executable file not found in $PATH"))
 }
@@ -177,7 +199,9 @@ fn resolve(program: &str, env: &[String], cwd: &Path) -> Result<PathBuf, String>
 /// oci-spec's Debug names the variants RlimitNofile etc.; map them to libc.
 fn rlimit_resource(name: &str) -> Result<libc::c_int, String> {
     let upper = name.to_ascii_uppercase();
-    let short = upper.trim_start_matches("RLIMIT_").trim_start_matches("RLIMIT");
+    let short = upper
+        .trim_start_matches("RLIMIT_")
+        .trim_start_matches("RLIMIT");
     let r = match short {
         "AS" => libc::RLIMIT_AS,
         "CORE" => libc::RLIMIT_CORE,
@@ -207,7 +231,11 @@ extern "C" fn ignore(_: libc::c_int) {}
 fn block_signals() -> SigSet {
     let mut mask = super::monitor::relayed_signals();
     mask.add(Signal::SIGCHLD);
-    let handler = SigAction::new(SigHandler::Handler(ignore), SaFlags::SA_RESTART, SigSet::empty());
+    let handler = SigAction::new(
+        SigHandler::Handler(ignore),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for sig in mask.iter() {
         // SAFETY: the handler does nothing; signals are consumed by sigwait.
         let _ = unsafe { sigaction(sig, &handler) };
@@ -274,7 +302,12 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
             }
         }
         std::mem::forget(stdio);
-        libc::syscall(libc::SYS_close_range, n as libc::c_uint, libc::c_uint::MAX, 0);
+        libc::syscall(
+            libc::SYS_close_range,
+            n as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        );
 
         // Wait here until `nexcage start` opens the other end.
         let fifo = CString::new(format!("{MOUNT_POINT}/exec.fifo")).expect("no NUL");
@@ -311,10 +344,18 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
         if p.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail("no_new_privs", last());
         }
-        let argv: Vec<*const libc::c_char> =
-            p.args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let envp: Vec<*const libc::c_char> =
-            p.env.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let argv: Vec<*const libc::c_char> = p
+            .args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp: Vec<*const libc::c_char> = p
+            .env
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
         libc::execve(p.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(&format!("exec {}", p.path.to_string_lossy()), last())
     }
@@ -343,8 +384,14 @@ mod tests {
 
     #[test]
     fn rlimit_names_map_to_resources() {
-        assert_eq!(rlimit_resource("RlimitNofile").unwrap(), libc::RLIMIT_NOFILE as libc::c_int);
-        assert_eq!(rlimit_resource("RLIMIT_NPROC").unwrap(), libc::RLIMIT_NPROC as libc::c_int);
+        assert_eq!(
+            rlimit_resource("RlimitNofile").unwrap(),
+            libc::RLIMIT_NOFILE as libc::c_int
+        );
+        assert_eq!(
+            rlimit_resource("RLIMIT_NPROC").unwrap(),
+            libc::RLIMIT_NPROC as libc::c_int
+        );
         assert!(rlimit_resource("RlimitBogus").is_err());
     }
 
@@ -362,7 +409,10 @@ mod tests {
         .unwrap();
         let prep = Prepared::from_process(&p).unwrap();
         assert_eq!((prep.uid, prep.gid, prep.umask), (1000, 100, Some(18)));
-        assert_eq!(prep.rlimits, vec![(libc::RLIMIT_NOFILE as libc::c_int, 10, 20)]);
+        assert_eq!(
+            prep.rlimits,
+            vec![(libc::RLIMIT_NOFILE as libc::c_int, 10, 20)]
+        );
         assert!(prep.no_new_privileges);
         assert_eq!(prep.env.len(), 2);
     }

@@ -28,7 +28,9 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
 use oci_spec::runtime::Process;
 
 use crate::cli::{GlobalOpts, LogFormat};
@@ -202,8 +204,8 @@ pub fn spawn_monitor(
     preserve_fds: u32,
 ) -> Result<Launched, BridgeError> {
     let exe = std::env::current_exe().map_err(io("locate", Path::new("/proc/self/exe")))?;
-    let (status_r, status_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("create pipe", &exe)(e.into()))?;
+    let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io("create pipe", &exe)(e.into()))?;
     let listen_fd = 3 + preserve_fds as i32;
     let status_fd = listen_fd + 1;
 
@@ -253,8 +255,11 @@ impl Launched {
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(ProcRef, ProcRef), BridgeError> {
         let mut fds = [PollFd::new(self.status.as_fd(), PollFlags::POLLIN)];
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let n = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX))
-            .map_err(|e| BridgeError::MonitorDied(e.to_string()))?;
+        let n = poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        )
+        .map_err(|e| BridgeError::MonitorDied(e.to_string()))?;
         if n == 0 {
             return Err(BridgeError::Timeout(timeout.as_secs()));
         }

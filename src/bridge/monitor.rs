@@ -129,7 +129,10 @@ fn handshake(
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             return Err("create went away before the container's init connected".into());
         }
-        if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+        if fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
             break;
         }
     }
@@ -166,7 +169,11 @@ fn handshake(
 /// caller would not see end-of-file when the process exits.
 fn release_stdio(preserve_fds: u32) {
     use nix::libc;
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         for fd in 0..3 {
             // SAFETY: replaces descriptors 0-2 in place; nothing else owns them.
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
@@ -188,7 +195,9 @@ fn find_process(init_pid: i32) -> Result<ProcRef, String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Err(format!("cannot find the process forked by the container's init (host pid {init_pid})"))
+    Err(format!(
+        "cannot find the process forked by the container's init (host pid {init_pid})"
+    ))
 }
 
 fn supervise(conn: &OwnedFd, signals: &SignalFd, process: ProcRef) -> Exit {
@@ -202,7 +211,10 @@ fn supervise(conn: &OwnedFd, signals: &SignalFd, process: ProcRef) -> Exit {
             Err(_) => return Exit::Signal(Signal::SIGKILL),
             Ok(_) => {}
         }
-        if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+        if fds[1]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
             while let Ok(Some(info)) = signals.read_signal() {
                 if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
                     tracing::debug!(?sig, pid = process.pid, "relaying signal");
@@ -253,7 +265,10 @@ mod tests {
     #[test]
     fn reports_from_the_container_are_bounded() {
         assert_eq!(Exit::from_report(Some(7), None), Exit::Code(7));
-        assert_eq!(Exit::from_report(None, Some(9)), Exit::Signal(Signal::SIGKILL));
+        assert_eq!(
+            Exit::from_report(None, Some(9)),
+            Exit::Signal(Signal::SIGKILL)
+        );
         assert_eq!(Exit::from_report(Some(1000), None), Exit::Code(255));
         assert_eq!(Exit::from_report(None, Some(999)), Exit::Code(255));
         assert_eq!(Exit::from_report(None, None), Exit::Code(255));

@@ -64,7 +64,10 @@ pub fn recv(sock: BorrowedFd) -> Result<Option<(Message, Vec<OwnedFd>)>, String>
         for c in msg.cmsgs().map_err(|e| e.to_string())? {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: the kernel just installed these descriptors for us.
-                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
         (msg.bytes, fds)
@@ -117,6 +120,9 @@ mod tests {
         send(b.as_fd(), &exited, &[]).unwrap();
         assert_eq!(recv(a.as_fd()).unwrap().unwrap().0, exited);
         drop(b);
-        assert!(recv(a.as_fd()).unwrap().is_none(), "EOF when the peer is gone");
+        assert!(
+            recv(a.as_fd()).unwrap().is_none(),
+            "EOF when the peer is gone"
+        );
     }
 }

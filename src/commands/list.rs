@@ -34,7 +34,13 @@ pub fn run(global: &GlobalOpts, args: &ListArgs) -> Result<i32> {
                     ]
                 })
                 .collect();
-            print!("{}", table(&["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"], &rows));
+            print!(
+                "{}",
+                table(
+                    &["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"],
+                    &rows
+                )
+            );
         }
     }
     Ok(0)
@@ -73,7 +79,14 @@ mod tests {
     fn table_columns_line_up() {
         let t = super::table(
             &["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"],
-            &[["c1".into(), "42".into(), "running".into(), "/b".into(), "t".into(), "".into()]],
+            &[[
+                "c1".into(),
+                "42".into(),
+                "running".into(),
+                "/b".into(),
+                "t".into(),
+                "".into(),
+            ]],
         );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0].find("PID"), lines[1].find("42"));

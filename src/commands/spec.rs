@@ -9,7 +9,10 @@ use crate::error::{Error, Result};
 pub fn run(args: &SpecArgs) -> Result<i32> {
     let path = args.bundle.join("config.json");
     let mut spec = if args.rootless {
-        Spec::rootless(nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+        Spec::rootless(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
     } else {
         Spec::default()
     };

@@ -7,6 +7,9 @@ pub fn run(global: &GlobalOpts, id: &str) -> Result<i32> {
     let store = Store::open(&global.root)?;
     let record = lifecycle::load(&store, id)?;
     let state = record.oci_state(lifecycle::status(&store, &record));
-    println!("{}", serde_json::to_string_pretty(&state).expect("state serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&state).expect("state serializes")
+    );
     Ok(0)
 }

@@ -12,7 +12,11 @@ pub const NEXCAGE: &str = env!("CARGO_BIN_EXE_nexcage");
 /// pve-sim is built beside nexcage by `cargo build --workspace`.
 pub fn sim_binary() -> PathBuf {
     let p = Path::new(NEXCAGE).with_file_name("pve-sim");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -57,14 +61,24 @@ impl Node {
 
     /// `extra` is appended to the [proxmox] section of nexcage's config.
     pub fn with_config(extra: &str) -> Node {
-        let dir = tempfile::Builder::new().prefix("nexcage-node-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("nexcage-node-")
+            .tempdir()
+            .unwrap();
         let root = dir.path();
+        // Unprivileged guests (mapped root = an "other" uid) must traverse it.
+        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let out = Command::new(sim_binary())
             .arg("node-init")
             .arg(root)
             .output()
             .unwrap();
-        assert!(out.status.success(), "node-init: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "node-init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let config = root.join("nexcage.toml");
         let node = Node { dir, config };
         node.write_config(extra);
@@ -116,7 +130,10 @@ impl Node {
         become_subreaper();
         let mut cmd = Command::new(NEXCAGE);
         self.env(&mut cmd);
-        cmd.arg("--root").arg(self.state_root()).args(args).stdin(Stdio::null());
+        cmd.arg("--root")
+            .arg(self.state_root())
+            .args(args)
+            .stdin(Stdio::null());
         cmd
     }
 
@@ -170,13 +187,21 @@ impl Node {
             ]}
         });
         merge(&mut config, patch);
-        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
         dir
     }
 
     pub fn state(&self, id: &str) -> serde_json::Value {
         let out = self.run(["state", id]);
-        assert!(out.status.success(), "state {id}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "state {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -192,7 +217,10 @@ impl Node {
             if got == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "{id}: status {got}, wanted {want}");
+            assert!(
+                Instant::now() < deadline,
+                "{id}: status {got}, wanted {want}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -260,7 +288,11 @@ pub fn wait_for_file_content(path: &Path, want: &str) -> String {
         if got.contains(want) {
             return got;
         }
-        assert!(Instant::now() < deadline, "{} has {got:?}, wanted {want:?}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} has {got:?}, wanted {want:?}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

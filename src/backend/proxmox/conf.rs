@@ -80,13 +80,20 @@ impl RawLine {
             }
         }
         for o in options {
-            if o.is_empty() || !o.bytes().all(|c| c.is_ascii_alphanumeric() || b"=_-".contains(&c)) {
+            if o.is_empty()
+                || !o
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"=_-".contains(&c))
+            {
                 return Err(bad("invalid mount option"));
             }
         }
         let mut opts = vec!["bind"];
         opts.extend_from_slice(options);
-        RawLine::new(key, &format!("{source} {target} none {} 0 0", opts.join(",")))
+        RawLine::new(
+            key,
+            &format!("{source} {target} none {} 0 0", opts.join(",")),
+        )
     }
 
     /// The line as Proxmox writes it in `<vmid>.conf`.
@@ -101,7 +108,9 @@ fn check_value(key: &str, value: &str) -> Result<(), ConfError> {
         reason,
     };
     if value.bytes().any(|c| c.is_ascii_control()) {
-        return Err(bad("control characters (newline, NUL, ...) are not allowed"));
+        return Err(bad(
+            "control characters (newline, NUL, ...) are not allowed",
+        ));
     }
     if value.trim() != value {
         return Err(bad("leading or trailing blanks would be lost"));
@@ -208,15 +217,27 @@ mod tests {
 
     #[test]
     fn values_cannot_forge_a_second_line() {
-        for bad in ["a\nlxc.hook.pre: /evil", "a\rb", "a\0b", "a\tb", " a", "a ", ""] {
+        for bad in [
+            "a\nlxc.hook.pre: /evil",
+            "a\rb",
+            "a\0b",
+            "a\tb",
+            " a",
+            "a ",
+            "",
+        ] {
             assert!(RawLine::new("lxc.init.cmd", bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn bind_mount_lines_are_fixed_format() {
-        let l = RawLine::bind_mount(Path::new("/run/nexcage/c1/bridge"), ".nexcage", &["ro", "create=dir"])
-            .unwrap();
+        let l = RawLine::bind_mount(
+            Path::new("/run/nexcage/c1/bridge"),
+            ".nexcage",
+            &["ro", "create=dir"],
+        )
+        .unwrap();
         assert_eq!(
             l.render(),
             "lxc.mount.entry: /run/nexcage/c1/bridge .nexcage none bind,ro,create=dir 0 0"
@@ -229,7 +250,10 @@ mod tests {
             ("/a", "x/../../y"),
             ("/a\n", ".x"),
         ] {
-            assert!(RawLine::bind_mount(Path::new(src), dst, &[]).is_err(), "{src:?} {dst:?}");
+            assert!(
+                RawLine::bind_mount(Path::new(src), dst, &[]).is_err(),
+                "{src:?} {dst:?}"
+            );
         }
         assert!(RawLine::bind_mount(Path::new("/a"), ".x", &["ro,rw"]).is_err());
     }
@@ -242,7 +266,10 @@ mod tests {
             "arch: amd64\nmemory: 512\nlxc.init.cmd: /.nexcage/init init\n"
         );
         assert_eq!(
-            insert_raw_lines("arch: amd64\n\n[snap1]\narch: amd64\n", std::slice::from_ref(&line)),
+            insert_raw_lines(
+                "arch: amd64\n\n[snap1]\narch: amd64\n",
+                std::slice::from_ref(&line)
+            ),
             "arch: amd64\n\nlxc.init.cmd: /.nexcage/init init\n\n[snap1]\narch: amd64\n"
         );
     }

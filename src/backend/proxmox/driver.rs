@@ -33,6 +33,8 @@ pub enum DriverError {
     TemplateDir { storage: String, message: String },
     #[error("gave up after {0} VMIDs were taken by others while creating")]
     VmidRace(usize),
+    #[error("{0} is not searchable by others (o+x): an unprivileged container could not reach its bridge directory")]
+    NotSearchable(PathBuf),
 }
 
 /// How often a VMID may turn out taken (by another node) before giving up.
@@ -142,9 +144,26 @@ impl Driver {
     }
 }
 
+/// LXC mounts an unprivileged guest's entries as its mapped root user, an
+/// "other" to the host: every directory above a bind source must let it pass.
+fn check_searchable(path: &Path) -> Result<(), DriverError> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in path.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0o755);
+        if mode & 0o001 == 0 {
+            return Err(DriverError::NotSearchable(dir.to_path_buf()));
+        }
+    }
+    Ok(())
+}
+
 /// pct's words for "somebody else has this VMID".
 fn is_taken(stderr: &str) -> bool {
-    stderr.contains("already exists") || stderr.contains("can't lock file") || stderr.contains("CT is locked")
+    stderr.contains("already exists")
+        || stderr.contains("can't lock file")
+        || stderr.contains("CT is locked")
 }
 
 impl Backend for Driver {
@@ -160,7 +179,13 @@ impl Backend for Driver {
     ) -> Result<()> {
         let plan = translate::plan(&req.bundle.spec, &self.settings, HostFacts::read())
             .map_err(DriverError::from)?;
-        let lines = Self::bridge_lines(req).map_err(|source| DriverError::Conf { vmid: 0, source })?;
+        let lines =
+            Self::bridge_lines(req).map_err(|source| DriverError::Conf { vmid: 0, source })?;
+        if plan.unprivileged {
+            for p in [req.bridge_dir, req.init_binary] {
+                check_searchable(p)?;
+            }
+        }
         let dir = self.template_dir()?;
         let tpl = template::ensure(&req.bundle.rootfs, &dir).map_err(DriverError::from)?;
         if !tpl.reused {
@@ -181,7 +206,9 @@ impl Backend for Driver {
 
     fn boot(&self, record: &Record) -> Result<()> {
         let vmid = record.vmid.expect("booted guests have a VMID");
-        self.tools.pct(["start", &vmid.to_string()]).map_err(DriverError::from)?;
+        self.tools
+            .pct(["start", &vmid.to_string()])
+            .map_err(DriverError::from)?;
         Ok(())
     }
 
@@ -190,7 +217,10 @@ impl Backend for Driver {
             return Ok(());
         };
         let id = vmid.to_string();
-        match self.tools.pct(["destroy", &id, "--force", "1", "--purge", "1"]) {
+        match self
+            .tools
+            .pct(["destroy", &id, "--force", "1", "--purge", "1"])
+        {
             Ok(_) => {}
             // Already gone (destroyed by an admin, or never made): nothing to undo.
             Err(e) if e.stderr().contains("does not exist") => {}

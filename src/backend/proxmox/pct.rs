@@ -197,7 +197,12 @@ mod tests {
 
     #[test]
     fn arguments_are_never_interpreted_by_a_shell() {
-        let out = run(Path::new("/bin/echo"), ["$(id); `x`"], Duration::from_secs(5)).unwrap();
+        let out = run(
+            Path::new("/bin/echo"),
+            ["$(id); `x`"],
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert_eq!(out, "$(id); `x`\n");
     }
 
@@ -205,7 +210,10 @@ mod tests {
     fn failure_quotes_stderr_on_one_line() {
         let err = run(
             Path::new("/bin/sh"),
-            ["-c", "echo '400 Parameter verification failed.' >&2; echo 'memory: bad' >&2; exit 255"],
+            [
+                "-c",
+                "echo '400 Parameter verification failed.' >&2; echo 'memory: bad' >&2; exit 255",
+            ],
             Duration::from_secs(5),
         )
         .unwrap_err();
@@ -238,7 +246,12 @@ mod tests {
 
     #[test]
     fn missing_program_is_named() {
-        let err = run(Path::new("/nonexistent/pct"), ["list"], Duration::from_secs(1)).unwrap_err();
+        let err = run(
+            Path::new("/nonexistent/pct"),
+            ["list"],
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/pct"));
     }
 }

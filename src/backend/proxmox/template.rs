@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,11 +18,18 @@ pub struct Template {
 }
 
 pub fn ensure(rootfs: &Path, cache_dir: &Path) -> Result<Template, TemplateError> {
-    let e = |source| TemplateError::Io { path: rootfs.to_path_buf(), source };
+    let e = |source| TemplateError::Io {
+        path: rootfs.to_path_buf(),
+        source,
+    };
     let name = "nexcage-stub.tar.zst".to_string();
     let path = cache_dir.join(&name);
     if path.exists() {
-        return Ok(Template { name, path, reused: true });
+        return Ok(Template {
+            name,
+            path,
+            reused: true,
+        });
     }
     let f = std::fs::File::create(&path).map_err(e)?;
     let z = zstd::Encoder::new(f, 3).map_err(e)?.auto_finish();
@@ -27,5 +37,9 @@ pub fn ensure(rootfs: &Path, cache_dir: &Path) -> Result<Template, TemplateError
     b.follow_symlinks(false);
     b.append_dir_all(".", rootfs).map_err(e)?;
     b.into_inner().map_err(e)?;
-    Ok(Template { name, path, reused: false })
+    Ok(Template {
+        name,
+        path,
+        reused: false,
+    })
 }

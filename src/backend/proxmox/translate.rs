@@ -72,7 +72,11 @@ impl PctPlan {
     }
 }
 
-pub fn plan(spec: &Spec, settings: &ProxmoxSettings, host: HostFacts) -> Result<PctPlan, TranslateError> {
+pub fn plan(
+    spec: &Spec,
+    settings: &ProxmoxSettings,
+    host: HostFacts,
+) -> Result<PctPlan, TranslateError> {
     let mut options: Vec<(&'static str, String)> = Vec::new();
 
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
@@ -117,7 +121,10 @@ pub fn plan(spec: &Spec, settings: &ProxmoxSettings, host: HostFacts) -> Result<
 
     if let Some(p) = spec.process() {
         if p.terminal().unwrap_or(false) {
-            return Err(field("process.terminal", "terminal mode is not supported yet"));
+            return Err(field(
+                "process.terminal",
+                "terminal mode is not supported yet",
+            ));
         }
     }
     Ok(PctPlan {
@@ -166,7 +173,9 @@ pub fn is_dns_name(s: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && label
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
         })
 }
 
@@ -202,38 +211,64 @@ mod tests {
     }
 
     fn opt<'a>(p: &'a PctPlan, k: &str) -> Option<&'a str> {
-        p.options.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())
+        p.options
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.as_str())
     }
 
     #[test]
     fn minimal_bundle_gives_unmanaged_privileged_guest_on_the_bridge() {
-        let p = plan(&spec(serde_json::json!({})), &ProxmoxSettings::default(), HOST).unwrap();
+        let p = plan(
+            &spec(serde_json::json!({})),
+            &ProxmoxSettings::default(),
+            HOST,
+        )
+        .unwrap();
         assert_eq!(
             p.create_args(150, "local:vztmpl/t.tar.zst", "local"),
             [
-                "create", "150", "local:vztmpl/t.tar.zst", "--memory", "24000", "--swap", "0",
-                "--ostype", "unmanaged", "--unprivileged", "0", "--net0", "name=eth0,bridge=vmbr0",
-                "--storage", "local"
+                "create",
+                "150",
+                "local:vztmpl/t.tar.zst",
+                "--memory",
+                "24000",
+                "--swap",
+                "0",
+                "--ostype",
+                "unmanaged",
+                "--unprivileged",
+                "0",
+                "--net0",
+                "name=eth0,bridge=vmbr0",
+                "--storage",
+                "local"
             ]
         );
     }
 
     #[test]
     fn memory_is_rounded_up_to_mib_with_a_floor_of_16() {
-        let s = spec(serde_json::json!({"linux": {"resources": {"memory": {"limit": 268435457, "swap": 536870912}}}}));
+        let s = spec(
+            serde_json::json!({"linux": {"resources": {"memory": {"limit": 268435457, "swap": 536870912}}}}),
+        );
         let p = plan(&s, &ProxmoxSettings::default(), HOST).unwrap();
         assert_eq!(opt(&p, "memory"), Some("257"));
         assert_eq!(opt(&p, "swap"), Some("256"));
         let s = spec(serde_json::json!({"linux": {"resources": {"memory": {"limit": 1000}}}}));
         let p = plan(&s, &ProxmoxSettings::default(), HOST).unwrap();
         assert_eq!(opt(&p, "memory"), Some("16"));
-        let s = spec(serde_json::json!({"linux": {"resources": {"memory": {"limit": 100_000_000, "swap": 10}}}}));
+        let s = spec(
+            serde_json::json!({"linux": {"resources": {"memory": {"limit": 100_000_000, "swap": 10}}}}),
+        );
         assert!(plan(&s, &ProxmoxSettings::default(), HOST).is_err());
     }
 
     #[test]
     fn user_namespace_makes_the_guest_unprivileged() {
-        let s = spec(serde_json::json!({"linux": {"namespaces": [{"type": "user"}, {"type": "network"}]}}));
+        let s = spec(
+            serde_json::json!({"linux": {"namespaces": [{"type": "user"}, {"type": "network"}]}}),
+        );
         let p = plan(&s, &ProxmoxSettings::default(), HOST).unwrap();
         assert!(p.unprivileged);
         assert_eq!(opt(&p, "unprivileged"), Some("1"));
@@ -241,17 +276,36 @@ mod tests {
             unprivileged: UnprivilegedPolicy::Always,
             ..Default::default()
         };
-        assert!(plan(&spec(serde_json::json!({})), &forced, HOST).unwrap().unprivileged);
+        assert!(
+            plan(&spec(serde_json::json!({})), &forced, HOST)
+                .unwrap()
+                .unprivileged
+        );
     }
 
     #[test]
     fn hostname_must_be_a_dns_name() {
-        let p = plan(&spec(serde_json::json!({"hostname": "web-1.example"})), &ProxmoxSettings::default(), HOST)
-            .unwrap();
+        let p = plan(
+            &spec(serde_json::json!({"hostname": "web-1.example"})),
+            &ProxmoxSettings::default(),
+            HOST,
+        )
+        .unwrap();
         assert_eq!(opt(&p, "hostname"), Some("web-1.example"));
-        for bad in ["a b", "x\nlxc.init.cmd=/evil", "-a", "a..b", "a_b", &"a".repeat(64)] {
-            let err = plan(&spec(serde_json::json!({"hostname": bad})), &ProxmoxSettings::default(), HOST)
-                .unwrap_err();
+        for bad in [
+            "a b",
+            "x\nlxc.init.cmd=/evil",
+            "-a",
+            "a..b",
+            "a_b",
+            &"a".repeat(64),
+        ] {
+            let err = plan(
+                &spec(serde_json::json!({"hostname": bad})),
+                &ProxmoxSettings::default(),
+                HOST,
+            )
+            .unwrap_err();
             assert!(err.to_string().contains("hostname"), "{bad:?}: {err}");
         }
     }
@@ -263,7 +317,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("network namespace"));
-        let by_path = spec(serde_json::json!({"linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}]}}));
+        let by_path = spec(
+            serde_json::json!({"linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}]}}),
+        );
         assert!(plan(&by_path, &ProxmoxSettings::default(), HOST).is_err());
         let tty = spec(serde_json::json!({"process": {"terminal": true}}));
         assert!(plan(&tty, &ProxmoxSettings::default(), HOST)

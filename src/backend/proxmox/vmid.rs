@@ -222,7 +222,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = settings(tmp.path());
         assert_eq!(range(&s), (100, 999_999));
-        fs::write(&s.datacenter_cfg, "keyboard: en-us\nnext-id: lower=5000,upper=6000\n").unwrap();
+        fs::write(
+            &s.datacenter_cfg,
+            "keyboard: en-us\nnext-id: lower=5000,upper=6000\n",
+        )
+        .unwrap();
         assert_eq!(range(&s), (5000, 5999));
         s.vmid_min = Some(5500);
         assert_eq!(range(&s), (5500, 5999));
