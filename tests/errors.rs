@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 use serde_json::json;
 
@@ -45,15 +43,7 @@ fn missing_bundle_and_bad_config() {
     fails_with(&out, "/nonexistent/bundle");
     let bundle = node.bundle("bad", json!({}));
     std::fs::write(bundle.join("config.json"), "{ nope").unwrap();
-    fails_with(
-        &node
-            .nexcage(["create", "-b"])
-            .arg(&bundle)
-            .arg("bad")
-            .output()
-            .unwrap(),
-        "config.json",
-    );
+    fails_with(&node.create(&bundle, "bad", &[]), "config.json");
     assert_clean(&node);
 }
 
@@ -62,12 +52,7 @@ fn bad_ids_are_refused_before_any_work() {
     let node = Node::new();
     let bundle = node.bundle("ok", json!({}));
     for id in ["../escape", "a/b", "..", "with space", "new\nline"] {
-        let out = node
-            .nexcage(["create", "-b"])
-            .arg(&bundle)
-            .arg(id)
-            .output()
-            .unwrap();
+        let out = node.create(&bundle, id, &[]);
         fails_with(&out, "invalid container id");
     }
     assert_clean(&node);
@@ -78,14 +63,7 @@ fn bad_ids_are_refused_before_any_work() {
 fn duplicate_id_start_twice_delete_running_kill_stopped() {
     let node = Node::new();
     let bundle = node.bundle("dup", json!({"process": {"args": ["sleep", "1000"]}}));
-    let create = || {
-        node.nexcage(["create", "-b"])
-            .arg(&bundle)
-            .arg("dup")
-            .stdout(Stdio::null())
-            .output()
-            .unwrap()
-    };
+    let create = || node.create(&bundle, "dup", &[]);
     assert!(create().status.success());
     fails_with(&create(), "container with id exists: dup");
     assert_eq!(node.vmids().len(), 1, "the duplicate made a guest");
@@ -139,12 +117,7 @@ fn pct_create_failure_rolls_back() {
     // A storage the node does not have: pct create refuses it.
     let node = Node::with_config("storage = \"nosuchstorage\"");
     let bundle = node.bundle("rb", json!({}));
-    let out = node
-        .nexcage(["create", "-b"])
-        .arg(&bundle)
-        .arg("rb")
-        .output()
-        .unwrap();
+    let out = node.create(&bundle, "rb", &[]);
     fails_with(&out, "pct create");
     assert_clean(&node);
     assert!(
@@ -157,12 +130,7 @@ fn pct_create_failure_rolls_back() {
 fn failure_after_pct_create_destroys_the_guest() {
     let node = Node::new();
     let bundle = node.bundle("nox", json!({"process": {"args": ["/no/such/program"]}}));
-    let out = node
-        .nexcage(["create", "-b"])
-        .arg(&bundle)
-        .arg("nox")
-        .output()
-        .unwrap();
+    let out = node.create(&bundle, "nox", &[]);
     fails_with(&out, "/no/such/program");
     assert_clean(&node);
 }

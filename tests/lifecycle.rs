@@ -3,7 +3,6 @@
 mod common;
 
 use std::fs::File;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -112,15 +111,7 @@ fn monitor_exits_with_the_process_exit_code() {
     let node = Node::new();
     let bundle = node.bundle("code", json!({"process": {"args": ["sh", "-c", "exit 3"]}}));
     let pid_file = node.root().join("code.pid");
-    let out = node
-        .nexcage(["create", "--bundle"])
-        .arg(&bundle)
-        .arg("--pid-file")
-        .arg(&pid_file)
-        .arg("code")
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
+    let out = node.create(&bundle, "code", &["--pid-file", pid_file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
     assert!(node.run(["start", "code"]).status.success());
@@ -182,12 +173,7 @@ fn one_rootfs_is_converted_once_for_two_containers() {
     let a = node.bundle("tpl_a", json!({}));
     let b = node.bundle("tpl_b", json!({}));
     for (bundle, id) in [(&a, "tpl_a"), (&b, "tpl_b")] {
-        let out = node
-            .nexcage(["create", "--bundle"])
-            .arg(bundle)
-            .arg(id)
-            .output()
-            .unwrap();
+        let out = node.create(&bundle, id, &[]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
     assert_eq!(node.templates().len(), 1, "{:?}", node.templates());
@@ -243,12 +229,7 @@ fn a_lifecycle_costs_three_node_tool_runs_and_state_kill_none() {
     std::fs::write(&log, "").unwrap();
 
     let bundle = node.bundle("count", json!({"process": {"args": ["sleep", "1000"]}}));
-    let out = node
-        .nexcage(["create", "--bundle"])
-        .arg(&bundle)
-        .arg("count")
-        .output()
-        .unwrap();
+    let out = node.create(&bundle, "count", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(node.run(["start", "count"]).status.success());
     let before_state_kill = std::fs::read_to_string(&log).unwrap();

@@ -145,6 +145,31 @@ impl Node {
         self.nexcage(args).output().unwrap()
     }
 
+    /// `create` with its stdio in files: the container's process inherits
+    /// them and holds them until it exits, so a pipe would never see EOF.
+    /// Returns create's own result with stdout/stderr as written so far.
+    pub fn create(&self, bundle: &Path, id: &str, extra: &[&str]) -> Output {
+        // Ids under test may hold '/' or newlines: name the files by counter.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = self.root().join(format!("create-{n}.stdout"));
+        let err = self.root().join(format!("create-{n}.stderr"));
+        let status = self
+            .nexcage(["create", "--bundle"])
+            .arg(bundle)
+            .args(extra)
+            .arg(id)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        Output {
+            status,
+            stdout: std::fs::read(&out).unwrap(),
+            stderr: std::fs::read(&err).unwrap(),
+        }
+    }
+
     pub fn pct<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
