@@ -173,7 +173,7 @@ fn one_rootfs_is_converted_once_for_two_containers() {
     let a = node.bundle("tpl_a", json!({}));
     let b = node.bundle("tpl_b", json!({}));
     for (bundle, id) in [(&a, "tpl_a"), (&b, "tpl_b")] {
-        let out = node.create(&bundle, id, &[]);
+        let out = node.create(bundle, id, &[]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
     assert_eq!(node.templates().len(), 1, "{:?}", node.templates());
