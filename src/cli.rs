@@ -36,7 +36,8 @@ pub struct GlobalOpts {
     /// every container in its own cgroup, so the cgroup driver is not ours to choose.
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
-    /// Accepted for runc compatibility: nexcage always runs as root on the node.
+    /// Accepted for runc compatibility: nexcage always runs as root on the
+    /// node. For `spec` it asks for a rootless (user namespace) spec.
     #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
     pub rootless: Option<String>,
     /// Print the version.
@@ -165,12 +166,10 @@ pub enum ListFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct SpecArgs {
-    /// Directory to write config.json into.
+    /// Directory to write config.json into. `--rootless` (the global flag,
+    /// also accepted here as runc does) asks for a user namespace.
     #[arg(short = 'b', long, default_value = ".")]
     pub bundle: PathBuf,
-    /// Generate a spec for a rootless container (with a user namespace).
-    #[arg(long)]
-    pub rootless: bool,
 }
 
 /// Commands of a later milestone accept any arguments so that callers get the

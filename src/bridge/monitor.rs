@@ -83,10 +83,16 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("cannot create signalfd: {e}"))?;
 
-    let (conn, process) = match handshake(&listener, &status, args.preserve_fds) {
-        Ok((conn, init, process)) => {
+    // The connection outlives a failed set-up on purpose (see below).
+    let mut conn = None;
+    let outcome = accept_init(&listener, &status).and_then(|(c, init)| {
+        let c = conn.insert(c);
+        set_up(c, init, args.preserve_fds).map(|process| (init, process))
+    });
+    let process = match outcome {
+        Ok((init, process)) => {
             report(&mut status, &Outcome::Ready { init, process });
-            (conn, process)
+            process
         }
         Err(message) => {
             report(
@@ -95,11 +101,16 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
                     message: message.clone(),
                 },
             );
+            // Keep the init's connection (and so the guest) up until create
+            // has read the reason and closed its end.
+            let mut fds = [PollFd::new(status.as_fd(), PollFlags::empty())];
+            while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
             return Err(message);
         }
     };
     drop(status);
     drop(listener);
+    let conn = conn.expect("set up implies connected");
     Ok(supervise(&conn, &signals, process))
 }
 
@@ -109,12 +120,8 @@ fn report(status: &mut File, outcome: &Outcome) {
     let _ = status.write_all(&line);
 }
 
-/// Accept the init's connection, give it our stdio, learn both host pids.
-fn handshake(
-    listener: &OwnedFd,
-    status: &File,
-    preserve_fds: u32,
-) -> Result<(OwnedFd, ProcRef, ProcRef), String> {
+/// Accept the init's connection and learn its host pid.
+fn accept_init(listener: &OwnedFd, status: &File) -> Result<(OwnedFd, ProcRef), String> {
     // Wait for the init, but give up if create (the status reader) is gone.
     loop {
         let mut fds = [
@@ -150,7 +157,11 @@ fn handshake(
         }
     }
     let init = ProcRef::of(cred.pid()).ok_or("the container's init vanished")?;
+    Ok((conn, init))
+}
 
+/// Give the init our stdio; once it has forked the process, find its host pid.
+fn set_up(conn: &OwnedFd, init: ProcRef, preserve_fds: u32) -> Result<ProcRef, String> {
     let passed: Vec<RawFd> = (0..3 + preserve_fds as RawFd).collect();
     proto::send(conn.as_fd(), &Message::Stdio, &passed)?;
     release_stdio(preserve_fds);
@@ -161,8 +172,7 @@ fn handshake(
         Some((other, _)) => return Err(format!("unexpected message from init: {other:?}")),
         None => return Err("the container's init exited during set-up".into()),
     }
-    let process = find_process(init.pid)?;
-    Ok((conn, init, process))
+    find_process(init.pid)
 }
 
 /// The container now holds the caller's stdio; our copies must go, or the

@@ -26,7 +26,7 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
         Command::Delete(a) => delete::run(global, &a),
         Command::Run(a) => run::run(global, &a),
         Command::List(a) => list::run(global, &a),
-        Command::Spec(a) => spec::run(&a),
+        Command::Spec(a) => spec::run(global, &a),
         Command::Features => features::run(),
         Command::Exec(_) => unsupported::run("exec"),
         Command::Ps(_) => unsupported::run("ps"),

@@ -2,13 +2,14 @@ use std::io::Write;
 
 use oci_spec::runtime::Spec;
 
-use crate::cli::SpecArgs;
+use crate::cli::{GlobalOpts, SpecArgs};
 use crate::error::{Error, Result};
 
 /// `runc spec`: a default config.json for a shell in ./rootfs.
-pub fn run(args: &SpecArgs) -> Result<i32> {
+pub fn run(global: &GlobalOpts, args: &SpecArgs) -> Result<i32> {
     let path = args.bundle.join("config.json");
-    let mut spec = if args.rootless {
+    let rootless = matches!(global.rootless.as_deref(), Some("true" | "1"));
+    let mut spec = if rootless {
         Spec::rootless(
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
