@@ -24,6 +24,21 @@ pub struct Settings {
     pub proxmox: ProxmoxSettings,
 }
 
+/// Which cgroup hierarchy the node's LXC uses for limits pct has no option
+/// for (pids, devices, ...). `auto` reads /sys/fs/cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum CgroupVersion {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// Legacy or hybrid hierarchy: `lxc.cgroup.*` keys.
+    #[serde(rename = "1")]
+    V1,
+    /// Unified hierarchy: `lxc.cgroup2.*` keys.
+    #[serde(rename = "2")]
+    V2,
+}
+
 /// Whether containers are created unprivileged (with Proxmox's uid map).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,6 +74,11 @@ pub struct ProxmoxSettings {
     pub vmid_min: Option<u32>,
     pub vmid_max: Option<u32>,
     pub unprivileged: UnprivilegedPolicy,
+    /// Host directories a bundle may bind-mount from (component-wise
+    /// prefixes). Empty: any existing path outside the always-refused host
+    /// trees (see docs/translation.md).
+    pub bind_allow: Vec<PathBuf>,
+    pub cgroup_version: CgroupVersion,
     /// Upper bound for one pct/pveam/pvesm/pvesh call.
     pub command_timeout_secs: u64,
     /// How long create waits for the container's init to report ready.
@@ -82,6 +102,8 @@ impl Default for ProxmoxSettings {
             vmid_min: None,
             vmid_max: None,
             unprivileged: UnprivilegedPolicy::Auto,
+            bind_allow: Vec::new(),
+            cgroup_version: CgroupVersion::Auto,
             command_timeout_secs: 300,
             start_timeout_secs: 60,
         }
@@ -142,6 +164,14 @@ impl ProxmoxSettings {
                 return Err(format!("vmid {v} is outside 100..999999999"));
             }
         }
+        for p in &self.bind_allow {
+            if !p.is_absolute() || p.components().any(|c| c.as_os_str() == "..") {
+                return Err(format!(
+                    "bind_allow: {:?} is not an absolute path without '..'",
+                    p.display().to_string()
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -187,6 +217,23 @@ mod tests {
         assert_eq!(s.proxmox.bridge, "vmbr1");
         assert_eq!(s.proxmox.vmid_min, Some(5000));
         assert_eq!(s.proxmox.unprivileged, UnprivilegedPolicy::Always);
+    }
+
+    #[test]
+    fn translation_policy_keys() {
+        let s = Settings::parse(
+            "[proxmox]\ncgroup_version = \"1\"\nbind_allow = [\"/srv\", \"/tmp\"]\n",
+        )
+        .unwrap();
+        assert_eq!(s.proxmox.cgroup_version, CgroupVersion::V1);
+        assert_eq!(s.proxmox.bind_allow, [PathBuf::from("/srv"), "/tmp".into()]);
+        assert_eq!(
+            Settings::parse("").unwrap().proxmox.cgroup_version,
+            CgroupVersion::Auto
+        );
+        assert!(Settings::parse("[proxmox]\ncgroup_version = \"3\"\n").is_err());
+        assert!(Settings::parse("[proxmox]\nbind_allow = [\"srv\"]\n").is_err());
+        assert!(Settings::parse("[proxmox]\nbind_allow = [\"/srv/../etc\"]\n").is_err());
     }
 
     #[test]

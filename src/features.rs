@@ -6,18 +6,48 @@ use serde_json::{json, Value};
 use crate::lifecycle::OCI_VERSION;
 use crate::router::BACKENDS;
 
+/// Every mount option the translation accepts on some mount (bind, tmpfs,
+/// mqueue or the container's standard filesystems); kept in step with
+/// translate.rs by a test.
+pub const MOUNT_OPTIONS: &[&str] = &[
+    "bind",
+    "dev",
+    "discard",
+    "exec",
+    "gid",
+    "lazytime",
+    "mode",
+    "noatime",
+    "nodev",
+    "nodiratime",
+    "noexec",
+    "nosuid",
+    "nr_inodes",
+    "private",
+    "rbind",
+    "relatime",
+    "ro",
+    "rprivate",
+    "rw",
+    "size",
+    "strictatime",
+    "suid",
+    "uid",
+];
+
 pub fn document() -> Value {
     json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
         // OCI hooks are not run yet.
         "hooks": [],
-        // config.json mounts are not translated yet.
-        "mountOptions": [],
+        // Options a mount in config.json may carry (docs/translation.md).
+        "mountOptions": MOUNT_OPTIONS,
         "linux": {
             // LXC gives every guest these; "user" when unprivileged.
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
-            "capabilities": [],
+            // Applied to the process by the in-container init.
+            "capabilities": crate::bridge::init::capability_names(),
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
             "seccomp": {"enabled": false},
             "apparmor": {"enabled": false},
@@ -26,6 +56,7 @@ pub fn document() -> Value {
         },
         "annotations": {
             "org.nexcage.backends": BACKENDS.join(","),
+            "org.nexcage.proxmox.annotations": crate::backend::proxmox::translate::ANNOTATIONS.join(","),
         }
     })
 }
@@ -38,5 +69,11 @@ mod tests {
         assert_eq!(d["hooks"], serde_json::json!([]));
         assert_eq!(d["linux"]["seccomp"]["enabled"], false);
         assert_eq!(d["ociVersionMin"], "1.0.0");
+        assert_eq!(d["linux"]["apparmor"]["enabled"], false);
+        assert_eq!(d["linux"]["capabilities"].as_array().unwrap().len(), 41);
+        assert!(d["mountOptions"]
+            .as_array()
+            .unwrap()
+            .contains(&"nodev".into()));
     }
 }

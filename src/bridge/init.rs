@@ -22,6 +22,7 @@ use oci_spec::runtime::Process;
 
 use super::proto::{self, Message};
 use super::MOUNT_POINT;
+use crate::backend::proxmox::translate::{InitSettings, INIT_SETTINGS_FILE};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -62,11 +63,11 @@ fn serve(conn: &OwnedFd) -> i32 {
     };
     let prepared = match Prepared::load(&Path::new(MOUNT_POINT).join("process.json")) {
         Ok(p) => p,
-        Err(message) => {
-            let _ = proto::send(conn.as_fd(), &Message::Failed { message }, &[]);
-            return 1;
-        }
+        Err(message) => return fail_and_wait(conn, message),
     };
+    if let Err(message) = apply_linux_settings(&Path::new(MOUNT_POINT).join(INIT_SETTINGS_FILE)) {
+        return fail_and_wait(conn, message);
+    }
     let mask = block_signals();
     // SAFETY: this process is single-threaded; the child only execs or exits.
     match unsafe { fork() } {
@@ -88,6 +89,15 @@ fn serve(conn: &OwnedFd) -> i32 {
     }
 }
 
+/// Report a set-up failure, then stay up until create has read it and tears
+/// the guest down: a guest that stopped at once would fail `pct start`
+/// instead, hiding the reason.
+fn fail_and_wait(conn: &OwnedFd, message: String) -> i32 {
+    let _ = proto::send(conn.as_fd(), &Message::Failed { message }, &[]);
+    while let Ok(Some(_)) = proto::recv(conn.as_fd()) {}
+    1
+}
+
 /// Everything the child needs, checked and converted before fork, so that
 /// mistakes fail `create` with a message instead of a dead process.
 #[derive(Debug)]
@@ -102,6 +112,225 @@ struct Prepared {
     umask: Option<u32>,
     rlimits: Vec<(libc::c_int, u64, u64)>,
     no_new_privileges: bool,
+    /// None: the process keeps the init's capabilities, as with runc.
+    caps: Option<Caps>,
+    oom_score_adj: Option<Vec<u8>>,
+}
+
+/// The five OCI capability sets as kernel numbers/bitmasks.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Caps {
+    /// Capabilities to drop from the bounding set (all known ones not listed).
+    drop_bounding: Vec<u32>,
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+    ambient: Vec<u32>,
+}
+
+/// Kernel capability numbers (linux/capability.h), by OCI name.
+const CAP_NAMES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The capability names nexcage can apply (for `nexcage features`).
+pub fn capability_names() -> &'static [&'static str] {
+    CAP_NAMES
+}
+
+fn cap_number(name: &str) -> Result<u32, String> {
+    CAP_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .map(|i| i as u32)
+        .ok_or_else(|| format!("unknown capability {name}"))
+}
+
+/// The highest capability this kernel knows; others cannot be set.
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+impl Caps {
+    fn from_process(p: &Process) -> Result<Option<Caps>, String> {
+        let Some(c) = p.capabilities() else {
+            return Ok(None);
+        };
+        // oci-spec's names are its serde names ("CAP_CHOWN").
+        let numbers = |set: &Option<oci_spec::runtime::Capabilities>| -> Result<Vec<u32>, String> {
+            let mut v: Vec<u32> = Vec::new();
+            for cap in set.iter().flatten() {
+                let name = serde_json::to_value(cap).map_err(|e| e.to_string())?;
+                v.push(cap_number(name.as_str().unwrap_or(""))?);
+            }
+            v.sort_unstable();
+            v.dedup();
+            Ok(v)
+        };
+        let last = last_cap();
+        let known = |v: Vec<u32>| -> Vec<u32> { v.into_iter().filter(|&n| n <= last).collect() };
+        let mask = |v: &[u32]| v.iter().fold(0u64, |m, &n| m | 1 << n);
+        let bounding = known(numbers(c.bounding())?);
+        Ok(Some(Caps {
+            drop_bounding: (0..=last).filter(|n| !bounding.contains(n)).collect(),
+            effective: mask(&known(numbers(c.effective())?)),
+            permitted: mask(&known(numbers(c.permitted())?)),
+            inheritable: mask(&known(numbers(c.inheritable())?)),
+            ambient: known(numbers(c.ambient())?),
+        }))
+    }
+}
+
+/// The container-side settings the host could not express (maskedPaths,
+/// readonlyPaths, readonly root, domainname), applied in the init while it
+/// still has every capability, before the process is forked. A missing file
+/// means nothing to do.
+fn apply_linux_settings(path: &Path) -> Result<(), String> {
+    let settings: InitSettings = match std::fs::read(path) {
+        Ok(text) => {
+            serde_json::from_slice(&text).map_err(|e| format!("invalid {}: {e}", path.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    // Before readonlyPaths, which usually include /proc/sys.
+    for (key, value) in &settings.sysctl {
+        write_sysctl(key, value).map_err(|e| format!("sysctl {key}: {e}"))?;
+    }
+    use nix::mount::{mount, MsFlags};
+    let none: Option<&str> = None;
+    for p in &settings.masked_paths {
+        let meta = match std::fs::symlink_metadata(p) {
+            Ok(m) => m,
+            // Masking what does not exist needs nothing (as runc does).
+            Err(_) => continue,
+        };
+        let r = if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                p.as_str(),
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )
+        } else {
+            mount(Some("/dev/null"), p.as_str(), none, MsFlags::MS_BIND, none)
+        };
+        r.map_err(|e| format!("maskedPaths: {p}: {e}"))?;
+    }
+    for p in &settings.readonly_paths {
+        if std::fs::symlink_metadata(p).is_err() {
+            continue;
+        }
+        readonly_bind(p).map_err(|e| format!("readonlyPaths: {p}: {e}"))?;
+    }
+    if let Some(d) = &settings.domainname {
+        // SAFETY: a plain syscall with a valid buffer and length.
+        if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+            return Err(format!("domainname: {}", std::io::Error::last_os_error()));
+        }
+    }
+    if settings.readonly_root {
+        // Only the root mount itself: /.nexcage and the mount points keep
+        // their own flags, as with runc's readonly root.
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        mount(none, "/", none, flags, none).map_err(|e| format!("root.readonly: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Only the guest's own network namespace is writable under /proc/sys in a
+/// Proxmox guest; the name is checked again here so that it can only ever
+/// name a file below /proc/sys/net.
+fn write_sysctl(key: &str, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let valid = key.starts_with("net.")
+        && key.split('.').all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    if !valid {
+        return Err(std::io::Error::other("not a net.* sysctl name"));
+    }
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .write_all(value.as_bytes())
+}
+
+/// Bind a path onto itself, then make that mount read-only, keeping the
+/// flags the kernel locked (nosuid, nodev, noexec) so the remount is allowed
+/// in an unprivileged guest.
+fn readonly_bind(p: &str) -> nix::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let none: Option<&str> = None;
+    mount(Some(p), p, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)?;
+    let locked = nix::sys::statvfs::statvfs(p)
+        .map(|s| {
+            use nix::sys::statvfs::FsFlags;
+            let f = s.flags();
+            let mut m = MsFlags::empty();
+            for (a, b) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            ] {
+                if f.contains(a) {
+                    m |= b;
+                }
+            }
+            m
+        })
+        .unwrap_or(MsFlags::empty());
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked;
+    mount(none, p, none, flags, none)
 }
 
 impl Prepared {
@@ -162,8 +391,16 @@ impl Prepared {
             umask: user.umask(),
             rlimits,
             no_new_privileges: p.no_new_privileges().unwrap_or(false),
+            caps: Caps::from_process(p)?,
+            oom_score_adj: p.oom_score_adj().map(|a| a.to_string().into_bytes()),
         })
     }
+}
+
+/// What the init would run for `p`, for the translation table's test.
+#[cfg(test)]
+pub(crate) fn prepared_debug(p: &Process) -> Result<String, String> {
+    Prepared::from_process(p).map(|p| format!("{p:?}"))
 }
 
 /// Find the program as exec would with the process's own PATH (not ours).
@@ -332,6 +569,26 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
         if let Some(m) = p.umask {
             libc::umask(m as libc::mode_t);
         }
+        if let Some(adj) = &p.oom_score_adj {
+            let path = b"/proc/self/oom_score_adj\0";
+            let fd = libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, adj.as_ptr().cast(), adj.len()) != adj.len() as isize {
+                fail("oom_score_adj", last());
+            }
+            libc::close(fd);
+        }
+        if let Some(c) = &p.caps {
+            // Dropping from the bounding set needs CAP_SETPCAP: before setuid.
+            for &n in &c.drop_bounding {
+                if libc::prctl(libc::PR_CAPBSET_DROP, n as libc::c_ulong, 0, 0, 0) != 0 {
+                    fail("drop bounding capability", last());
+                }
+            }
+            // Keep the permitted set across setuid; capset trims it after.
+            if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+                fail("keep capabilities", last());
+            }
+        }
         if nix::unistd::setgroups(&p.groups).is_err() && !p.groups.is_empty() {
             fail("setgroups", last());
         }
@@ -340,6 +597,9 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
         }
         if libc::setuid(p.uid) != 0 {
             fail("setuid", last());
+        }
+        if let Some(c) = &p.caps {
+            set_caps(c).unwrap_or_else(|e| fail("set capabilities", e));
         }
         if p.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail("no_new_privs", last());
@@ -361,6 +621,60 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
     }
 }
 
+/// capset (version 3: two 32-bit words per set), then the ambient set,
+/// whose members must already be permitted and inheritable.
+fn set_caps(c: &Caps) -> Result<(), std::io::Error> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let word = |m: u64, i: usize| (m >> (32 * i)) as u32;
+    let data: [Data; 2] = std::array::from_fn(|i| Data {
+        effective: word(c.effective, i),
+        permitted: word(c.permitted, i),
+        inheritable: word(c.inheritable, i),
+    });
+    // SAFETY: header and data are the layouts capset(2) documents.
+    unsafe {
+        if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        for &n in &c.ambient {
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                n as libc::c_ulong,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +694,41 @@ mod tests {
         assert!(resolve("./bin/hello", &[], tmp.path()).is_ok());
         std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(resolve(prog.to_str().unwrap(), &[], Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn capabilities_are_converted_before_fork() {
+        let p: Process = serde_json::from_value(serde_json::json!({
+            "cwd": "/", "args": ["sh"], "user": {"uid": 0, "gid": 0}, "oomScoreAdj": -17,
+            "capabilities": {
+                "bounding": ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "effective": ["CAP_CHOWN", "CAP_KILL"],
+                "permitted": ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "inheritable": ["CAP_NET_BIND_SERVICE"],
+                "ambient": ["CAP_NET_BIND_SERVICE"]
+            }
+        }))
+        .unwrap();
+        let prep = Prepared::from_process(&p).unwrap();
+        let c = prep.caps.unwrap();
+        assert_eq!(c.effective, 1 << 0 | 1 << 5);
+        assert_eq!(c.permitted, 1 << 0 | 1 << 5 | 1 << 10);
+        assert_eq!(c.inheritable, 1 << 10);
+        assert_eq!(c.ambient, [10]);
+        assert!(!c.drop_bounding.contains(&0) && c.drop_bounding.contains(&21));
+        assert_eq!(prep.oom_score_adj.as_deref(), Some(&b"-17"[..]));
+        assert_eq!(cap_number("CAP_SYS_ADMIN").unwrap(), 21);
+        assert_eq!(cap_number("CAP_CHECKPOINT_RESTORE").unwrap(), 40);
+        let none: Process = serde_json::from_value(serde_json::json!({
+            "cwd": "/", "args": ["sh"], "user": {"uid": 0, "gid": 0}
+        }))
+        .unwrap();
+        assert!(Prepared::from_process(&none).unwrap().caps.is_none());
+    }
+
+    #[test]
+    fn missing_linux_settings_file_means_nothing_to_apply() {
+        assert!(apply_linux_settings(Path::new("/nonexistent/linux.json")).is_ok());
     }
 
     #[test]

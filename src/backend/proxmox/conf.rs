@@ -96,6 +96,48 @@ impl RawLine {
         )
     }
 
+    /// `lxc.mount.entry` for a kernel filesystem (tmpfs, mqueue) that has no
+    /// host source. The fstab fields are blank-separated and the options
+    /// comma-separated, so none of them may hold blanks, commas in an
+    /// option, or anything but a plain relative target.
+    pub fn fs_mount(fstype: &str, target: &str, options: &[String]) -> Result<RawLine, ConfError> {
+        let key = "lxc.mount.entry";
+        let bad = |reason| ConfError::BadValue {
+            key: key.into(),
+            reason,
+        };
+        if !matches!(fstype, "tmpfs" | "mqueue") {
+            return Err(bad("only tmpfs and mqueue mounts have no host source"));
+        }
+        if target.starts_with('/') || target.is_empty() {
+            return Err(bad("target must be relative to the container root"));
+        }
+        if target
+            .bytes()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+        {
+            return Err(bad("paths may not contain blanks"));
+        }
+        if target.split('/').any(|c| c == ".." || c == ".") {
+            return Err(bad("paths may not contain '..'"));
+        }
+        for o in options {
+            if o.is_empty()
+                || !o
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"=_-".contains(&c))
+            {
+                return Err(bad("invalid mount option"));
+            }
+        }
+        let opts = if options.is_empty() {
+            "defaults".to_string()
+        } else {
+            options.join(",")
+        };
+        RawLine::new(key, &format!("{fstype} {target} {fstype} {opts} 0 0"))
+    }
+
     /// The line as Proxmox writes it in `<vmid>.conf`.
     pub fn render(&self) -> String {
         format!("{}: {}", self.key, self.value)
@@ -256,6 +298,28 @@ mod tests {
             );
         }
         assert!(RawLine::bind_mount(Path::new("/a"), ".x", &["ro,rw"]).is_err());
+    }
+
+    #[test]
+    fn kernel_fs_mount_lines_are_fixed_format() {
+        let l =
+            RawLine::fs_mount("tmpfs", "run", &["nosuid".into(), "size=65536k".into()]).unwrap();
+        assert_eq!(
+            l.render(),
+            "lxc.mount.entry: tmpfs run tmpfs nosuid,size=65536k 0 0"
+        );
+
+        for (t, d, o) in [
+            ("proc", "x", ""),
+            ("tmpfs", "/abs", ""),
+            ("tmpfs", "a b", ""),
+            ("tmpfs", "a/../../b", ""),
+            ("tmpfs", "x", "a,b"),
+            ("tmpfs", "x", "a\nlxc.hook.pre-start=/evil"),
+        ] {
+            let opts: Vec<String> = if o.is_empty() { vec![] } else { vec![o.into()] };
+            assert!(RawLine::fs_mount(t, d, &opts).is_err(), "{t} {d:?} {o:?}");
+        }
     }
 
     #[test]

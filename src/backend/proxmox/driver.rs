@@ -177,10 +177,27 @@ impl Backend for Driver {
         record: &mut Record,
         save: &mut dyn FnMut(&Record) -> Result<()>,
     ) -> Result<()> {
-        let plan = translate::plan(&req.bundle.spec, &self.settings, HostFacts::read())
-            .map_err(DriverError::from)?;
-        let lines =
+        let plan = translate::plan_bundle(
+            &req.bundle.spec,
+            Some(&req.bundle.rootfs),
+            &self.settings,
+            HostFacts::read(),
+        )
+        .map_err(DriverError::from)?;
+        let mut lines =
             Self::bridge_lines(req).map_err(|source| DriverError::Conf { vmid: 0, source })?;
+        lines.extend(plan.raw_lines.iter().cloned());
+        // The init reads what it applies inside (masked paths, ...) from the bridge.
+        plan.init
+            .write(req.bridge_dir)
+            .map_err(|e| DriverError::Conf {
+                vmid: 0,
+                source: ConfError::Io {
+                    what: "write",
+                    path: req.bridge_dir.join(translate::INIT_SETTINGS_FILE),
+                    source: e,
+                },
+            })?;
         if plan.unprivileged {
             for p in [req.bridge_dir, req.init_binary] {
                 check_searchable(p)?;

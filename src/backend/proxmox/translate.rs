@@ -1,37 +1,79 @@
-//! config.json -> `pct create` options. Proxmox-native settings first, so the
-//! Proxmox UI and backups show the truth; the process itself never travels
-//! through the LXC config but as JSON to the in-container init (see bridge).
-//! Fields without a translation yet are refused here rather than dropped.
+//! config.json -> `pct create` options, raw `lxc.*` lines and the settings
+//! the in-container init applies. Proxmox-native settings first, so the
+//! Proxmox UI and backups show the truth; raw lines only where pct has no
+//! option; the process itself never travels through the LXC config but as
+//! JSON to the init (see bridge). Every field is either translated or
+//! refused here: docs/translation.md is the table, and a test walks it.
+//!
+//! The spec is walked as JSON so that every error names the field exactly as
+//! config.json spells it.
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::path::{Component, Path};
 
-use crate::config::{ProxmoxSettings, UnprivilegedPolicy};
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::conf::{ConfError, RawLine};
+use crate::config::{
+    is_bridge_name, is_storage_id, CgroupVersion, ProxmoxSettings, UnprivilegedPolicy,
+};
 
 const MIB: u64 = 1024 * 1024;
 /// pct refuses less memory than this.
 const MIN_MEMORY_MIB: u64 = 16;
+/// pct's limits for cores and cpulimit.
+const MAX_CPUS: u64 = 8192;
+/// Proxmox's default unprivileged map (`u/g 0 100000 65536`).
+const DEFAULT_IDMAP: (u64, u64, u64) = (0, 100_000, 65_536);
+/// Size of the root volume when mount points force an explicit `--rootfs`;
+/// pct's own default for create.
+const ROOTFS_GIB: u32 = 4;
+/// Where the bridge appears in the guest; nothing may be mounted over it.
+const BRIDGE_DIR: &str = "/.nexcage";
+/// Host trees a bind mount may never expose, whatever `bind_allow` says: the
+/// host's kernel interfaces, its boot files, the cluster configuration and
+/// guest volumes.
+const BIND_DENY: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/etc/pve",
+    "/var/lib/vz",
+    "/var/lib/lxc",
+    "/run/nexcage",
+    "/etc/nexcage",
+];
+/// The file name, in the bridge directory, of the settings the init applies.
+pub const INIT_SETTINGS_FILE: &str = "linux.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranslateError {
     #[error("config.json: {field}: {message}")]
-    Field {
-        field: &'static str,
-        message: String,
-    },
+    Field { field: String, message: String },
 }
 
-fn field(field: &'static str, message: impl Into<String>) -> TranslateError {
+fn field(field: impl Into<String>, message: impl Into<String>) -> TranslateError {
     TranslateError::Field {
-        field,
+        field: field.into(),
         message: message.into(),
     }
 }
 
-/// What the node's host offers, for settings whose OCI meaning is "no limit".
+fn conf_err(f: impl Into<String>) -> impl FnOnce(ConfError) -> TranslateError {
+    let f = f.into();
+    move |e| field(f, e.to_string())
+}
+
+/// What the node's host offers, for settings whose OCI meaning is "no limit",
+/// and which cgroup keys its LXC understands.
 #[derive(Debug, Clone, Copy)]
 pub struct HostFacts {
     pub mem_total_mib: u64,
     pub swap_total_mib: u64,
+    /// The host's layout, as detected (the configuration may override it).
+    pub cgroup: CgroupVersion,
 }
 
 impl HostFacts {
@@ -46,109 +88,1246 @@ impl HostFacts {
         HostFacts {
             mem_total_mib: (kib("MemTotal:") / 1024).max(MIN_MEMORY_MIB),
             swap_total_mib: kib("SwapTotal:") / 1024,
+            cgroup: detect_cgroup(Path::new("/sys/fs/cgroup")),
         }
     }
 }
 
-/// The `pct create` options for one bundle.
+/// A unified hierarchy has cgroup.controllers at its root; a legacy or hybrid
+/// one (controllers under /sys/fs/cgroup/<ctrl>) has not, and LXC then
+/// ignores every `lxc.cgroup2.*` key.
+pub fn detect_cgroup(root: &Path) -> CgroupVersion {
+    if root.join("cgroup.controllers").exists() {
+        CgroupVersion::V2
+    } else {
+        CgroupVersion::V1
+    }
+}
+
+/// Settings the in-container init applies before it runs the process: they
+/// concern the container's own mounts and UTS namespace, which neither pct
+/// nor a raw line can express. Written as JSON into the bridge directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitSettings {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked_paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readonly_paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readonly_root: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domainname: Option<String>,
+    /// net.* sysctls, written by the init under /proc/sys/net: Proxmox's
+    /// config parser drops raw `lxc.sysctl.net.*` lines (it allows only the
+    /// IPC ones), so a raw line would be lost silently on a real node.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sysctl: std::collections::BTreeMap<String, String>,
+}
+
+impl InitSettings {
+    /// Write into the bridge directory (host side), before the guest starts.
+    pub fn write(&self, bridge_dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(bridge_dir.join(INIT_SETTINGS_FILE), text)
+    }
+}
+
+/// The `pct create` options, raw lines and init settings for one bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PctPlan {
     /// `--name value` pairs, in a fixed order (golden files compare them).
-    pub options: Vec<(&'static str, String)>,
+    pub options: Vec<(String, String)>,
     pub unprivileged: bool,
+    /// Lines for `<vmid>.conf` where pct has no option, in order.
+    pub raw_lines: Vec<RawLine>,
+    /// Storage for the root volume when an annotation overrides the default.
+    pub storage: Option<String>,
+    /// pct refuses mount points without an explicit rootfs.
+    pub needs_rootfs: bool,
+    pub init: InitSettings,
 }
 
 impl PctPlan {
     /// The complete argument vector for `pct create`.
     pub fn create_args(&self, vmid: u32, volid: &str, storage: &str) -> Vec<String> {
+        let storage = self.storage.as_deref().unwrap_or(storage);
         let mut args = vec!["create".to_string(), vmid.to_string(), volid.to_string()];
         for (k, v) in &self.options {
             args.push(format!("--{k}"));
             args.push(v.clone());
         }
+        if self.needs_rootfs {
+            args.push("--rootfs".into());
+            args.push(format!("{storage}:{ROOTFS_GIB}"));
+        }
         args.push("--storage".into());
         args.push(storage.into());
         args
     }
+
+    fn opt(&mut self, k: impl Into<String>, v: impl Into<String>) {
+        self.options.push((k.into(), v.into()));
+    }
+
+    fn raw(&mut self, f: &str, key: &str, value: &str) -> Result<(), TranslateError> {
+        let line = RawLine::new(key, value).map_err(conf_err(f))?;
+        self.raw_lines.push(line);
+        Ok(())
+    }
 }
 
+/// The translation without a rootfs to check mount destinations against
+/// (tests and golden files, which must not depend on a rootfs).
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn plan(
     spec: &Spec,
     settings: &ProxmoxSettings,
     host: HostFacts,
 ) -> Result<PctPlan, TranslateError> {
-    let mut options: Vec<(&'static str, String)> = Vec::new();
+    plan_bundle(spec, None, settings, host)
+}
 
-    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
-        if !is_dns_name(h) {
-            return Err(field("hostname", format!("{h:?} is not a valid DNS name")));
-        }
-        options.push(("hostname", h.to_string()));
-    }
-
-    let (memory, swap) = memory_mib(spec, host)?;
-    options.push(("memory", memory.to_string()));
-    options.push(("swap", swap.to_string()));
-    // nexcage's init is the container's PID 1; Proxmox must not touch the
-    // guest's files as it would for a distribution it manages.
-    options.push(("ostype", "unmanaged".into()));
-
-    let linux = spec.linux().as_ref();
-    let namespaces = linux.and_then(|l| l.namespaces().as_ref());
-    let has = |t: LinuxNamespaceType| namespaces.is_some_and(|ns| ns.iter().any(|n| n.typ() == t));
-    let unprivileged = match settings.unprivileged {
-        UnprivilegedPolicy::Always => true,
-        UnprivilegedPolicy::Auto => has(LinuxNamespaceType::User),
+/// The translation of a loaded bundle. `rootfs`, when given, is where mount
+/// destinations are checked for symlinks leading out of the container.
+pub fn plan_bundle(
+    spec: &Spec,
+    rootfs: Option<&Path>,
+    settings: &ProxmoxSettings,
+    host: HostFacts,
+) -> Result<PctPlan, TranslateError> {
+    let v = serde_json::to_value(spec).map_err(|e| field("config.json", e.to_string()))?;
+    let empty = Map::new();
+    let obj = |v: &Value| v.as_object().cloned();
+    let linux = v.get("linux").and_then(obj).unwrap_or_default();
+    let annotations = v.get("annotations").and_then(obj).unwrap_or_default();
+    let cgroup = match settings.cgroup_version {
+        CgroupVersion::Auto => host.cgroup,
+        fixed => fixed,
     };
-    options.push(("unprivileged", if unprivileged { "1" } else { "0" }.into()));
+    let mut t = Translator {
+        plan: PctPlan {
+            options: Vec::new(),
+            unprivileged: false,
+            raw_lines: Vec::new(),
+            storage: None,
+            needs_rootfs: false,
+            init: InitSettings::default(),
+        },
+        settings,
+        host,
+        cgroup,
+        rootfs,
+        ann: Annotations::parse(&annotations, settings)?,
+    };
+    t.top_level(&v)?;
+    t.process(
+        v.get("process")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty),
+    )?;
+    t.resources(
+        linux
+            .get("resources")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty),
+    )?;
+    t.linux(&linux)?;
+    t.mounts(
+        v.get("mounts")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
+    )?;
+    t.annotation_options();
+    Ok(t.plan)
+}
 
-    let net = namespaces.and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
-    match net {
-        None => {
-            return Err(field(
-                "linux.namespaces",
-                "sharing the host's network namespace is not possible for a Proxmox container; add a network namespace",
-            ))
+struct Translator<'a> {
+    plan: PctPlan,
+    settings: &'a ProxmoxSettings,
+    host: HostFacts,
+    cgroup: CgroupVersion,
+    rootfs: Option<&'a Path>,
+    ann: Annotations,
+}
+
+/// A JSON value that is "not set": absent, null, empty string/list/object,
+/// or (for numbers whose zero means "default") zero.
+fn unset(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Object(o)) => o.values().all(|v| unset(Some(v))),
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        Some(Value::Bool(b)) => !b,
+    }
+}
+
+fn refuse_if_set(
+    m: &Map<String, Value>,
+    prefix: &str,
+    key: &str,
+    reason: &str,
+) -> Result<(), TranslateError> {
+    if unset(m.get(key)) {
+        Ok(())
+    } else {
+        Err(field(format!("{prefix}{key}"), reason))
+    }
+}
+
+/// No control characters (newline, NUL, ...) anywhere a value could reach a
+/// command line or a config line.
+fn check_text(f: &str, s: &str) -> Result<(), TranslateError> {
+    if s.chars().any(char::is_control) {
+        return Err(field(
+            f,
+            format!("{s:?}: control characters are not allowed"),
+        ));
+    }
+    Ok(())
+}
+
+impl Translator<'_> {
+    fn cg_key(&self, v1: &str, v2: &str) -> String {
+        match self.cgroup {
+            CgroupVersion::V2 => format!("lxc.cgroup2.{v2}"),
+            _ => format!("lxc.cgroup.{v1}"),
         }
-        Some(n) if n.path().is_some() => {
-            return Err(field(
-                "linux.namespaces",
-                "joining an existing network namespace by path is not supported yet",
-            ))
-        }
-        Some(_) => options.push(("net0", format!("name=eth0,bridge={}", settings.bridge))),
     }
 
-    if let Some(p) = spec.process() {
-        if p.terminal().unwrap_or(false) {
+    fn top_level(&mut self, v: &Value) -> Result<(), TranslateError> {
+        if let Some(h) = v
+            .get("hostname")
+            .and_then(Value::as_str)
+            .filter(|h| !h.is_empty())
+        {
+            if !is_dns_name(h) {
+                return Err(field("hostname", format!("{h:?} is not a valid DNS name")));
+            }
+            self.plan.opt("hostname", h);
+        }
+        if let Some(d) = v
+            .get("domainname")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+        {
+            if !is_dns_name(d) || d.len() > 64 {
+                return Err(field(
+                    "domainname",
+                    format!("{d:?} is not a valid domain name"),
+                ));
+            }
+            self.plan.init.domainname = Some(d.to_string());
+        }
+        if v.get("root")
+            .and_then(|r| r.get("readonly"))
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
+            self.plan.init.readonly_root = true;
+        }
+        if !unset(v.get("hooks")) {
+            return Err(field("hooks", "OCI hooks are not supported yet"));
+        }
+        for other in ["solaris", "windows", "vm", "zos"] {
+            if !unset(v.get(other)) {
+                return Err(field(other, "only Linux containers are supported"));
+            }
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, p: &Map<String, Value>) -> Result<(), TranslateError> {
+        if p.get("terminal").and_then(Value::as_bool) == Some(true) {
             return Err(field(
                 "process.terminal",
                 "terminal mode is not supported yet",
             ));
         }
+        let pre = "process.";
+        refuse_if_set(
+            p,
+            pre,
+            "selinuxLabel",
+            "SELinux is not available on Proxmox VE",
+        )?;
+        refuse_if_set(p, pre, "ioPriority", "I/O priorities are not supported")?;
+        refuse_if_set(p, pre, "scheduler", "scheduling policies are not supported")?;
+        refuse_if_set(p, pre, "execCPUAffinity", "CPU affinity is not supported")?;
+        if let Some(adj) = p.get("oomScoreAdj").and_then(Value::as_i64) {
+            if !(-1000..=1000).contains(&adj) {
+                return Err(field(
+                    "process.oomScoreAdj",
+                    format!("{adj} is outside -1000..1000"),
+                ));
+            }
+        }
+        // Strings the init receives as JSON never reach a config line, but a
+        // NUL would be cut off by exec: refuse it here, before anything exists.
+        let strings = |k: &str| -> Vec<String> {
+            p.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for k in ["args", "env"] {
+            for s in strings(k) {
+                if s.contains('\0') {
+                    return Err(field(format!("process.{k}"), "NUL bytes are not allowed"));
+                }
+            }
+        }
+        for e in strings("env") {
+            if !e.contains('=') || e.starts_with('=') {
+                return Err(field("process.env", format!("{e:?} is not NAME=VALUE")));
+            }
+        }
+        if let Some(cwd) = p.get("cwd").and_then(Value::as_str) {
+            if cwd.contains('\0') {
+                return Err(field("process.cwd", "NUL bytes are not allowed"));
+            }
+        }
+        Ok(())
     }
-    Ok(PctPlan {
-        options,
-        unprivileged,
-    })
+
+    fn resources(&mut self, r: &Map<String, Value>) -> Result<(), TranslateError> {
+        let empty = Map::new();
+        let get = |k: &str| r.get(k).and_then(Value::as_object).unwrap_or(&empty);
+        let mem = get("memory");
+        let (memory, swap) = memory_mib(mem, self.host)?;
+        self.plan.opt("memory", memory.to_string());
+        self.plan.opt("swap", swap.to_string());
+        let pre = "linux.resources.memory.";
+        if let Some(res) = mem
+            .get("reservation")
+            .and_then(Value::as_i64)
+            .filter(|&x| x > 0)
+        {
+            let key = self.cg_key("memory.soft_limit_in_bytes", "memory.low");
+            self.plan
+                .raw(&format!("{pre}reservation"), &key, &res.to_string())?;
+        }
+        // Obsolete since Linux 5.4 and refused by cgroup v2; runc ignores it too.
+        let _ = mem.get("kernel");
+        refuse_if_set(
+            mem,
+            pre,
+            "kernelTCP",
+            "kernel TCP memory limits are not supported",
+        )?;
+        if let Some(sw) = mem.get("swappiness").and_then(Value::as_u64) {
+            if sw > 100 {
+                return Err(field(
+                    format!("{pre}swappiness"),
+                    format!("{sw} is above 100"),
+                ));
+            }
+            if self.cgroup == CgroupVersion::V2 {
+                return Err(field(
+                    format!("{pre}swappiness"),
+                    "cgroup v2 has no per-group swappiness",
+                ));
+            }
+            self.plan.raw(
+                &format!("{pre}swappiness"),
+                "lxc.cgroup.memory.swappiness",
+                &sw.to_string(),
+            )?;
+        }
+        if mem.get("disableOOMKiller").and_then(Value::as_bool) == Some(true) {
+            if self.cgroup == CgroupVersion::V2 {
+                return Err(field(
+                    format!("{pre}disableOOMKiller"),
+                    "cgroup v2 cannot disable the OOM killer",
+                ));
+            }
+            self.plan.raw(
+                &format!("{pre}disableOOMKiller"),
+                "lxc.cgroup.memory.oom_control",
+                "1",
+            )?;
+        }
+        self.cpu(get("cpu"))?;
+        if let Some(limit) = get("pids")
+            .get("limit")
+            .and_then(Value::as_i64)
+            .filter(|&l| l > 0)
+        {
+            let key = self.cg_key("pids.max", "pids.max");
+            self.plan
+                .raw("linux.resources.pids.limit", &key, &limit.to_string())?;
+        }
+        let pre = "linux.resources.";
+        refuse_if_set(
+            r,
+            pre,
+            "blockIO",
+            "block I/O limits are not supported; use Proxmox's disk settings",
+        )?;
+        refuse_if_set(
+            r,
+            pre,
+            "hugepageLimits",
+            "hugepage limits are not supported",
+        )?;
+        refuse_if_set(r, pre, "network", "net_cls/net_prio settings are not supported; use Proxmox's rate= on the network device")?;
+        if r.get("rdma")
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+        {
+            return Err(field(
+                "linux.resources.rdma",
+                "RDMA limits are not supported",
+            ));
+        }
+        if let Some(unified) = r
+            .get("unified")
+            .and_then(Value::as_object)
+            .filter(|u| !u.is_empty())
+        {
+            if self.cgroup != CgroupVersion::V2 {
+                return Err(field("linux.resources.unified", "needs a cgroup v2 host"));
+            }
+            let mut keys: Vec<_> = unified.iter().collect();
+            keys.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, val) in keys {
+                let f = format!("linux.resources.unified.{k}");
+                let val = val.as_str().ok_or_else(|| field(&f, "must be a string"))?;
+                if !k.contains('.') || k.starts_with("cgroup.") {
+                    return Err(field(&f, "not a controller file"));
+                }
+                self.plan.raw(&f, &format!("lxc.cgroup2.{k}"), val)?;
+            }
+        }
+        if let Some(rules) = r.get("devices").and_then(Value::as_array) {
+            self.device_rules(rules)?;
+        }
+        Ok(())
+    }
+
+    fn cpu(&mut self, c: &Map<String, Value>) -> Result<(), TranslateError> {
+        let pre = "linux.resources.cpu.";
+        if let Some(quota) = c.get("quota").and_then(Value::as_i64).filter(|&q| q > 0) {
+            let period = c
+                .get("period")
+                .and_then(Value::as_u64)
+                .filter(|&p| p > 0)
+                .unwrap_or(100_000);
+            // Hundredths of a CPU, rounded up so the guest never gets less
+            // than asked.
+            let hundredths = (quota as u128 * 100).div_ceil(period as u128).max(1);
+            if hundredths > (MAX_CPUS * 100) as u128 {
+                return Err(field(
+                    format!("{pre}quota"),
+                    format!("{quota}/{period} is above {MAX_CPUS} CPUs"),
+                ));
+            }
+            self.plan
+                .opt("cpulimit", format_hundredths(hundredths as u64));
+        }
+        if let Some(cpus) = c
+            .get("cpus")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            let n = cpu_list_len(cpus).ok_or_else(|| {
+                field(format!("{pre}cpus"), format!("{cpus:?} is not a CPU list"))
+            })?;
+            if n == 0 || n > MAX_CPUS {
+                return Err(field(
+                    format!("{pre}cpus"),
+                    format!("{n} CPUs is outside 1..{MAX_CPUS}"),
+                ));
+            }
+            self.plan.opt("cores", n.to_string());
+            // cores only counts; the set itself pins the guest to these CPUs.
+            let key = self.cg_key("cpuset.cpus", "cpuset.cpus");
+            self.plan.raw(&format!("{pre}cpus"), &key, cpus)?;
+        }
+        if let Some(shares) = c.get("shares").and_then(Value::as_u64).filter(|&s| s > 0) {
+            self.plan
+                .opt("cpuunits", cpu_units(shares, self.cgroup).to_string());
+        }
+        if let Some(mems) = c
+            .get("mems")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            cpu_list_len(mems).ok_or_else(|| {
+                field(format!("{pre}mems"), format!("{mems:?} is not a node list"))
+            })?;
+            let key = self.cg_key("cpuset.mems", "cpuset.mems");
+            self.plan.raw(&format!("{pre}mems"), &key, mems)?;
+        }
+        refuse_if_set(
+            c,
+            pre,
+            "realtimeRuntime",
+            "real-time scheduling is not supported in Proxmox containers",
+        )?;
+        refuse_if_set(
+            c,
+            pre,
+            "realtimePeriod",
+            "real-time scheduling is not supported in Proxmox containers",
+        )?;
+        refuse_if_set(c, pre, "idle", "SCHED_IDLE groups are not supported")?;
+        refuse_if_set(c, pre, "burst", "CPU burst is not supported")?;
+        Ok(())
+    }
+
+    fn device_rules(&mut self, rules: &[Value]) -> Result<(), TranslateError> {
+        for (i, rule) in rules.iter().enumerate() {
+            let f = format!("linux.resources.devices[{i}]");
+            let allow = rule.get("allow").and_then(Value::as_bool).unwrap_or(false);
+            let typ = rule.get("type").and_then(Value::as_str).unwrap_or("a");
+            if !matches!(typ, "a" | "b" | "c") {
+                return Err(field(
+                    format!("{f}.type"),
+                    format!("{typ:?} is not a, b or c"),
+                ));
+            }
+            let num = |k: &str| match rule.get(k).and_then(Value::as_i64) {
+                Some(n) if n >= 0 => n.to_string(),
+                _ => "*".to_string(),
+            };
+            let access = rule.get("access").and_then(Value::as_str).unwrap_or("rwm");
+            if access.is_empty() || !access.bytes().all(|c| b"rwm".contains(&c)) {
+                return Err(field(
+                    format!("{f}.access"),
+                    format!("{access:?} is not a subset of rwm"),
+                ));
+            }
+            let all = typ == "a"
+                && rule.get("major").is_none_or(Value::is_null)
+                && rule.get("minor").is_none_or(Value::is_null);
+            if all && !allow {
+                if i == 0 {
+                    // LXC's baseline already denies every device but the
+                    // standard ones OCI also guarantees (null, zero, tty...).
+                    continue;
+                }
+                return Err(field(f, "denying all devices after other rules would also take away the devices every container needs"));
+            }
+            let value = if all {
+                "a".to_string()
+            } else {
+                format!("{typ} {}:{} {access}", num("major"), num("minor"))
+            };
+            let key = self.cg_key(
+                if allow {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                },
+                if allow {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                },
+            );
+            self.plan.raw(&f, &key, &value)?;
+        }
+        Ok(())
+    }
+
+    fn linux(&mut self, l: &Map<String, Value>) -> Result<(), TranslateError> {
+        self.namespaces(l)?;
+        self.idmaps(l)?;
+        if let Some(devices) = l.get("devices").and_then(Value::as_array) {
+            for (i, d) in devices.iter().enumerate() {
+                self.device(i, d)?;
+            }
+        }
+        if let Some(sysctl) = l.get("sysctl").and_then(Value::as_object) {
+            let mut keys: Vec<_> = sysctl.iter().collect();
+            keys.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, val) in keys {
+                let f = format!("linux.sysctl.{k}");
+                let val = val.as_str().ok_or_else(|| field(&f, "must be a string"))?;
+                check_sysctl(&f, k)?;
+                check_text(&f, val)?;
+                self.plan.init.sysctl.insert(k.clone(), val.to_string());
+            }
+        }
+        // Proxmox's LXC always runs its own seccomp policy for the guest; a
+        // profile in OCI's JSON form cannot be handed to LXC (which reads its
+        // own text format), so it is accepted and documented, not applied.
+        let _ = l.get("seccomp");
+        if let Some(p) = l
+            .get("rootfsPropagation")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+        {
+            if !matches!(p, "private" | "rprivate" | "slave" | "rslave") {
+                return Err(field(
+                    "linux.rootfsPropagation",
+                    format!(
+                        "{p:?}: a Proxmox guest's root never propagates mounts back to the host"
+                    ),
+                ));
+            }
+        }
+        for (k, target) in [("maskedPaths", 0), ("readonlyPaths", 1)] {
+            for (i, p) in l
+                .get(k)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let f = format!("linux.{k}[{i}]");
+                let s = p.as_str().ok_or_else(|| field(&f, "must be a string"))?;
+                check_container_path(&f, s)?;
+                if target == 0 {
+                    self.plan.init.masked_paths.push(s.to_string());
+                } else {
+                    self.plan.init.readonly_paths.push(s.to_string());
+                }
+            }
+        }
+        refuse_if_set(
+            l,
+            "linux.",
+            "mountLabel",
+            "SELinux is not available on Proxmox VE",
+        )?;
+        refuse_if_set(l, "linux.", "intelRdt", "Intel RDT is not supported")?;
+        refuse_if_set(
+            l,
+            "linux.",
+            "timeOffsets",
+            "time namespaces are not supported by Proxmox containers",
+        )?;
+        // A device entry may be empty ({"eth1": {}}): its key alone asks for it.
+        if l.get("netDevices")
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+        {
+            return Err(field("linux.netDevices", "moving host network devices into a guest is not supported; use org.proxmox.net0.* annotations"));
+        }
+        refuse_if_set(
+            l,
+            "linux.",
+            "memoryPolicy",
+            "NUMA memory policies are not supported",
+        )?;
+        if let Some(p) = l.get("personality").and_then(Value::as_object) {
+            match p.get("domain").and_then(Value::as_str) {
+                None | Some("LINUX") => {}
+                Some(d) => {
+                    return Err(field(
+                        "linux.personality.domain",
+                        format!("{d:?}: only LINUX is supported"),
+                    ))
+                }
+            }
+            refuse_if_set(
+                p,
+                "linux.personality.",
+                "flags",
+                "personality flags are not supported",
+            )?;
+        }
+        // cgroupsPath: Proxmox places every guest under its own /lxc/<vmid>.
+        let _ = l.get("cgroupsPath");
+        Ok(())
+    }
+
+    fn namespaces(&mut self, l: &Map<String, Value>) -> Result<(), TranslateError> {
+        let ns: Vec<&Value> = l
+            .get("namespaces")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        let mut user = false;
+        let mut net = None;
+        for (i, n) in ns.iter().enumerate() {
+            let f = format!("linux.namespaces[{i}]");
+            let typ = n.get("type").and_then(Value::as_str).unwrap_or("");
+            let path = n
+                .get("path")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty());
+            match typ {
+                "network" => net = Some(path),
+                "user" | "pid" | "ipc" | "uts" | "mount" | "cgroup" if path.is_some() => {
+                    return Err(field(f, format!("joining an existing {typ} namespace is not possible for a Proxmox container")))
+                }
+                "user" => user = true,
+                "pid" | "ipc" | "uts" | "mount" | "cgroup" => {}
+                other => return Err(field(f, format!("{other:?} namespaces are not supported"))),
+            }
+        }
+        let policy_unpriv = match self.settings.unprivileged {
+            UnprivilegedPolicy::Always => true,
+            UnprivilegedPolicy::Auto => user,
+        };
+        self.plan.unprivileged = match self.ann.unprivileged {
+            Some(false) if self.settings.unprivileged == UnprivilegedPolicy::Always => {
+                return Err(field(
+                    "annotations.org.proxmox.unprivileged",
+                    "this node's policy makes every container unprivileged",
+                ))
+            }
+            Some(u) => u,
+            None => policy_unpriv,
+        };
+        self.plan.opt(
+            "unprivileged",
+            if self.plan.unprivileged { "1" } else { "0" },
+        );
+        match net {
+            None => Err(field("linux.namespaces", "sharing the host's network namespace is not possible for a Proxmox container; add a network namespace")),
+            // LXC can share a namespace only with a process (pid) or another
+            // container, not a namespace file such as /run/netns/X.
+            Some(Some(p)) => Err(field("linux.namespaces", format!("joining the existing network namespace {p:?} is not possible for a Proxmox container (LXC shares namespaces by pid or container name only); let nexcage create it"))),
+            Some(None) => {
+                let mut net0 = format!("name=eth0,bridge={}", self.ann.bridge.as_deref().unwrap_or(&self.settings.bridge));
+                for (k, v) in [("ip", &self.ann.ip), ("gw", &self.ann.gw), ("tag", &self.ann.tag)] {
+                    if let Some(v) = v {
+                        net0.push_str(&format!(",{k}={v}"));
+                    }
+                }
+                self.plan.opt("net0", net0);
+                Ok(())
+            }
+        }
+    }
+
+    fn idmaps(&mut self, l: &Map<String, Value>) -> Result<(), TranslateError> {
+        let read = |k: &str| -> Result<Vec<(u64, u64, u64)>, TranslateError> {
+            let mut out = Vec::new();
+            for (i, m) in l
+                .get(k)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let f = format!("linux.{k}[{i}]");
+                let n = |x: &str| {
+                    m.get(x)
+                        .and_then(Value::as_u64)
+                        .ok_or_else(|| field(format!("{f}.{x}"), "must be a number"))
+                };
+                let (c, h, s) = (n("containerID")?, n("hostID")?, n("size")?);
+                if s == 0 || c + s > 1 << 32 || h + s > 1 << 32 {
+                    return Err(field(
+                        &f,
+                        "size must be positive and the range within 32-bit ids",
+                    ));
+                }
+                if h == 0 {
+                    return Err(field(
+                        &f,
+                        "mapping the host's root user into a container is refused",
+                    ));
+                }
+                out.push((c, h, s));
+            }
+            Ok(out)
+        };
+        let (uids, gids) = (read("uidMappings")?, read("gidMappings")?);
+        if uids.is_empty() && gids.is_empty() {
+            return Ok(());
+        }
+        if !self.plan.unprivileged {
+            return Err(field(
+                "linux.uidMappings",
+                "id mappings need a user namespace (an unprivileged container)",
+            ));
+        }
+        let default = vec![DEFAULT_IDMAP];
+        let uids = if uids.is_empty() {
+            default.clone()
+        } else {
+            uids
+        };
+        let gids = if gids.is_empty() {
+            default.clone()
+        } else {
+            gids
+        };
+        if uids == default && gids == default {
+            return Ok(());
+        }
+        for (kind, maps, k) in [("u", &uids, "uidMappings"), ("g", &gids, "gidMappings")] {
+            for (c, h, s) in maps {
+                self.plan.raw(
+                    &format!("linux.{k}"),
+                    "lxc.idmap",
+                    &format!("{kind} {c} {h} {s}"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A device node: Proxmox passes host devices through (`--devN`), so the
+    /// host must have the same node at the same path.
+    fn device(&mut self, i: usize, d: &Value) -> Result<(), TranslateError> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let f = format!("linux.devices[{i}]");
+        let path = d.get("path").and_then(Value::as_str).unwrap_or("");
+        check_container_path(&format!("{f}.path"), path)?;
+        check_property_value(&format!("{f}.path"), path)?;
+        let typ = d.get("type").and_then(Value::as_str).unwrap_or("");
+        let meta = std::fs::metadata(path).map_err(|e| {
+            field(
+                format!("{f}.path"),
+                format!("{path}: the host has no such device to pass through ({e})"),
+            )
+        })?;
+        let ft = meta.file_type();
+        let host_type = if ft.is_char_device() {
+            "c"
+        } else if ft.is_block_device() {
+            "b"
+        } else {
+            ""
+        };
+        let want_type = if typ == "u" { "c" } else { typ };
+        let (major, minor) = (libc_major(meta.rdev()), libc_minor(meta.rdev()));
+        let num = |k: &str| d.get(k).and_then(Value::as_u64);
+        if host_type != want_type || num("major") != Some(major) || num("minor") != Some(minor) {
+            return Err(field(
+                &f,
+                format!(
+                    "the host's {path} is not the device {typ} {:?}:{:?}",
+                    num("major"),
+                    num("minor")
+                ),
+            ));
+        }
+        let mut value = path.to_string();
+        if let Some(mode) = num("fileMode") {
+            value.push_str(&format!(",mode=0{:o}", mode & 0o7777));
+        }
+        for k in ["uid", "gid"] {
+            if let Some(n) = num(k) {
+                value.push_str(&format!(",{k}={n}"));
+            }
+        }
+        let n = self
+            .plan
+            .options
+            .iter()
+            .filter(|(k, _)| k.starts_with("dev"))
+            .count();
+        self.plan.opt(format!("dev{n}"), value);
+        Ok(())
+    }
+
+    fn mounts(&mut self, mounts: &[Value]) -> Result<(), TranslateError> {
+        let mut mp = 0;
+        for (i, m) in mounts.iter().enumerate() {
+            let f = format!("mounts[{i}]");
+            let dst = m.get("destination").and_then(Value::as_str).unwrap_or("");
+            check_container_path(&format!("{f}.destination"), dst)?;
+            let typ = m.get("type").and_then(Value::as_str).unwrap_or("");
+            let opts: Vec<String> = m
+                .get("options")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.as_str().map(str::to_string))
+                .collect();
+            for o in &opts {
+                check_text(&format!("{f}.options"), o)?;
+            }
+            if !unset(m.get("uidMappings")) || !unset(m.get("gidMappings")) {
+                return Err(field(&f, "id-mapped mounts are not supported"));
+            }
+            let bind = typ == "bind" || opts.iter().any(|o| o == "bind" || o == "rbind");
+            // Rootless specs bind the host's /sys where they cannot mount sysfs;
+            // LXC gives the guest its own.
+            let src = m.get("source").and_then(Value::as_str).unwrap_or("");
+            if bind && src == dst && system_mount(dst, "sysfs").is_some() {
+                continue;
+            }
+            if !bind {
+                if let Some(handled) = system_mount(dst, typ) {
+                    if handled {
+                        continue;
+                    }
+                    return Err(field(
+                        format!("{f}.type"),
+                        format!("{typ:?} at {dst}: LXC sets up {dst} itself"),
+                    ));
+                }
+            }
+            if dst == BRIDGE_DIR || dst.starts_with(&format!("{BRIDGE_DIR}/")) {
+                return Err(field(
+                    format!("{f}.destination"),
+                    "reserved for nexcage's process bridge",
+                ));
+            }
+            self.check_destination(&format!("{f}.destination"), dst)?;
+            let target = dst.trim_start_matches('/');
+            if bind {
+                mp += self.bind_mount(&f, m, dst, &opts, mp)?;
+            } else if matches!(typ, "tmpfs" | "mqueue") {
+                let mut o = kernel_fs_options(&format!("{f}.options"), typ, &opts)?;
+                o.push("create=dir".into());
+                let line = RawLine::fs_mount(typ, target, &o).map_err(conf_err(&f))?;
+                self.plan.raw_lines.push(line);
+            } else {
+                return Err(field(format!("{f}.type"), format!("{typ:?} mounts are not supported (only bind, tmpfs, mqueue and the container's standard filesystems)")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory becomes `--mpN` (shown and backed up by Proxmox); a file,
+    /// which Proxmox mount points cannot be, a raw bind line. Returns how
+    /// many mount points it used.
+    fn bind_mount(
+        &mut self,
+        f: &str,
+        m: &Value,
+        dst: &str,
+        opts: &[String],
+        mp: usize,
+    ) -> Result<usize, TranslateError> {
+        let src = m.get("source").and_then(Value::as_str).unwrap_or("");
+        let sf = format!("{f}.source");
+        check_text(&sf, src)?;
+        check_property_value(&sf, src)?;
+        let src_path = Path::new(src);
+        if !src_path.is_absolute()
+            || src_path
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(field(
+                &sf,
+                format!("{src:?} must be an absolute host path without '.' or '..'"),
+            ));
+        }
+        let real =
+            std::fs::canonicalize(src_path).map_err(|e| field(&sf, format!("{src}: {e}")))?;
+        self.check_bind_source(&sf, &real)?;
+        let real_str = real.to_str().ok_or_else(|| field(&sf, "not UTF-8"))?;
+        check_property_value(&sf, real_str)?;
+        let mut ro = false;
+        let mut extra: Vec<&str> = Vec::new();
+        for o in opts {
+            match o.as_str() {
+                "bind" | "rbind" | "rw" | "private" | "rprivate" | "relatime" | "dev" | "exec"
+                | "suid" => {}
+                "ro" => ro = true,
+                "nodev" | "noexec" | "nosuid" | "noatime" | "lazytime" | "discard" => extra.push(o),
+                other => {
+                    return Err(field(
+                        format!("{f}.options"),
+                        format!("{other:?} is not a bind mount option Proxmox supports"),
+                    ))
+                }
+            }
+        }
+        if real.is_dir() {
+            if mp > 255 {
+                return Err(field(f, "more than 256 mount points"));
+            }
+            let mut value = format!("{real_str},mp={dst}");
+            if ro {
+                value.push_str(",ro=1");
+            }
+            if !extra.is_empty() {
+                value.push_str(&format!(",mountoptions={}", extra.join(";")));
+            }
+            self.plan.opt(format!("mp{mp}"), value);
+            self.plan.needs_rootfs = true;
+            Ok(1)
+        } else {
+            let mut o: Vec<&str> = vec!["create=file"];
+            if ro {
+                o.push("ro");
+            }
+            o.extend(extra);
+            let line =
+                RawLine::bind_mount(&real, dst.trim_start_matches('/'), &o).map_err(conf_err(f))?;
+            self.plan.raw_lines.push(line);
+            Ok(0)
+        }
+    }
+
+    fn check_bind_source(&self, f: &str, real: &Path) -> Result<(), TranslateError> {
+        let under = |p: &Path, prefix: &Path| p.starts_with(prefix);
+        if real == Path::new("/") || BIND_DENY.iter().any(|d| under(real, Path::new(d))) {
+            return Err(field(
+                f,
+                format!(
+                    "{}: host system paths cannot be bind-mounted",
+                    real.display()
+                ),
+            ));
+        }
+        let allow = &self.settings.bind_allow;
+        if !allow.is_empty() && !allow.iter().any(|a| under(real, a)) {
+            return Err(field(
+                f,
+                format!("{} is outside this node's bind_allow", real.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// No component of the destination inside the rootfs may be a symlink:
+    /// LXC and Proxmox would follow it, possibly out of the container.
+    fn check_destination(&self, f: &str, dst: &str) -> Result<(), TranslateError> {
+        let Some(root) = self.rootfs else {
+            return Ok(());
+        };
+        let mut p = root.to_path_buf();
+        for c in Path::new(dst).components().skip(1) {
+            p.push(c);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(field(
+                        f,
+                        format!(
+                            "{dst}: {} is a symlink in the rootfs",
+                            p.strip_prefix(root).unwrap_or(&p).display()
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn annotation_options(&mut self) {
+        let a = &self.ann;
+        let mut opts = Vec::new();
+        for (k, v) in [
+            ("nameserver", &a.nameserver),
+            ("searchdomain", &a.searchdomain),
+            ("onboot", &a.onboot),
+            ("tags", &a.tags),
+            ("description", &a.description),
+            ("features", &a.features),
+        ] {
+            if let Some(v) = v {
+                opts.push((k.to_string(), v.clone()));
+            }
+        }
+        self.plan.options.extend(opts);
+        self.plan.storage = a.storage.clone();
+        // ostype last: nexcage's init is the container's PID 1, so Proxmox must
+        // not touch the guest's files as it would for a distribution it manages.
+        let at = self
+            .plan
+            .options
+            .iter()
+            .position(|(k, _)| k == "swap")
+            .map_or(0, |i| i + 1);
+        self.plan
+            .options
+            .insert(at, ("ostype".into(), "unmanaged".into()));
+    }
+}
+
+/// The filesystems every container gets from LXC itself (lxc.mount.auto,
+/// autodev, its own devpts): Some(true) when `dst` is one of them and `typ`
+/// is what it should be, Some(false) when the type is wrong, None otherwise.
+fn system_mount(dst: &str, typ: &str) -> Option<bool> {
+    let ok = match dst {
+        "/proc" => typ == "proc",
+        "/sys" => typ == "sysfs",
+        "/sys/fs/cgroup" => matches!(typ, "cgroup" | "cgroup2"),
+        "/dev" => matches!(typ, "tmpfs" | "devtmpfs"),
+        "/dev/pts" => typ == "devpts",
+        _ => return None,
+    };
+    Some(ok)
+}
+
+/// Options a tmpfs/mqueue mount may carry, validated one by one.
+fn kernel_fs_options(f: &str, typ: &str, opts: &[String]) -> Result<Vec<String>, TranslateError> {
+    let mut out = Vec::new();
+    for o in opts {
+        let (k, v) = o
+            .split_once('=')
+            .map_or((o.as_str(), None), |(k, v)| (k, Some(v)));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        let ok = match (k, v) {
+            (
+                "rw" | "ro" | "nosuid" | "nodev" | "noexec" | "noatime" | "relatime"
+                | "strictatime" | "nodiratime" | "suid" | "dev" | "exec",
+                None,
+            ) => true,
+            ("mode", Some(m)) if typ == "tmpfs" => {
+                (3..=4).contains(&m.len()) && m.bytes().all(|c| (b'0'..=b'7').contains(&c))
+            }
+            ("size" | "nr_inodes", Some(s)) if typ == "tmpfs" => {
+                let n = s.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%']);
+                digits(n) && s.len() - n.len() <= 1
+            }
+            ("uid" | "gid", Some(n)) if typ == "tmpfs" => digits(n),
+            _ => false,
+        };
+        if !ok {
+            return Err(field(
+                f,
+                format!("{o:?} is not a {typ} option nexcage supports"),
+            ));
+        }
+        out.push(o.clone());
+    }
+    Ok(out)
+}
+
+/// An absolute, normalized container path: no '.', '..' or empty
+/// components, no control characters.
+fn check_container_path(f: &str, p: &str) -> Result<(), TranslateError> {
+    check_text(f, p)?;
+    if !p.starts_with('/') || p.len() > 4096 {
+        return Err(field(f, format!("{p:?} is not an absolute path")));
+    }
+    if p != "/"
+        && p[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(field(
+            f,
+            format!("{p:?} must be a normalized path without '.', '..' or '//'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Proxmox parses `mpN`/`devN` as `key=value` pairs separated by commas, and
+/// takes anything with ':' as a storage volume: such paths would be misread.
+fn check_property_value(f: &str, p: &str) -> Result<(), TranslateError> {
+    check_text(f, p)?;
+    if let Some(c) = p
+        .chars()
+        .find(|c| matches!(c, ',' | '=' | ':' | ';') || c.is_whitespace())
+    {
+        return Err(field(
+            f,
+            format!("{p:?}: {c:?} cannot appear in a Proxmox mount point or device path"),
+        ));
+    }
+    Ok(())
+}
+
+/// Only sysctls that belong to the container's own namespaces (as runc
+/// allows): LXC would otherwise change the Proxmox host itself.
+fn check_sysctl(f: &str, k: &str) -> Result<(), TranslateError> {
+    let well_formed = !k.is_empty()
+        && k.split('.').all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        });
+    if !well_formed {
+        return Err(field(f, "not a sysctl name (lowercase dotted names only)"));
+    }
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if k.starts_with("net.") {
+        return Ok(());
+    }
+    if IPC.contains(&k) || k.starts_with("fs.mqueue.") {
+        // LXC writes sysctls after mounting /proc with proc:mixed, which
+        // leaves only /proc/sys/net writable: lxc-start would fail.
+        return Err(field(
+            f,
+            "a Proxmox guest's /proc/sys is read-only except net.*",
+        ));
+    }
+    if matches!(k, "kernel.hostname" | "kernel.domainname") {
+        return Err(field(f, "set hostname/domainname instead"));
+    }
+    Err(field(
+        f,
+        "not a namespaced sysctl: it would change the Proxmox host",
+    ))
+}
+
+/// Proxmox's cpuunits are the v1 cpu.shares on a v1 host; on v2 they become
+/// cpu.weight (1..10000), so OCI's shares are converted as runc does.
+fn cpu_units(shares: u64, cgroup: CgroupVersion) -> u64 {
+    match cgroup {
+        CgroupVersion::V2 => 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142,
+        _ => shares.clamp(2, 262_144),
+    }
+}
+
+fn format_hundredths(h: u64) -> String {
+    match h % 100 {
+        0 => (h / 100).to_string(),
+        r if r % 10 == 0 => format!("{}.{}", h / 100, r / 10),
+        r => format!("{}.{r:02}", h / 100),
+    }
+}
+
+/// Number of CPUs (or nodes) in a list like "0-3,8,10-11"; None if malformed.
+fn cpu_list_len(s: &str) -> Option<u64> {
+    let mut n = 0;
+    for part in s.split(',') {
+        let num = |x: &str| -> Option<u64> {
+            (!x.is_empty() && x.len() <= 5 && x.bytes().all(|c| c.is_ascii_digit()))
+                .then(|| x.parse().ok())
+                .flatten()
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if b < a {
+                    return None;
+                }
+                n += b - a + 1;
+            }
+            None => {
+                num(part)?;
+                n += 1;
+            }
+        }
+    }
+    Some(n)
+}
+
+fn libc_major(dev: u64) -> u64 {
+    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
+}
+
+fn libc_minor(dev: u64) -> u64 {
+    ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
 }
 
 /// OCI gives bytes (and -1 or nothing for "no limit"); pct takes MiB, at
 /// least 16. Without a limit the container may use what the host has.
-fn memory_mib(spec: &Spec, host: HostFacts) -> Result<(u64, u64), TranslateError> {
-    let mem = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.resources().as_ref())
-        .and_then(|r| r.memory().as_ref());
-    let limit = mem.and_then(|m| m.limit()).filter(|&l| l > 0);
+fn memory_mib(mem: &Map<String, Value>, host: HostFacts) -> Result<(u64, u64), TranslateError> {
+    let limit = mem.get("limit").and_then(Value::as_i64).filter(|&l| l > 0);
     let Some(limit) = limit else {
         return Ok((host.mem_total_mib, host.swap_total_mib));
     };
     let limit = limit as u64;
     let memory = limit.div_ceil(MIB).max(MIN_MEMORY_MIB);
     // OCI's swap is memory+swap; Proxmox's is swap alone.
-    let swap = match mem.and_then(|m| m.swap()) {
+    let swap = match mem.get("swap").and_then(Value::as_i64) {
         Some(s) if s > 0 => {
             let s = s as u64;
             if s < limit {
@@ -179,6 +1358,182 @@ pub fn is_dns_name(s: &str) -> bool {
         })
 }
 
+/// Proxmox settings a bundle may ask for through `org.proxmox.*`
+/// annotations; every value is validated for its pct format.
+#[derive(Debug, Default)]
+struct Annotations {
+    storage: Option<String>,
+    bridge: Option<String>,
+    tag: Option<String>,
+    ip: Option<String>,
+    gw: Option<String>,
+    nameserver: Option<String>,
+    searchdomain: Option<String>,
+    onboot: Option<String>,
+    tags: Option<String>,
+    description: Option<String>,
+    features: Option<String>,
+    unprivileged: Option<bool>,
+}
+
+pub const ANNOTATION_PREFIX: &str = "org.proxmox.";
+
+/// Every annotation nexcage understands (docs/translation.md lists them).
+pub const ANNOTATIONS: &[&str] = &[
+    "org.proxmox.storage",
+    "org.proxmox.net0.bridge",
+    "org.proxmox.net0.tag",
+    "org.proxmox.net0.ip",
+    "org.proxmox.net0.gw",
+    "org.proxmox.nameserver",
+    "org.proxmox.searchdomain",
+    "org.proxmox.onboot",
+    "org.proxmox.tags",
+    "org.proxmox.description",
+    "org.proxmox.features",
+    "org.proxmox.unprivileged",
+];
+
+impl Annotations {
+    fn parse(
+        all: &Map<String, Value>,
+        _settings: &ProxmoxSettings,
+    ) -> Result<Annotations, TranslateError> {
+        let mut a = Annotations::default();
+        let mut keys: Vec<_> = all.iter().collect();
+        keys.sort_by(|x, y| x.0.cmp(y.0));
+        for (k, v) in keys {
+            let f = format!("annotations.{k}");
+            check_text("annotations", k)?;
+            if !k.starts_with(ANNOTATION_PREFIX) {
+                // Other annotations are the client's metadata (OCI: opaque).
+                continue;
+            }
+            let v = v.as_str().unwrap_or("");
+            check_text(&f, v)?;
+            let bad = |what: &str| field(&f, format!("{v:?} is not {what}"));
+            let flag = |v: &str| match v {
+                "1" | "true" => Some(true),
+                "0" | "false" => Some(false),
+                _ => None,
+            };
+            match k.as_str() {
+                "org.proxmox.storage" => {
+                    if !is_storage_id(v) {
+                        return Err(bad("a storage id"));
+                    }
+                    a.storage = Some(v.into());
+                }
+                "org.proxmox.net0.bridge" => {
+                    if !is_bridge_name(v) {
+                        return Err(bad("a bridge name"));
+                    }
+                    a.bridge = Some(v.into());
+                }
+                "org.proxmox.net0.tag" => match v.parse::<u16>() {
+                    Ok(t) if (1..=4094).contains(&t) => a.tag = Some(t.to_string()),
+                    _ => return Err(bad("a VLAN tag 1..4094")),
+                },
+                "org.proxmox.net0.ip" => {
+                    if !(matches!(v, "dhcp" | "manual") || is_ipv4_cidr(v)) {
+                        return Err(bad("an IPv4 CIDR, dhcp or manual"));
+                    }
+                    a.ip = Some(v.into());
+                }
+                "org.proxmox.net0.gw" => {
+                    if v.parse::<std::net::Ipv4Addr>().is_err() {
+                        return Err(bad("an IPv4 address"));
+                    }
+                    a.gw = Some(v.into());
+                }
+                "org.proxmox.nameserver" => {
+                    let list: Vec<&str> =
+                        v.split([' ', ',', ';']).filter(|s| !s.is_empty()).collect();
+                    if list.is_empty()
+                        || list.iter().any(|s| s.parse::<std::net::IpAddr>().is_err())
+                    {
+                        return Err(bad("a list of IP addresses"));
+                    }
+                    a.nameserver = Some(list.join(" "));
+                }
+                "org.proxmox.searchdomain" => {
+                    let list: Vec<&str> =
+                        v.split([' ', ',', ';']).filter(|s| !s.is_empty()).collect();
+                    if list.is_empty() || list.iter().any(|s| !is_dns_name(s)) {
+                        return Err(bad("a list of DNS domains"));
+                    }
+                    a.searchdomain = Some(list.join(" "));
+                }
+                "org.proxmox.onboot" => {
+                    let b = flag(v).ok_or_else(|| bad("0 or 1"))?;
+                    a.onboot = Some(if b { "1" } else { "0" }.into());
+                }
+                "org.proxmox.tags" => {
+                    let list: Vec<&str> =
+                        v.split([' ', ',', ';']).filter(|s| !s.is_empty()).collect();
+                    let tag_ok = |t: &str| {
+                        t.len() <= 64
+                            && t.bytes()
+                                .next()
+                                .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_')
+                            && t.bytes()
+                                .all(|c| c.is_ascii_alphanumeric() || b"_+.-".contains(&c))
+                    };
+                    if list.is_empty() || !list.iter().all(|t| tag_ok(t)) {
+                        return Err(bad("a list of Proxmox tags"));
+                    }
+                    a.tags = Some(list.join(";"));
+                }
+                "org.proxmox.description" => {
+                    if v.len() > 8192 {
+                        return Err(field(&f, "longer than 8 KiB"));
+                    }
+                    a.description = Some(v.into());
+                }
+                "org.proxmox.features" => {
+                    let mut out = Vec::new();
+                    for item in v.split(',').filter(|s| !s.is_empty()) {
+                        let (name, val) = item.split_once('=').unwrap_or((item, "1"));
+                        if !matches!(name, "nesting" | "keyctl" | "fuse") {
+                            return Err(field(
+                                &f,
+                                format!("{name:?} is not one of nesting, keyctl, fuse"),
+                            ));
+                        }
+                        let b = flag(val).ok_or_else(|| bad("a list of feature=0|1"))?;
+                        out.push(format!("{name}={}", u8::from(b)));
+                    }
+                    if out.is_empty() {
+                        return Err(bad("a list of features"));
+                    }
+                    a.features = Some(out.join(","));
+                }
+                "org.proxmox.unprivileged" => {
+                    a.unprivileged = Some(flag(v).ok_or_else(|| bad("0 or 1"))?);
+                }
+                _ => {
+                    return Err(field(
+                        &f,
+                        format!(
+                            "unknown Proxmox annotation; known: {}",
+                            ANNOTATIONS.join(", ")
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(a)
+    }
+}
+
+fn is_ipv4_cidr(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(ip, len)| {
+        ip.parse::<std::net::Ipv4Addr>().is_ok()
+            && len.len() <= 2
+            && len.parse::<u8>().is_ok_and(|l| l <= 32)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +1541,7 @@ mod tests {
     const HOST: HostFacts = HostFacts {
         mem_total_mib: 24000,
         swap_total_mib: 0,
+        cgroup: CgroupVersion::V1,
     };
 
     fn spec(json: serde_json::Value) -> Spec {
@@ -199,7 +1555,7 @@ mod tests {
         serde_json::from_value(base).unwrap()
     }
 
-    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    pub(super) fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
         match (a, b) {
             (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
                 for (k, v) in b {
@@ -326,5 +1682,637 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("process.terminal"));
+    }
+}
+
+/// docs/translation.md is the contract: every row is exercised here.
+#[cfg(test)]
+mod doc_table {
+    use super::*;
+    use serde_json::json;
+
+    const DOC: &str = include_str!("../../../docs/translation.md");
+
+    enum Expect {
+        /// `--flag` followed by a value containing the text.
+        Arg(&'static str, &'static str),
+        /// A rendered raw line.
+        Raw(&'static str),
+        /// Text in the JSON the init reads (linux.json).
+        Init(&'static str),
+        /// Text in what the init prepares from process.json.
+        Process(&'static str),
+        /// Provided by LXC or ignored: the plan succeeds.
+        Accepted,
+        /// Refused naming the field.
+        Refused,
+    }
+    use Expect::*;
+
+    fn host(v: CgroupVersion) -> HostFacts {
+        HostFacts {
+            mem_total_mib: 2048,
+            swap_total_mib: 0,
+            cgroup: v,
+        }
+    }
+
+    fn res(r: Value) -> Value {
+        json!({"linux": {"resources": r}})
+    }
+
+    /// The bundle exercising each row, and the effect it must have.
+    fn case(row: &str) -> Option<(Value, CgroupVersion, Expect)> {
+        use CgroupVersion::{V1, V2};
+        let caps = |set: &str| json!({"process": {"capabilities": {set: ["CAP_KILL"]}}});
+        Some(match row {
+            "`process.args`" => (
+                json!({"process": {"args": ["/bin/sh", "-c", "true"]}}),
+                V1,
+                Process("\"-c\""),
+            ),
+            "`process.env`" => (json!({"process": {"env": ["A=1"]}}), V1, Process("\"A=1\"")),
+            "`process.cwd`" => (
+                json!({"process": {"cwd": "/tmp"}}),
+                V1,
+                Process("cwd: \"/tmp\""),
+            ),
+            "`process.user.uid`" => (
+                json!({"process": {"user": {"uid": 1234, "gid": 0}}}),
+                V1,
+                Process("uid: 1234"),
+            ),
+            "`process.user.gid`" => (
+                json!({"process": {"user": {"uid": 0, "gid": 4321}}}),
+                V1,
+                Process("gid: 4321"),
+            ),
+            "`process.user.umask`" => (
+                json!({"process": {"user": {"uid": 0, "gid": 0, "umask": 63}}}),
+                V1,
+                Process("umask: Some(63)"),
+            ),
+            "`process.user.additionalGids`" => (
+                json!({"process": {"user": {"uid": 0, "gid": 0, "additionalGids": [77]}}}),
+                V1,
+                Process("groups: [Gid(77)]"),
+            ),
+            "`process.terminal`" => (json!({"process": {"terminal": true}}), V1, Refused),
+            "`process.consoleSize`" => (
+                json!({"process": {"consoleSize": {"height": 1, "width": 2}}}),
+                V1,
+                Accepted,
+            ),
+            "`process.capabilities.bounding`" => (
+                caps("bounding"),
+                V1,
+                Process("drop_bounding: [0, 1, 2, 3, 4, 6,"),
+            ),
+            "`process.capabilities.effective`" => {
+                (caps("effective"), V1, Process("effective: 32,"))
+            }
+            "`process.capabilities.permitted`" => {
+                (caps("permitted"), V1, Process("permitted: 32,"))
+            }
+            "`process.capabilities.inheritable`" => {
+                (caps("inheritable"), V1, Process("inheritable: 32,"))
+            }
+            "`process.capabilities.ambient`" => (caps("ambient"), V1, Process("ambient: [5]")),
+            "`process.rlimits`" => (
+                json!({"process": {"rlimits": [{"type": "RLIMIT_NOFILE", "soft": 5, "hard": 6}]}}),
+                V1,
+                Process(", 5, 6)]"),
+            ),
+            "`process.noNewPrivileges`" => (
+                json!({"process": {"noNewPrivileges": true}}),
+                V1,
+                Process("no_new_privileges: true"),
+            ),
+            "`process.apparmorProfile`" => {
+                (json!({"process": {"apparmorProfile": "x"}}), V1, Accepted)
+            }
+            "`process.selinuxLabel`" => (json!({"process": {"selinuxLabel": "x"}}), V1, Refused),
+            "`process.oomScoreAdj`" => (
+                json!({"process": {"oomScoreAdj": 500}}),
+                V1,
+                Process("oom_score_adj: Some([53, 48, 48])"),
+            ),
+            "`process.ioPriority`" => (
+                json!({"process": {"ioPriority": {"class": "IOPRIO_CLASS_IDLE", "priority": 0}}}),
+                V1,
+                Refused,
+            ),
+            "`process.scheduler`" => (
+                json!({"process": {"scheduler": {"policy": "SCHED_BATCH"}}}),
+                V1,
+                Refused,
+            ),
+            "`process.execCPUAffinity`" => (
+                json!({"process": {"execCPUAffinity": {"initial": "0"}}}),
+                V1,
+                Refused,
+            ),
+            "`root.path`" => (json!({}), V1, Accepted),
+            "`root.readonly`" => (
+                json!({"root": {"path": "rootfs", "readonly": true}}),
+                V1,
+                Init("\"readonlyRoot\":true"),
+            ),
+            "`hostname`" => (json!({"hostname": "web"}), V1, Arg("hostname", "web")),
+            "`domainname`" => (
+                json!({"domainname": "example.org"}),
+                V1,
+                Init("\"domainname\":\"example.org\""),
+            ),
+            "`mounts` (bind, directory)" => (
+                json!({"mounts": [{"destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind", "ro", "nodev"]}]}),
+                V1,
+                Arg("mp0", "/tmp,mp=/data,ro=1,mountoptions=nodev"),
+            ),
+            "`mounts` (bind, file)" => (
+                json!({"mounts": [{"destination": "/etc/x", "source": "/etc/passwd", "options": ["bind", "ro"]}]}),
+                V1,
+                Raw("lxc.mount.entry: /etc/passwd etc/x none bind,create=file,ro 0 0"),
+            ),
+            "`mounts` (tmpfs)" => (
+                json!({"mounts": [{"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755", "size=64k"]}]}),
+                V1,
+                Raw("lxc.mount.entry: tmpfs run tmpfs nosuid,mode=755,size=64k,create=dir 0 0"),
+            ),
+            "`mounts` (mqueue)" => (
+                json!({"mounts": [{"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid"]}]}),
+                V1,
+                Raw("lxc.mount.entry: mqueue dev/mqueue mqueue nosuid,create=dir 0 0"),
+            ),
+            "`mounts` (proc, sysfs, cgroup, /dev, devpts)" => (
+                json!({"mounts": [{"destination": "/proc", "type": "proc"}, {"destination": "/sys", "type": "sysfs"}, {"destination": "/sys/fs/cgroup", "type": "cgroup"}, {"destination": "/dev", "type": "tmpfs"}, {"destination": "/dev/pts", "type": "devpts"}]}),
+                V1,
+                Accepted,
+            ),
+            "`mounts` (other types)" => (
+                json!({"mounts": [{"destination": "/mnt", "type": "nfs", "source": "h:/x"}]}),
+                V1,
+                Refused,
+            ),
+            "`mounts[].options`" => (
+                json!({"mounts": [{"destination": "/data", "type": "bind", "source": "/tmp", "options": ["bind", "nosuid", "noexec"]}]}),
+                V1,
+                Arg("mp0", "mountoptions=nosuid;noexec"),
+            ),
+            "`mounts[].uidMappings`" => (
+                json!({"mounts": [{"destination": "/data", "type": "bind", "source": "/tmp", "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}]}),
+                V1,
+                Refused,
+            ),
+            "`hooks`" => (
+                json!({"hooks": {"poststart": [{"path": "/bin/true"}]}}),
+                V1,
+                Refused,
+            ),
+            "`annotations`" => (
+                json!({"annotations": {"org.proxmox.onboot": "1", "com.example": "x"}}),
+                V1,
+                Arg("onboot", "1"),
+            ),
+            "`linux.namespaces` (network)" => {
+                (json!({}), V1, Arg("net0", "name=eth0,bridge=vmbr0"))
+            }
+            "`linux.namespaces` (user)" => (
+                json!({"linux": {"namespaces": [{"type": "user"}, {"type": "network"}]}}),
+                V1,
+                Arg("unprivileged", "1"),
+            ),
+            "`linux.namespaces` (pid, ipc, uts, mount, cgroup)" => (
+                json!({"linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}, {"type": "network"}]}}),
+                V1,
+                Accepted,
+            ),
+            "`linux.namespaces` (no network)" => (
+                json!({"linux": {"namespaces": [{"type": "pid"}]}}),
+                V1,
+                Refused,
+            ),
+            "`linux.namespaces[].path`" => (
+                json!({"linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}]}}),
+                V1,
+                Refused,
+            ),
+            "`linux.namespaces` (time)" => (
+                json!({"linux": {"namespaces": [{"type": "network"}, {"type": "time"}]}}),
+                V1,
+                Refused,
+            ),
+            "`linux.uidMappings`" => (
+                json!({"linux": {"namespaces": [{"type": "user"}, {"type": "network"}], "uidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}}),
+                V1,
+                Raw("lxc.idmap: u 0 200000 65536"),
+            ),
+            "`linux.gidMappings`" => (
+                json!({"linux": {"namespaces": [{"type": "user"}, {"type": "network"}], "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}}),
+                V1,
+                Raw("lxc.idmap: g 0 200000 65536"),
+            ),
+            "`linux.devices`" => (
+                json!({"linux": {"devices": [{"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 438}]}}),
+                V1,
+                Arg("dev0", "/dev/null,mode=0666"),
+            ),
+            "`linux.cgroupsPath`" => (json!({"linux": {"cgroupsPath": "/x/y"}}), V1, Accepted),
+            "`linux.resources.memory.limit`" => (
+                res(json!({"memory": {"limit": 268435456}})),
+                V1,
+                Arg("memory", "256"),
+            ),
+            "`linux.resources.memory.reservation`" => (
+                res(json!({"memory": {"reservation": 1048576}})),
+                V1,
+                Raw("lxc.cgroup.memory.soft_limit_in_bytes: 1048576"),
+            ),
+            "`linux.resources.memory.swap`" => (
+                res(json!({"memory": {"limit": 268435456, "swap": 536870912}})),
+                V1,
+                Arg("swap", "256"),
+            ),
+            "`linux.resources.memory.kernel`" => {
+                (res(json!({"memory": {"kernel": 1048576}})), V1, Accepted)
+            }
+            "`linux.resources.memory.kernelTCP`" => {
+                (res(json!({"memory": {"kernelTCP": 1048576}})), V1, Refused)
+            }
+            "`linux.resources.memory.swappiness`" => (
+                res(json!({"memory": {"swappiness": 10}})),
+                V1,
+                Raw("lxc.cgroup.memory.swappiness: 10"),
+            ),
+            "`linux.resources.memory.disableOOMKiller`" => (
+                res(json!({"memory": {"disableOOMKiller": true}})),
+                V1,
+                Raw("lxc.cgroup.memory.oom_control: 1"),
+            ),
+            "`linux.resources.memory.useHierarchy`" => {
+                (res(json!({"memory": {"useHierarchy": true}})), V1, Accepted)
+            }
+            "`linux.resources.memory.checkBeforeUpdate`" => (
+                res(json!({"memory": {"checkBeforeUpdate": true}})),
+                V1,
+                Accepted,
+            ),
+            "`linux.resources.cpu.shares`" => (
+                res(json!({"cpu": {"shares": 512}})),
+                V1,
+                Arg("cpuunits", "512"),
+            ),
+            "`linux.resources.cpu.quota`" => (
+                res(json!({"cpu": {"quota": 150000, "period": 100000}})),
+                V1,
+                Arg("cpulimit", "1.5"),
+            ),
+            "`linux.resources.cpu.period`" => (
+                res(json!({"cpu": {"quota": 50000, "period": 200000}})),
+                V1,
+                Arg("cpulimit", "0.25"),
+            ),
+            "`linux.resources.cpu.cpus`" => (
+                res(json!({"cpu": {"cpus": "0-1,3"}})),
+                V1,
+                Arg("cores", "3"),
+            ),
+            "`linux.resources.cpu.mems`" => (
+                res(json!({"cpu": {"mems": "0"}})),
+                V1,
+                Raw("lxc.cgroup.cpuset.mems: 0"),
+            ),
+            "`linux.resources.cpu.realtimeRuntime`" => {
+                (res(json!({"cpu": {"realtimeRuntime": 1000}})), V1, Refused)
+            }
+            "`linux.resources.cpu.realtimePeriod`" => {
+                (res(json!({"cpu": {"realtimePeriod": 1000}})), V1, Refused)
+            }
+            "`linux.resources.cpu.idle`" => (res(json!({"cpu": {"idle": 1}})), V1, Refused),
+            "`linux.resources.cpu.burst`" => (res(json!({"cpu": {"burst": 1000}})), V1, Refused),
+            "`linux.resources.pids.limit`" => (
+                res(json!({"pids": {"limit": 64}})),
+                V1,
+                Raw("lxc.cgroup.pids.max: 64"),
+            ),
+            "`linux.resources.blockIO`" => (res(json!({"blockIO": {"weight": 100}})), V1, Refused),
+            "`linux.resources.hugepageLimits`" => (
+                res(json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]})),
+                V1,
+                Refused,
+            ),
+            "`linux.resources.network`" => (res(json!({"network": {"classID": 1}})), V1, Refused),
+            "`linux.resources.rdma`" => (
+                res(json!({"rdma": {"mlx": {"hcaHandles": 1}}})),
+                V1,
+                Refused,
+            ),
+            "`linux.resources.unified`" => (
+                res(json!({"unified": {"memory.high": "1000000"}})),
+                V2,
+                Raw("lxc.cgroup2.memory.high: 1000000"),
+            ),
+            "`linux.resources.devices`" => (
+                res(
+                    json!({"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}]}),
+                ),
+                V1,
+                Raw("lxc.cgroup.devices.allow: c 10:200 rwm"),
+            ),
+            "`linux.sysctl`" => (
+                json!({"linux": {"sysctl": {"net.ipv4.ip_forward": "1"}}}),
+                V1,
+                Init("\"sysctl\":{\"net.ipv4.ip_forward\":\"1\"}"),
+            ),
+            "`linux.seccomp`" => (
+                json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO"}}}),
+                V1,
+                Accepted,
+            ),
+            "`linux.rootfsPropagation`" => (
+                json!({"linux": {"rootfsPropagation": "rprivate"}}),
+                V1,
+                Accepted,
+            ),
+            "`linux.maskedPaths`" => (
+                json!({"linux": {"maskedPaths": ["/proc/kcore"]}}),
+                V1,
+                Init("\"maskedPaths\":[\"/proc/kcore\"]"),
+            ),
+            "`linux.readonlyPaths`" => (
+                json!({"linux": {"readonlyPaths": ["/proc/sys"]}}),
+                V1,
+                Init("\"readonlyPaths\":[\"/proc/sys\"]"),
+            ),
+            "`linux.mountLabel`" => (json!({"linux": {"mountLabel": "x"}}), V1, Refused),
+            "`linux.personality`" => (
+                json!({"linux": {"personality": {"domain": "LINUX"}}}),
+                V1,
+                Accepted,
+            ),
+            "`linux.intelRdt`" => (json!({"linux": {"intelRdt": {"closID": "x"}}}), V1, Refused),
+            "`linux.timeOffsets`" => (
+                json!({"linux": {"timeOffsets": {"monotonic": {"secs": 1, "nanosecs": 0}}}}),
+                V1,
+                Refused,
+            ),
+            "`linux.netDevices`" => (json!({"linux": {"netDevices": {"eth1": {}}}}), V1, Refused),
+            "`linux.memoryPolicy`" => (
+                json!({"linux": {"memoryPolicy": {"mode": "MPOL_BIND", "nodes": "0"}}}),
+                V1,
+                Refused,
+            ),
+            _ => return None,
+        })
+    }
+
+    /// The rows of the "Fields" table: (first column, status).
+    fn rows() -> Vec<(String, String)> {
+        let table = DOC
+            .split("## Fields")
+            .nth(1)
+            .unwrap()
+            .split("\n## ")
+            .next()
+            .unwrap();
+        table
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cols: Vec<&str> = l.split(" | ").collect();
+                (
+                    cols[0].trim_start_matches("| ").to_string(),
+                    cols[1].to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn spec(patch: Value) -> Spec {
+        let mut base = json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "process": {"cwd": "/", "args": ["sh"], "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}]}
+        });
+        super::tests::merge(&mut base, patch);
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn doc_table_covers_every_field_of_the_issue() {
+        let rows = rows();
+        let names: Vec<&str> = rows.iter().map(|(r, _)| r.as_str()).collect();
+        for f in [
+            "process.args",
+            "process.env",
+            "process.cwd",
+            "process.user.uid",
+            "process.user.gid",
+            "process.user.umask",
+            "process.user.additionalGids",
+            "process.terminal",
+            "process.consoleSize",
+            "process.capabilities.bounding",
+            "process.capabilities.effective",
+            "process.capabilities.permitted",
+            "process.capabilities.inheritable",
+            "process.capabilities.ambient",
+            "process.rlimits",
+            "process.noNewPrivileges",
+            "process.apparmorProfile",
+            "process.selinuxLabel",
+            "process.oomScoreAdj",
+            "process.ioPriority",
+            "process.scheduler",
+            "root.path",
+            "root.readonly",
+            "hostname",
+            "domainname",
+            "mounts",
+            "hooks",
+            "annotations",
+            "linux.namespaces",
+            "linux.uidMappings",
+            "linux.gidMappings",
+            "linux.devices",
+            "linux.cgroupsPath",
+            "linux.resources.memory.limit",
+            "linux.resources.memory.reservation",
+            "linux.resources.memory.swap",
+            "linux.resources.memory.kernel",
+            "linux.resources.memory.swappiness",
+            "linux.resources.memory.disableOOMKiller",
+            "linux.resources.cpu.shares",
+            "linux.resources.cpu.quota",
+            "linux.resources.cpu.period",
+            "linux.resources.cpu.cpus",
+            "linux.resources.cpu.mems",
+            "linux.resources.cpu.realtimeRuntime",
+            "linux.resources.cpu.realtimePeriod",
+            "linux.resources.pids.limit",
+            "linux.resources.blockIO",
+            "linux.resources.hugepageLimits",
+            "linux.resources.network",
+            "linux.resources.rdma",
+            "linux.resources.unified",
+            "linux.resources.devices",
+            "linux.sysctl",
+            "linux.seccomp",
+            "linux.rootfsPropagation",
+            "linux.maskedPaths",
+            "linux.readonlyPaths",
+            "linux.mountLabel",
+            "linux.personality",
+            "linux.intelRdt",
+            "linux.timeOffsets",
+        ] {
+            let tick = format!("`{f}`");
+            assert!(
+                names.iter().any(|n| n.starts_with(&tick)),
+                "docs/translation.md has no row for {f}"
+            );
+        }
+    }
+
+    #[test]
+    fn doc_table_rows_hold() {
+        let rows = rows();
+        assert!(rows.len() > 80, "{} rows", rows.len());
+        for (row, status) in rows {
+            let (patch, cg, expect) =
+                case(&row).unwrap_or_else(|| panic!("no test case for row {row}"));
+            let name = row.split('`').nth(1).unwrap();
+            let name = name.split('[').next().unwrap();
+            let s = spec(patch);
+            let got = plan(&s, &ProxmoxSettings::default(), host(cg));
+            let applied = status.starts_with("applied");
+            match (&expect, status.as_str()) {
+                (Refused, "refused") => {
+                    let err = got.expect_err(&row).to_string();
+                    assert!(err.contains(name), "{row}: {err}");
+                    continue;
+                }
+                (Accepted, "ignored" | "applied (lxc)" | "applied (pct)") => {}
+                (Arg(..) | Raw(_) | Init(_) | Process(_), _) if applied => {}
+                _ => panic!("{row}: status {status:?} does not match its test"),
+            }
+            let p = got.unwrap_or_else(|e| panic!("{row}: {e}"));
+            let args = p
+                .create_args(100, "local:vztmpl/T.tar.zst", "local")
+                .join("\n");
+            let raw: Vec<String> = p.raw_lines.iter().map(RawLine::render).collect();
+            match expect {
+                Arg(flag, value) => assert!(
+                    args.split("\n--")
+                        .any(|a| a.starts_with(&format!("{flag}\n")) && a.contains(value)),
+                    "{row}: --{flag} {value} not in {args}"
+                ),
+                Raw(line) => assert!(
+                    raw.iter().any(|r| r == line),
+                    "{row}: {line} not in {raw:?}"
+                ),
+                Init(text) => {
+                    let json = serde_json::to_string(&p.init).unwrap();
+                    assert!(json.contains(text), "{row}: {text} not in {json}");
+                }
+                Process(text) => {
+                    let dbg =
+                        crate::bridge::init::prepared_debug(s.process().as_ref().unwrap()).unwrap();
+                    assert!(dbg.contains(text), "{row}: {text} not in {dbg}");
+                }
+                Accepted | Refused => {}
+            }
+        }
+    }
+}
+
+/// fixtures/bundles/golden/<name>/config.json -> pct-args.txt, raw-lines.txt
+/// and init.json, or error.txt. UPDATE_GOLDEN=1 rewrites them.
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bundles/golden");
+
+    fn outputs(config: &Path) -> Vec<(&'static str, String)> {
+        let text = std::fs::read_to_string(config).unwrap();
+        let spec: Spec = match serde_json::from_str(&text) {
+            Ok(s) => s,
+            Err(e) => return vec![("error.txt", format!("invalid config.json: {e}\n"))],
+        };
+        let host = HostFacts {
+            mem_total_mib: 2048,
+            swap_total_mib: 0,
+            cgroup: CgroupVersion::V1,
+        };
+        match plan(&spec, &ProxmoxSettings::default(), host) {
+            Err(e) => vec![("error.txt", format!("{e}\n"))],
+            Ok(p) => {
+                let lines = |v: Vec<String>| v.iter().map(|l| format!("{l}\n")).collect::<String>();
+                vec![
+                    (
+                        "pct-args.txt",
+                        lines(p.create_args(100, "local:vztmpl/T.tar.zst", "local")),
+                    ),
+                    (
+                        "raw-lines.txt",
+                        lines(p.raw_lines.iter().map(RawLine::render).collect()),
+                    ),
+                    (
+                        "init.json",
+                        format!("{}\n", serde_json::to_string_pretty(&p.init).unwrap()),
+                    ),
+                ]
+            }
+        }
+    }
+
+    #[test]
+    fn golden_bundles_translate_as_recorded() {
+        let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+        let mut dirs: Vec<_> = std::fs::read_dir(DIR)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        dirs.sort();
+        assert!(dirs.len() >= 12, "only {} golden bundles", dirs.len());
+        let mut failures = Vec::new();
+        for dir in dirs {
+            let outs = outputs(&dir.join("config.json"));
+            if update {
+                for f in ["error.txt", "pct-args.txt", "raw-lines.txt", "init.json"] {
+                    let _ = std::fs::remove_file(dir.join(f));
+                }
+            }
+            for (file, got) in outs {
+                let path = dir.join(file);
+                if update {
+                    std::fs::write(&path, &got).unwrap();
+                    continue;
+                }
+                let want = std::fs::read_to_string(&path).unwrap_or_default();
+                if want != got {
+                    failures.push(format!(
+                        "{}:\n--- want\n{want}--- got\n{got}",
+                        path.display()
+                    ));
+                }
+            }
+            if dir
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("hostile-")
+            {
+                assert!(
+                    dir.join("error.txt").exists() || update,
+                    "{} must be refused",
+                    dir.display()
+                );
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }

@@ -1,0 +1,159 @@
+//! The translation takes effect in real LXC containers on the simulated node:
+//! limits in the guest's cgroups, mounts, read-only root, capabilities,
+//! sysctls, hostname, masked paths.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// Run `script` in a container made from `patch`; returns its stdout.
+fn run_in(node: &Node, name: &str, patch: serde_json::Value, script: &str) -> String {
+    let mut patch = patch;
+    merge(
+        &mut patch,
+        json!({"process": {"args": ["sh", "-c", script]}}),
+    );
+    let bundle = node.bundle(name, patch);
+    let out_path = node.root().join(format!("{name}.out"));
+    let create = node
+        .nexcage(["create", "--bundle"])
+        .arg(&bundle)
+        .arg(name)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(node.root().join(format!("{name}.err"))).unwrap())
+        .status()
+        .unwrap();
+    let err = std::fs::read_to_string(node.root().join(format!("{name}.err"))).unwrap();
+    assert!(create.success(), "create {name}: {err}");
+    let start = node.run(["start", name]);
+    assert!(start.status.success(), "start: {}", stderr(&start));
+    let out = wait_for_file_content(&out_path, "END\n");
+    let confs: String = std::fs::read_dir(node.root().join("etc/pve/lxc"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .collect();
+    let out = format!("{out}--- conf\n{confs}");
+    node.wait_status(name, "stopped");
+    let _ = node.run(["delete", "--force", name]);
+    out
+}
+
+fn line<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+        .trim()
+}
+
+#[test]
+fn limits_reach_the_guest_cgroups() {
+    let node = Node::new();
+    let out = run_in(
+        &node,
+        "limits",
+        json!({"linux": {"resources": {
+            "memory": {"limit": 268435456},
+            "cpu": {"quota": 50000, "period": 100000},
+            "pids": {"limit": 77}
+        }}}),
+        "echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max); \
+         echo quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu.max); \
+         echo pids=$(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max); echo END",
+    );
+    assert_eq!(line(&out, "mem="), "268435456");
+    assert!(line(&out, "quota=").starts_with("50000"), "{out}");
+    assert_eq!(line(&out, "pids="), "77");
+}
+
+#[test]
+fn mounts_root_and_sysctl_take_effect() {
+    let node = Node::new();
+    let src = node.root().join("shared");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("file"), "from-host\n").unwrap();
+    let out = run_in(
+        &node,
+        "mounts",
+        json!({
+            "root": {"readonly": true},
+            "hostname": "trans-host",
+            "mounts": [
+                {"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "ro"]},
+                {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]},
+                {"destination": "/guarded", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]}
+            ],
+            "linux": {"sysctl": {"net.ipv4.ip_forward": "1", "net.ipv4.tcp_syncookies": "0"}, "maskedPaths": ["/proc/version"], "readonlyPaths": ["/proc/sysrq-trigger", "/guarded"]}
+        }),
+        "echo data=$(cat /data/file); touch /data/x 2>/dev/null && echo bindrw=yes || echo bindrw=no; \
+         touch /rootfile 2>/dev/null && echo rootrw=yes || echo rootrw=no; \
+         touch /scratch/x && echo scratch=ok; \
+         touch /guarded/x 2>/dev/null && echo guarded=rw || echo guarded=ro; \
+         echo host=$(hostname); echo kcore=$(stat -c %t,%T /proc/version 2>&1); echo END",
+    );
+    assert_eq!(line(&out, "data="), "from-host");
+    assert_eq!(line(&out, "bindrw="), "no");
+    assert_eq!(line(&out, "rootrw="), "no");
+    assert_eq!(line(&out, "scratch="), "ok");
+    assert_eq!(line(&out, "guarded="), "ro", "readonlyPaths: {out}");
+    assert_eq!(line(&out, "host="), "trans-host");
+    assert_eq!(line(&out, "kcore="), "1,3", "/dev/null masks it: {out}");
+}
+
+/// net.* sysctls are written by the init in the guest's own namespace.
+#[test]
+fn sysctl_takes_effect() {
+    let node = Node::new();
+    let out = run_in(
+        &node,
+        "sysctl",
+        json!({"linux": {"sysctl": {"net.ipv4.ip_forward": "1", "net.ipv4.tcp_syncookies": "0"}}}),
+        "echo fwd=$(cat /proc/sys/net/ipv4/ip_forward) syn=$(cat /proc/sys/net/ipv4/tcp_syncookies); echo END",
+    );
+    assert_eq!(line(&out, "fwd="), "1 syn=0", "{out}");
+}
+
+#[test]
+fn capabilities_are_dropped_for_the_process() {
+    let node = Node::new();
+    let out = run_in(
+        &node,
+        "caps",
+        json!({"process": {"user": {"uid": 1000, "gid": 1000}, "capabilities": {
+            "bounding": ["CAP_CHOWN", "CAP_KILL"],
+            "effective": ["CAP_KILL"],
+            "permitted": ["CAP_CHOWN", "CAP_KILL"],
+            "inheritable": ["CAP_KILL"],
+            "ambient": ["CAP_KILL"]
+        }, "oomScoreAdj": 333}}),
+        "grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status | tr -d '\\t' | sed 's/:/=/'; echo oom=$(cat /proc/self/oom_score_adj); echo END",
+    );
+    // A non-root process keeps across exec exactly its ambient set, and
+    // nothing outside the bounding set.
+    assert_eq!(line(&out, "CapBnd="), "0000000000000021");
+    assert_eq!(line(&out, "CapAmb="), "0000000000000020");
+    assert_eq!(line(&out, "CapPrm="), "0000000000000020");
+    assert_eq!(line(&out, "CapEff="), "0000000000000020");
+    assert_eq!(line(&out, "oom="), "333");
+}
+
+#[test]
+fn hostile_values_are_refused_before_anything_exists() {
+    let node = Node::new();
+    for (i, patch) in [
+        json!({"linux": {"sysctl": {"net.ipv4.ip_forward": "1\nlxc.hook.pre-start: /bin/false"}}}),
+        json!({"mounts": [{"destination": "/x", "type": "bind", "source": "/tmp,mp=/etc", "options": ["bind"]}]}),
+        json!({"annotations": {"org.proxmox.tags": "a\nlxc.init.cmd: /evil"}}),
+        json!({"linux": {"sysctl": {"kernel.core_pattern": "|/evil"}}}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let bundle = node.bundle(&format!("bad{i}"), patch);
+        let out = node.create(&bundle, &format!("bad{i}"), &[]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("config.json:"), "{}", stderr(&out));
+    }
+    assert!(node.vmids().is_empty(), "a refused bundle made a guest");
+}
