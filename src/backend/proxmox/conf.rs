@@ -68,26 +68,17 @@ impl RawLine {
         if !source.starts_with('/') {
             return Err(bad("source must be an absolute path"));
         }
-        if target.starts_with('/') || target.is_empty() {
-            return Err(bad("target must be relative to the container root"));
+        if source
+            .bytes()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+        {
+            return Err(bad("paths may not contain blanks"));
         }
-        for p in [source, target] {
-            if p.bytes().any(|c| c.is_ascii_whitespace()) {
-                return Err(bad("paths may not contain blanks"));
-            }
-            if p.split('/').any(|c| c == "..") {
-                return Err(bad("paths may not contain '..'"));
-            }
+        if source.split('/').any(|c| c == "..") {
+            return Err(bad("paths may not contain '..'"));
         }
-        for o in options {
-            if o.is_empty()
-                || !o
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"=_-".contains(&c))
-            {
-                return Err(bad("invalid mount option"));
-            }
-        }
+        check_mount_target(target).map_err(bad)?;
+        check_mount_options(options.iter().copied()).map_err(bad)?;
         let mut opts = vec!["bind"];
         opts.extend_from_slice(options);
         RawLine::new(
@@ -109,27 +100,8 @@ impl RawLine {
         if !matches!(fstype, "tmpfs" | "mqueue") {
             return Err(bad("only tmpfs and mqueue mounts have no host source"));
         }
-        if target.starts_with('/') || target.is_empty() {
-            return Err(bad("target must be relative to the container root"));
-        }
-        if target
-            .bytes()
-            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
-        {
-            return Err(bad("paths may not contain blanks"));
-        }
-        if target.split('/').any(|c| c == ".." || c == ".") {
-            return Err(bad("paths may not contain '..'"));
-        }
-        for o in options {
-            if o.is_empty()
-                || !o
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"=_-".contains(&c))
-            {
-                return Err(bad("invalid mount option"));
-            }
-        }
+        check_mount_target(target).map_err(bad)?;
+        check_mount_options(options.iter().map(String::as_str)).map_err(bad)?;
         let opts = if options.is_empty() {
             "defaults".to_string()
         } else {
@@ -142,6 +114,40 @@ impl RawLine {
     pub fn render(&self) -> String {
         format!("{}: {}", self.key, self.value)
     }
+}
+
+/// An fstab target: relative to the container root, one plain path whose
+/// components are neither `.` nor `..`, with no blank that would split the
+/// fstab fields.
+fn check_mount_target(target: &str) -> Result<(), &'static str> {
+    if target.starts_with('/') || target.is_empty() {
+        return Err("target must be relative to the container root");
+    }
+    if target
+        .bytes()
+        .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+    {
+        return Err("paths may not contain blanks");
+    }
+    if target.split('/').any(|c| c == ".." || c == ".") {
+        return Err("paths may not contain '..'");
+    }
+    Ok(())
+}
+
+/// Options are comma-separated in one fstab field: each is a plain word,
+/// optionally `key=value`.
+fn check_mount_options<'a>(options: impl IntoIterator<Item = &'a str>) -> Result<(), &'static str> {
+    for o in options {
+        if o.is_empty()
+            || !o
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"=_-".contains(&c))
+        {
+            return Err("invalid mount option");
+        }
+    }
+    Ok(())
 }
 
 fn check_value(key: &str, value: &str) -> Result<(), ConfError> {
