@@ -245,3 +245,37 @@ fn a_lifecycle_costs_three_node_tool_runs_and_state_kill_none() {
     let calls = std::fs::read_to_string(&log).unwrap();
     assert_eq!(calls, "pct create\npct start\npct destroy\n");
 }
+
+#[test]
+fn preserved_descriptors_reach_the_process() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let node = Node::new();
+    let bundle = node.bundle(
+        "fds",
+        json!({"process": {"args": ["sh", "-c", "echo through-fd-3 >&3"]}}),
+    );
+    let extra = node.root().join("fd3.txt");
+    let file = File::create(&extra).unwrap();
+    let raw = file.as_raw_fd();
+    let mut cmd = node.nexcage(["run", "--preserve-fds", "1", "--bundle"]);
+    cmd.arg(&bundle).arg("fds");
+    // SAFETY: dup2 between fork and exec, to hand the file over as fd 3.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            let rc = if raw == 3 {
+                nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(raw, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&extra).unwrap(), "through-fd-3\n");
+}
