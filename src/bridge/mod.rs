@@ -203,7 +203,9 @@ pub fn spawn_monitor(
     listener: OwnedFd,
     preserve_fds: u32,
 ) -> Result<Launched, BridgeError> {
-    let exe = std::env::current_exe().map_err(io("locate", Path::new("/proc/self/exe")))?;
+    // The running binary itself, even if a package upgrade replaced the file:
+    // the monitor must speak exactly this create's protocol.
+    let exe = PathBuf::from("/proc/self/exe");
     let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| io("create pipe", &exe)(e.into()))?;
     let listen_fd = 3 + preserve_fds as i32;
