@@ -72,23 +72,23 @@ pub enum Command {
     /// Print the OCI features document.
     Features,
     /// Run a process inside a running container.
-    Exec(PassThroughArgs),
+    Exec(ExecArgs),
     /// List the processes of a container.
-    Ps(PassThroughArgs),
+    Ps(PsArgs),
     /// Freeze a container.
-    Pause(PassThroughArgs),
+    Pause(IdArg),
     /// Thaw a container.
-    Resume(PassThroughArgs),
+    Resume(IdArg),
     /// Change a container's resource limits.
-    Update(PassThroughArgs),
+    Update(UpdateArgs),
     /// Print container events and statistics.
-    Events(PassThroughArgs),
+    Events(EventsArgs),
     /// Internal: the process bridge's host side, started by create.
     #[command(hide = true)]
     Monitor(MonitorArgs),
     /// Internal: the process bridge's PID 1 inside the container.
     #[command(hide = true)]
-    Init,
+    Init(InitArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -172,12 +172,152 @@ pub struct SpecArgs {
     pub bundle: PathBuf,
 }
 
-/// Commands of a later milestone accept any arguments so that callers get the
-/// clear "not supported yet" error instead of a usage error.
+/// `exec`: runc's flags. Terminal mode (--tty, --console-socket) is parsed
+/// here and refused in exec.rs (`refuse_terminal`).
 #[derive(Debug, Clone, Args)]
-pub struct PassThroughArgs {
+pub struct ExecArgs {
+    /// OCI process JSON to run (instead of COMMAND and the flags below).
+    #[arg(short = 'p', long)]
+    pub process: Option<PathBuf>,
+    /// Unix socket to receive the pty master on.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Allocate a pseudo-terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Working directory in the container.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Set an environment variable (NAME=VALUE); repeatable.
+    #[arg(short = 'e', long)]
+    pub env: Vec<String>,
+    /// UID[:GID] to run as.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Additional group id; repeatable.
+    #[arg(short = 'g', long = "additional-gids")]
+    pub additional_gids: Vec<u32>,
+    /// Add a capability (CAP_NAME) to every set; repeatable.
+    #[arg(short = 'c', long)]
+    pub cap: Vec<String>,
+    /// Set no_new_privileges.
+    #[arg(long)]
+    pub no_new_privs: bool,
+    /// Accepted for runc compatibility; Proxmox guests have no per-process AppArmor profile.
+    #[arg(long)]
+    pub apparmor: Option<String>,
+    /// Accepted for runc compatibility; SELinux labels are not applied.
+    #[arg(long)]
+    pub process_label: Option<String>,
+    /// Pass N additional file descriptors (3..3+N) to the process.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Return once the process has started.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// File to write the host pid of the exec'd process's bridge to.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Exec even into a paused container.
+    #[arg(long)]
+    pub ignore_paused: bool,
+    pub id: String,
+    /// COMMAND [ARGS...] (without --process).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PsArgs {
+    #[arg(short = 'f', long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+    pub id: String,
+    /// Options for ps(1) in table format (default -ef).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub ps_args: Vec<String>,
+}
+
+/// `update`: a LinuxResources JSON and/or runc's single-value flags (which
+/// win over the file).
+#[derive(Debug, Clone, Args)]
+pub struct UpdateArgs {
+    /// LinuxResources JSON file, or - for stdin.
+    #[arg(short = 'r', long)]
+    pub resources: Option<PathBuf>,
+    /// Memory limit in bytes (k, m, g suffixes allowed).
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// Memory reservation (soft limit).
+    #[arg(long)]
+    pub memory_reservation: Option<String>,
+    /// Memory plus swap limit; -1 for unlimited swap.
+    #[arg(long)]
+    pub memory_swap: Option<String>,
+    /// Kernel memory limit (refused: obsolete).
+    #[arg(long)]
+    pub kernel_memory: Option<String>,
+    /// Kernel TCP memory limit (refused).
+    #[arg(long)]
+    pub kernel_memory_tcp: Option<String>,
+    /// CPU CFS period in microseconds.
+    #[arg(long)]
+    pub cpu_period: Option<u64>,
+    /// CPU CFS quota in microseconds.
+    #[arg(long)]
+    pub cpu_quota: Option<i64>,
+    /// CPU shares (relative weight).
+    #[arg(long = "cpu-share", alias = "cpu-shares")]
+    pub cpu_share: Option<u64>,
+    /// Realtime period (refused).
+    #[arg(long)]
+    pub cpu_rt_period: Option<u64>,
+    /// Realtime runtime (refused).
+    #[arg(long)]
+    pub cpu_rt_runtime: Option<i64>,
+    /// CPUs to use (0-3, 0,1).
+    #[arg(long)]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes to use.
+    #[arg(long)]
+    pub cpuset_mems: Option<String>,
+    /// Maximum number of pids; 0 or -1 for no limit.
+    #[arg(long, allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
+    /// Block IO weight (refused).
+    #[arg(long)]
+    pub blkio_weight: Option<u16>,
+    /// Intel RDT L3 cache schema (refused).
+    #[arg(long)]
+    pub l3_cache_schema: Option<String>,
+    /// Intel RDT memory bandwidth schema (refused).
+    #[arg(long)]
+    pub mem_bw_schema: Option<String>,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// Print one stats object and exit.
+    #[arg(long)]
+    pub stats: bool,
+    /// Interval between stats lines of the stream (e.g. 5s, 500ms).
+    #[arg(long, default_value = "5s")]
+    pub interval: String,
+    pub id: String,
+}
+
+/// The hidden `init`: without a mode it is the guest's PID 1 (lxc.init.cmd);
+/// `init exec FILE` runs one process for `nexcage exec`.
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    #[command(subcommand)]
+    pub mode: Option<InitMode>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum InitMode {
+    /// Become the process described by FILE (OCI process JSON).
+    Exec { file: PathBuf },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 
 use crate::bridge::{self, BridgeDir};
 use crate::bundle;
+use crate::cgroup;
 use crate::cli::{CreateArgs, GlobalOpts};
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -68,9 +69,12 @@ pub fn create(
 ) -> Result<Child> {
     check_id(&args.id)?;
     let bundle = bundle::load(&args.bundle)?;
-    if args.console_socket.is_some() {
-        return Err(Error::NotSupported("--console-socket (terminal mode)"));
-    }
+    // Terminal mode: connect to the caller's console socket now, as runc
+    // does in create, so a missing flag or socket fails before anything
+    // exists; the monitor sends the pty's master over it (bridge/pty.rs).
+    let terminal = bundle.process().terminal().unwrap_or(false);
+    let mut console = bridge::pty::connect(terminal, args.console_socket.as_deref())
+        .map_err(|e| Error::Usage(e.to_string()))?;
     let backend = router::select(&bundle, settings, store.root())?;
     let lock = store
         .claim(&args.id)?
@@ -112,7 +116,13 @@ pub fn create(
             init_binary: &exe,
         };
         backend.provision(&req, &mut record, &mut |r| Ok(store.save(&lock, r)?))?;
-        let mut launched = bridge::spawn_monitor(global, &args.id, listener, args.preserve_fds)?;
+        let mut launched = bridge::spawn_monitor(
+            global,
+            &args.id,
+            listener,
+            args.preserve_fds,
+            console.take(),
+        )?;
         record.monitor = ProcRef::of(launched.child.id() as i32);
         let child_pid = launched.child.id();
         store.save(&lock, &record)?;
@@ -217,20 +227,93 @@ pub fn kill(store: &Store, id: &str, signal: Signal, all: bool) -> Result<()> {
         _ => return Err(Error::NotRunning(id.to_string())),
     }
     let process = record.process.expect("live containers have a process");
-    if all {
-        if let Some(init) = record.init.filter(|i| i.is_alive()) {
-            for pid in procfs::descendants(init.pid).into_iter().skip(1) {
-                if let Some(p) = ProcRef::of(pid) {
-                    let _ = p.signal(signal);
-                }
+    let result = if all {
+        // Every process of the guest but its init, whose end would stop
+        // the guest before the others got the signal.
+        let init = record.init.map(|i| i.pid);
+        for pid in guest_pids(store, &record)? {
+            if Some(pid) == init {
+                continue;
             }
-            return Ok(());
+            if let Some(p) = ProcRef::of(pid) {
+                let _ = p.signal(signal);
+            }
+        }
+        Ok(())
+    } else {
+        process.signal(signal).map_err(|e| match e {
+            nix::errno::Errno::ESRCH => Error::NotRunning(id.to_string()),
+            e => Error::Usage(format!("cannot signal container {id}: {e}")),
+        })
+    };
+    // A frozen process cannot act on SIGKILL (v1 freezer): thaw, as runc does.
+    if signal == Signal::SIGKILL && status(store, &record) == Status::Paused {
+        thaw_killed(store, &record)?;
+    }
+    result
+}
+
+/// Thaw a paused guest straight through its cgroup (kill never calls pct)
+/// and record it as running again.
+fn thaw_killed(store: &Store, record: &Record) -> Result<()> {
+    cgroup::of_record(record)?.thaw()?;
+    if let Some(lock) = store.lock(&record.id)? {
+        if let Some(mut r) = store.load(&record.id)? {
+            r.status = Status::Running;
+            store.save(&lock, &r)?;
         }
     }
-    process.signal(signal).map_err(|e| match e {
-        nix::errno::Errno::ESRCH => Error::NotRunning(id.to_string()),
-        e => Error::Usage(format!("cannot signal container {id}: {e}")),
-    })
+    Ok(())
+}
+
+/// `pause`: freeze the guest; only a running container can be paused.
+pub fn pause(store: &Store, settings: &Settings, id: &str) -> Result<()> {
+    let (lock, mut record) = lock(store, id)?;
+    match status(store, &record) {
+        Status::Running => {}
+        Status::Paused => return Err(Error::Usage(format!("container {id} is already paused"))),
+        _ => return Err(Error::NotRunning(id.to_string())),
+    }
+    router::for_record(&record, settings, store.root())?.pause(&record)?;
+    record.status = Status::Paused;
+    store.save(&lock, &record)?;
+    Ok(())
+}
+
+/// `resume`: thaw a paused guest.
+pub fn resume(store: &Store, settings: &Settings, id: &str) -> Result<()> {
+    let (lock, mut record) = lock(store, id)?;
+    if status(store, &record) != Status::Paused {
+        return Err(Error::Usage(format!("container not paused: {id}")));
+    }
+    router::for_record(&record, settings, store.root())?.resume(&record)?;
+    record.status = Status::Running;
+    store.save(&lock, &record)?;
+    Ok(())
+}
+
+/// Host pids of every process in the guest: its cgroup, or (when the
+/// cgroup cannot be read) the init and its descendants.
+pub fn guest_pids(store: &Store, record: &Record) -> Result<Vec<i32>> {
+    if !matches!(
+        status(store, record),
+        Status::Created | Status::Running | Status::Paused
+    ) {
+        return Err(Error::NotRunning(record.id.clone()));
+    }
+    let init = record
+        .init
+        .filter(|i| i.is_alive())
+        .ok_or_else(|| Error::NotRunning(record.id.clone()))?;
+    let pids = cgroup::of_record(record)
+        .map(|cg| cg.procs())
+        .unwrap_or_default();
+    if pids.contains(&init.pid) {
+        return Ok(pids);
+    }
+    let mut pids = procfs::descendants(init.pid);
+    pids.sort_unstable();
+    Ok(pids)
 }
 
 pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Result<()> {
@@ -258,6 +341,12 @@ pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Resu
     }
     if let Some(p) = record.process.filter(|p| p.is_alive()) {
         let _ = p.signal(Signal::SIGKILL);
+    }
+    // A frozen guest cannot die (v1 freezer): thaw it before it is stopped.
+    if st == Status::Paused {
+        if let Ok(cg) = cgroup::of_record(&record) {
+            let _ = cg.thaw();
+        }
     }
     router::for_record(&record, settings, store.root())?.destroy(&record)?;
     wait_gone(record.monitor, Duration::from_secs(5));

@@ -4,10 +4,12 @@
 mod backend;
 mod bridge;
 mod bundle;
+mod cgroup;
 mod cli;
 mod commands;
 mod config;
 mod error;
+mod exec;
 mod features;
 mod lifecycle;
 mod logging;
@@ -33,7 +35,10 @@ fn main() {
     };
     match command {
         // Inside the container: touch nothing of the host's layout.
-        Command::Init => bridge::init::run(),
+        Command::Init(args) => match args.mode {
+            None => bridge::init::run(),
+            Some(cli::InitMode::Exec { file }) => bridge::init::exec(&file),
+        },
         Command::Monitor(args) => {
             logging::init(&cli.global, logging::Role::Monitor);
             bridge::monitor::run(&args)

@@ -1,6 +1,7 @@
 //! Which backend runs a container. The choice is made once, at create, and
 //! stored in the state so every later command reaches the same backend.
 
+use std::ffi::OsString;
 use std::path::Path;
 
 use crate::backend::proxmox::Driver;
@@ -40,6 +41,21 @@ pub trait Backend {
     /// Undo what `provision` made that outlives the guest (e.g. a template
     /// converted for this create), after a failed create.
     fn discard(&self, _record: &Record) {}
+    /// The command (program first) that runs `/.nexcage/init exec FILE` in
+    /// the running guest with the caller's stdio and exits with the
+    /// process's status. `process_file` is the path inside the guest.
+    fn exec_command(&self, record: &Record, process_file: &str) -> Result<Vec<OsString>>;
+    /// Freeze every process of the guest.
+    fn pause(&self, record: &Record) -> Result<()>;
+    /// Thaw the guest.
+    fn resume(&self, record: &Record) -> Result<()>;
+    /// Apply new limits (an OCI LinuxResources object) to the running guest
+    /// and to the backend's own configuration; refuse what cannot be.
+    fn update(
+        &self,
+        record: &Record,
+        resources: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()>;
 }
 
 /// Names of the backends this build has.

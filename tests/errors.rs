@@ -136,9 +136,16 @@ fn failure_after_pct_create_destroys_the_guest() {
 }
 
 #[test]
-fn not_yet_supported_commands_fail_clearly() {
+fn runc_surface_commands_on_unknown_ids() {
     let node = Node::new();
-    for cmd in ["exec", "ps", "pause", "resume", "update", "events"] {
-        fails_with(&node.run([cmd, "x"]), "not supported yet");
+    for args in [
+        &["exec", "ghost", "true"][..],
+        &["ps", "ghost"],
+        &["pause", "ghost"],
+        &["resume", "ghost"],
+        &["update", "--memory", "100M", "ghost"],
+        &["events", "--stats", "ghost"],
+    ] {
+        fails_with(&node.run(args), "container does not exist: ghost");
     }
 }

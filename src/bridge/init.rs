@@ -57,9 +57,10 @@ fn connect_monitor() -> Result<OwnedFd, String> {
 }
 
 fn serve(conn: &OwnedFd) -> i32 {
-    let stdio = match proto::recv(conn.as_fd()) {
-        Ok(Some((Message::Stdio, fds))) if fds.len() >= 3 => fds,
-        _ => return 1,
+    let stdio = match receive_stdio(conn) {
+        Ok(fds) => fds,
+        Err(None) => return 1,
+        Err(Some(message)) => return fail_and_wait(conn, message),
     };
     let prepared = match Prepared::load(&Path::new(MOUNT_POINT).join("process.json")) {
         Ok(p) => p,
@@ -68,6 +69,10 @@ fn serve(conn: &OwnedFd) -> i32 {
     if let Err(message) = apply_linux_settings(&Path::new(MOUNT_POINT).join(INIT_SETTINGS_FILE)) {
         return fail_and_wait(conn, message);
     }
+    let stdio = match terminal_stdio(conn, &prepared, stdio) {
+        Ok(fds) => fds,
+        Err(message) => return fail_and_wait(conn, message),
+    };
     let mask = block_signals();
     // SAFETY: this process is single-threaded; the child only execs or exits.
     match unsafe { fork() } {
@@ -87,6 +92,79 @@ fn serve(conn: &OwnedFd) -> i32 {
             code.unwrap_or_else(|| 128 + signal.unwrap_or(9))
         }
     }
+}
+
+/// `init exec FILE`: run the process described by FILE (an OCI process
+/// JSON the host wrote into the bridge) in place of this one. lxc-attach has
+/// already put us into the guest's namespaces and cgroup, so there is nothing
+/// to fork: apply the process's settings and exec. Failures print one line on
+/// stderr (the caller's) and exit 127, as the container process does.
+pub fn exec(file: &Path) -> ! {
+    let prepared = match Prepared::load(file) {
+        Ok(p) => p,
+        Err(message) => {
+            eprintln!("nexcage: {message}");
+            std::process::exit(127)
+        }
+    };
+    // SAFETY: single-threaded (nothing spawned threads yet); become_process
+    // only execs or exits. Descriptors beyond stdio are lxc-attach's, not
+    // the caller's: close them so the process does not inherit them.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        );
+        become_process(&prepared)
+    }
+}
+
+/// The caller's stdio from the monitor, after joining the network namespace
+/// it may send first (before the sysctls, which then apply to that
+/// namespace; `pct exec` joins the init's namespaces, so exec'd processes
+/// share it too). Err(None): nobody to tell.
+fn receive_stdio(conn: &OwnedFd) -> Result<Vec<OwnedFd>, Option<String>> {
+    let mut msg = proto::recv(conn.as_fd());
+    if let Ok(Some((Message::Netns, fds))) = &msg {
+        let [ns] = &fds[..] else {
+            return Err(Some("the monitor sent no network namespace".into()));
+        };
+        super::netns::join(ns.as_fd()).map_err(Some)?;
+        msg = proto::recv(conn.as_fd());
+    }
+    match msg {
+        Ok(Some((Message::Stdio, fds))) if fds.len() >= 3 => Ok(fds),
+        _ => Err(None),
+    }
+}
+
+/// Terminal mode: open a pty in the guest, send its master to the monitor
+/// (which hands it to --console-socket), and give the process the slave as
+/// stdin, stdout and stderr in place of the caller's (preserved descriptors
+/// from 3 up stay). The parent's copies of the slave close after fork.
+fn terminal_stdio(
+    conn: &OwnedFd,
+    p: &Prepared,
+    mut stdio: Vec<OwnedFd>,
+) -> Result<Vec<OwnedFd>, String> {
+    if !p.terminal {
+        return Ok(stdio);
+    }
+    let pty = super::pty::open(p.console_size)?;
+    let msg = Message::Console {
+        pty: pty.name.clone(),
+    };
+    proto::send(conn.as_fd(), &msg, &[pty.master.as_raw_fd()])?;
+    drop(pty.master);
+    for fd in stdio.iter_mut().take(3) {
+        *fd = pty
+            .slave
+            .try_clone()
+            .map_err(|e| format!("terminal: {e}"))?;
+    }
+    Ok(stdio)
 }
 
 /// Report a set-up failure, then stay up until create has read it and tears
@@ -112,6 +190,10 @@ struct Prepared {
     umask: Option<u32>,
     rlimits: Vec<(libc::c_int, u64, u64)>,
     no_new_privileges: bool,
+    /// process.terminal: the process runs on a pty opened in the guest.
+    terminal: bool,
+    /// process.consoleSize as (height, width).
+    console_size: Option<(u16, u16)>,
     /// None: the process keeps the init's capabilities, as with runc.
     caps: Option<Caps>,
     oom_score_adj: Option<Vec<u8>>,
@@ -391,6 +473,16 @@ impl Prepared {
             umask: user.umask(),
             rlimits,
             no_new_privileges: p.no_new_privileges().unwrap_or(false),
+            terminal: p.terminal().unwrap_or(false),
+            console_size: match p.console_size() {
+                Some(b) => Some((
+                    u16::try_from(b.height())
+                        .map_err(|_| "process.consoleSize.height is too large")?,
+                    u16::try_from(b.width())
+                        .map_err(|_| "process.consoleSize.width is too large")?,
+                )),
+                None => None,
+            },
             caps: Caps::from_process(p)?,
             oom_score_adj: p.oom_score_adj().map(|a| a.to_string().into_bytes()),
         })
@@ -545,6 +637,11 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
             libc::c_uint::MAX,
             0,
         );
+        // Terminal mode: stdin is the pty's slave; as the new session's
+        // leader, make it our controlling terminal (job control, ^C).
+        if p.terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+            fail("set the controlling terminal", last());
+        }
 
         // Wait here until `nexcage start` opens the other end.
         let fifo = CString::new(format!("{MOUNT_POINT}/exec.fifo")).expect("no NUL");
@@ -554,6 +651,30 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
         }
         libc::close(fd);
 
+        become_process(p)
+    }
+}
+
+/// Drop to the OCI user and exec: cwd, rlimits, umask, oom_score_adj,
+/// capabilities, groups, gid, uid, no_new_privs, then execve with exactly the
+/// process's environment. Shared by the container process (after `start`)
+/// and by `exec` (already placed in the guest by lxc-attach).
+///
+/// # Safety
+/// Only in a single-threaded process about to become `p`: only exec or
+/// _exit leave here.
+unsafe fn become_process(p: &Prepared) -> ! {
+    let fail = |what: &str, err: std::io::Error| -> ! {
+        let msg = format!("nexcage: {what}: {err}\n");
+        // SAFETY: writing to stderr (already the caller's) and exiting.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        }
+    };
+    let last = || std::io::Error::last_os_error();
+    // SAFETY: credential syscalls in a single-threaded process (the caller's contract).
+    unsafe {
         if libc::chdir(p.cwd.as_ptr()) != 0 {
             fail("chdir", last());
         }

@@ -16,7 +16,9 @@
 
 pub mod init;
 pub mod monitor;
+pub mod netns;
 pub mod proto;
+pub mod pty;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader};
@@ -184,6 +186,31 @@ impl BridgeDir {
     }
 }
 
+/// Whether the process in the bridge directory `dir` runs on a terminal
+/// (for the monitor, which must then expect a console socket).
+pub fn process_is_terminal(dir: &Path) -> Result<bool, String> {
+    let p = dir.join(PROCESS_FILE);
+    let text = fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let process: Process =
+        serde_json::from_slice(&text).map_err(|e| format!("invalid {}: {e}", p.display()))?;
+    Ok(process.terminal().unwrap_or(false))
+}
+
+/// The network namespace the process joins (for the monitor, which opens it
+/// on the host), from the init settings create wrote.
+pub fn netns_path(dir: &Path) -> Result<Option<PathBuf>, String> {
+    use crate::backend::proxmox::translate::{InitSettings, INIT_SETTINGS_FILE};
+    let p = dir.join(INIT_SETTINGS_FILE);
+    let settings: InitSettings = match fs::read(&p) {
+        Ok(text) => {
+            serde_json::from_slice(&text).map_err(|e| format!("invalid {}: {e}", p.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+    };
+    Ok(settings.netns.map(PathBuf::from))
+}
+
 fn set_mode(path: &Path, mode: u32) -> Result<(), BridgeError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
 }
@@ -196,12 +223,15 @@ pub struct Launched {
 
 /// Start the monitor: nexcage itself, inheriting our stdio (which it passes
 /// on to the container) and `preserve_fds` descriptors from 3 up, plus the
-/// listening socket and the status pipe right after them.
+/// listening socket and the status pipe right after them, and, in terminal
+/// mode, the console socket right after those (the monitor knows terminal
+/// mode from process.json, as the init does, so no flag can disagree).
 pub fn spawn_monitor(
     global: &GlobalOpts,
     id: &str,
     listener: OwnedFd,
     preserve_fds: u32,
+    console: Option<OwnedFd>,
 ) -> Result<Launched, BridgeError> {
     // The running binary itself, even if a package upgrade replaced the file:
     // the monitor must speak exactly this create's protocol.
@@ -227,17 +257,28 @@ pub fn spawn_monitor(
         .arg(format!("--status-fd={status_fd}"))
         .arg(format!("--preserve-fds={preserve_fds}"));
     let (l_raw, s_raw) = (listener.as_raw_fd(), status_w.as_raw_fd());
+    let c_raw = console.as_ref().map(|c| c.as_raw_fd());
+    let console_fd = monitor::console_fd(status_fd);
     // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             use nix::libc;
-            // Park both above every target first, so neither dup2 clobbers
-            // the other; dup2 then clears close-on-exec on the targets.
-            let high = status_fd + 1;
+            // Park all above every target first, so no dup2 clobbers
+            // another; dup2 then clears close-on-exec on the targets.
+            let high = console_fd + 1;
             let l = libc::fcntl(l_raw, libc::F_DUPFD_CLOEXEC, high);
             let s = libc::fcntl(s_raw, libc::F_DUPFD_CLOEXEC, high);
-            if l < 0 || s < 0 || libc::dup2(l, listen_fd) < 0 || libc::dup2(s, status_fd) < 0 {
+            let c = c_raw.map(|c| libc::fcntl(c, libc::F_DUPFD_CLOEXEC, high));
+            if l < 0 || s < 0 || c.is_some_and(|c| c < 0) {
                 return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(l, listen_fd) < 0 || libc::dup2(s, status_fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(c) = c {
+                if libc::dup2(c, console_fd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -245,6 +286,7 @@ pub fn spawn_monitor(
     let child = cmd.spawn().map_err(io("start monitor", &exe))?;
     drop(status_w);
     drop(listener);
+    drop(console);
     Ok(Launched {
         child,
         status: File::from(status_r),

@@ -85,9 +85,11 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
 
     // The connection outlives a failed set-up on purpose (see below).
     let mut conn = None;
-    let outcome = accept_init(&listener, &status).and_then(|(c, init)| {
-        let c = conn.insert(c);
-        set_up(c, init, args.preserve_fds).map(|process| (init, process))
+    let outcome = Extras::gather(&listener, args.status_fd).and_then(|extras| {
+        accept_init(&listener, &status).and_then(|(c, init)| {
+            let c = conn.insert(c);
+            set_up(c, init, args.preserve_fds, extras).map(|process| (init, process))
+        })
     });
     let process = match outcome {
         Ok((init, process)) => {
@@ -160,17 +162,90 @@ fn accept_init(listener: &OwnedFd, status: &File) -> Result<(OwnedFd, ProcRef), 
     Ok((conn, init))
 }
 
-/// Give the init our stdio; once it has forked the process, find its host pid.
-fn set_up(conn: &OwnedFd, init: ProcRef, preserve_fds: u32) -> Result<ProcRef, String> {
+/// The descriptor number of the console socket create passes in terminal
+/// mode: right after the status pipe.
+pub fn console_fd(status_fd: RawFd) -> RawFd {
+    status_fd + 1
+}
+
+/// What the bundle asks of the bridge beyond stdio, read from the bridge
+/// directory create wrote (the same files the init reads).
+#[derive(Default)]
+struct Extras {
+    /// Terminal mode: the caller's console socket, connected by create.
+    console: Option<OwnedFd>,
+    /// A network namespace to join, opened here on the host.
+    netns: Option<OwnedFd>,
+}
+
+impl Extras {
+    fn gather(listener: &OwnedFd, status_fd: RawFd) -> Result<Extras, String> {
+        // The bridge directory is where the listening socket lives.
+        let dir = getsockname::<UnixAddr>(listener.as_raw_fd())
+            .ok()
+            .and_then(|a| a.path().and_then(|p| p.parent()).map(|p| p.to_path_buf()))
+            .ok_or("cannot tell the bridge directory from its socket")?;
+        let mut extras = Extras::default();
+        if super::process_is_terminal(&dir)? {
+            let fd = console_fd(status_fd);
+            // SAFETY: in terminal mode create placed the connected console
+            // socket at this number for this process alone (spawn_monitor).
+            let console = unsafe { OwnedFd::from_raw_fd(fd) };
+            let _ = nix::fcntl::fcntl(
+                &console,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            let is_socket = nix::sys::stat::fstat(&console)
+                .map(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFSOCK)
+                .unwrap_or(false);
+            if !is_socket {
+                std::mem::forget(console);
+                return Err(format!("descriptor {fd} is not the console socket"));
+            }
+            extras.console = Some(console);
+        }
+        if let Some(path) = super::netns_path(&dir)? {
+            extras.netns = Some(super::netns::open(&path).map_err(|e| e.to_string())?);
+        }
+        Ok(extras)
+    }
+}
+
+/// Give the init our stdio (and the namespace to join); once it has forked
+/// the process, find its host pid. In terminal mode the init sends the pty's
+/// master first, and it goes to the console socket before create hears
+/// "ready", so create returns only once the caller holds the terminal.
+fn set_up(
+    conn: &OwnedFd,
+    init: ProcRef,
+    preserve_fds: u32,
+    mut extras: Extras,
+) -> Result<ProcRef, String> {
+    if let Some(ns) = extras.netns.take() {
+        proto::send(conn.as_fd(), &Message::Netns, &[ns.as_raw_fd()])?;
+    }
     let passed: Vec<RawFd> = (0..3 + preserve_fds as RawFd).collect();
     proto::send(conn.as_fd(), &Message::Stdio, &passed)?;
     release_stdio(preserve_fds);
 
-    match proto::recv(conn.as_fd())? {
-        Some((Message::Ready, _)) => {}
-        Some((Message::Failed { message }, _)) => return Err(message),
-        Some((other, _)) => return Err(format!("unexpected message from init: {other:?}")),
-        None => return Err("the container's init exited during set-up".into()),
+    loop {
+        match proto::recv(conn.as_fd())? {
+            Some((Message::Console { pty }, fds)) => {
+                let (Some(console), [master]) = (extras.console.take(), &fds[..]) else {
+                    return Err("the container's init sent a terminal nobody asked for".into());
+                };
+                super::pty::send_master(console.as_fd(), &pty, master.as_fd())?;
+                // Our copies of the master and the socket close here: the
+                // caller holds the only master from now on.
+            }
+            Some((Message::Ready, _)) if extras.console.is_some() => {
+                return Err("the container's init did not open the terminal".into())
+            }
+            Some((Message::Ready, _)) => break,
+            Some((Message::Failed { message }, _)) => return Err(message),
+            Some((other, _)) => return Err(format!("unexpected message from init: {other:?}")),
+            None => return Err("the container's init exited during set-up".into()),
+        }
     }
     find_process(init.pid)
 }

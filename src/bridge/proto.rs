@@ -19,6 +19,13 @@ const MAX_MESSAGE: usize = 64 * 1024;
 pub enum Message {
     /// monitor -> init: the caller's stdio (and preserved fds) ride along.
     Stdio,
+    /// monitor -> init, before `Stdio`: the network namespace the bundle
+    /// names (`linux.namespaces[].path`), opened on the host, rides along.
+    Netns,
+    /// init -> monitor (terminal mode), before `Ready`: the master of the pty
+    /// the init opened in the guest's devpts rides along; `pty` names the
+    /// slave inside the guest.
+    Console { pty: String },
     /// init -> monitor: the process is forked and waits for `start`.
     Ready,
     /// init -> monitor: the process cannot be started.

@@ -3,14 +3,19 @@
 
 pub mod create;
 pub mod delete;
+pub mod events;
+pub mod exec;
 pub mod features;
 pub mod kill;
 pub mod list;
+pub mod pause;
+pub mod ps;
+pub mod resume;
 pub mod run;
 pub mod spec;
 pub mod start;
 pub mod state;
-pub mod unsupported;
+pub mod update;
 
 use crate::cli::{Command, GlobalOpts};
 use crate::config::Settings;
@@ -28,13 +33,13 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
         Command::List(a) => list::run(global, &a),
         Command::Spec(a) => spec::run(global, &a),
         Command::Features => features::run(),
-        Command::Exec(_) => unsupported::run("exec"),
-        Command::Ps(_) => unsupported::run("ps"),
-        Command::Pause(_) => unsupported::run("pause"),
-        Command::Resume(_) => unsupported::run("resume"),
-        Command::Update(_) => unsupported::run("update"),
-        Command::Events(_) => unsupported::run("events"),
-        Command::Monitor(_) | Command::Init => unreachable!("dispatched in main"),
+        Command::Exec(a) => exec::run(global, &a),
+        Command::Ps(a) => ps::run(global, &a),
+        Command::Pause(a) => pause::run(global, &a.id),
+        Command::Resume(a) => resume::run(global, &a.id),
+        Command::Update(a) => update::run(global, &a),
+        Command::Events(a) => events::run(global, &a),
+        Command::Monitor(_) | Command::Init(_) => unreachable!("dispatched in main"),
     }
 }
 

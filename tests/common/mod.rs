@@ -321,3 +321,53 @@ pub fn wait_for_file_content(path: &Path, want: &str) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Create and start a container running `args`; returns nothing, panics on failure.
+pub fn start_running(node: &Node, id: &str, args: serde_json::Value) {
+    let bundle = node.bundle(id, serde_json::json!({"process": {"args": args}}));
+    let out = node.create(&bundle, id, &[]);
+    assert!(out.status.success(), "create {id}: {}", stderr(&out));
+    let out = node.run(["start", id]);
+    assert!(out.status.success(), "start {id}: {}", stderr(&out));
+}
+
+/// The host pid of a container's init (nexcage's PID 1 in the guest), from
+/// the state file nexcage keeps.
+pub fn init_pid(node: &Node, id: &str) -> i32 {
+    let text = std::fs::read_to_string(node.state_root().join(id).join("state.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["init"]["pid"].as_i64().unwrap() as i32
+}
+
+/// The host path of a cgroup file of `pid`: the v1 `controller` hierarchy
+/// when the host has one, else the unified one.
+pub fn cgroup_file(pid: i32, controller: &str, v1: &str, v2: &str) -> PathBuf {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let mut unified = None;
+    for line in table.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        if ctrls.split(',').any(|c| c == controller) {
+            let dir = Path::new("/sys/fs/cgroup").join(ctrls);
+            let dir = if dir.exists() {
+                dir
+            } else {
+                Path::new("/sys/fs/cgroup").join(controller)
+            };
+            return dir.join(path.trim_start_matches('/')).join(v1);
+        }
+        if ctrls.is_empty() {
+            unified = Some(path.to_string());
+        }
+    }
+    let base = if Path::new("/sys/fs/cgroup/unified").exists() {
+        Path::new("/sys/fs/cgroup/unified")
+    } else {
+        Path::new("/sys/fs/cgroup")
+    };
+    base.join(unified.unwrap().trim_start_matches('/')).join(v2)
+}

@@ -123,6 +123,11 @@ pub struct InitSettings {
     /// IPC ones), so a raw line would be lost silently on a real node.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sysctl: std::collections::BTreeMap<String, String>,
+    /// A network namespace to join by path (podman's /run/netns/X). Read by
+    /// the monitor on the host, which opens it and passes the descriptor to
+    /// the init (src/bridge/netns.rs); the path means nothing in the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 impl InitSettings {
@@ -341,11 +346,19 @@ impl Translator<'_> {
     }
 
     fn process(&mut self, p: &Map<String, Value>) -> Result<(), TranslateError> {
-        if p.get("terminal").and_then(Value::as_bool) == Some(true) {
-            return Err(field(
-                "process.terminal",
-                "terminal mode is not supported yet",
-            ));
+        // process.terminal: the init opens a pty in the guest and the monitor
+        // hands its master to --console-socket (src/bridge/pty.rs); the
+        // window size is set on it, and must fit the kernel's 16 bits.
+        if let Some(size) = p.get("consoleSize").and_then(Value::as_object) {
+            for k in ["height", "width"] {
+                let n = size.get(k).and_then(Value::as_u64).unwrap_or(0);
+                if n > u64::from(u16::MAX) {
+                    return Err(field(
+                        format!("process.consoleSize.{k}"),
+                        format!("{n} is larger than a terminal can be (65535)"),
+                    ));
+                }
+            }
         }
         let pre = "process.";
         refuse_if_set(
@@ -787,8 +800,25 @@ impl Translator<'_> {
         match net {
             None => Err(field("linux.namespaces", "sharing the host's network namespace is not possible for a Proxmox container; add a network namespace")),
             // LXC can share a namespace only with a process (pid) or another
-            // container, not a namespace file such as /run/netns/X.
-            Some(Some(p)) => Err(field("linux.namespaces", format!("joining the existing network namespace {p:?} is not possible for a Proxmox container (LXC shares namespaces by pid or container name only); let nexcage create it"))),
+            // container, not a namespace file such as /run/netns/X: the
+            // bridge joins it instead (src/bridge/netns.rs), so the guest
+            // needs no Proxmox NIC. Only a privileged guest's root may join
+            // a namespace owned by the host's user namespace.
+            Some(Some(p)) => {
+                let f = "linux.namespaces";
+                if self.plan.unprivileged {
+                    return Err(field(f, format!("joining the host network namespace {p:?} requires a privileged guest (no user namespace)")));
+                }
+                if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                    return Err(field(f, format!("network namespace path {p:?} must be absolute, without ..")));
+                }
+                check_text(f, p)?;
+                if self.ann.bridge.is_some() || self.ann.ip.is_some() || self.ann.gw.is_some() || self.ann.tag.is_some() {
+                    return Err(field("annotations", format!("org.proxmox.net0.* configure the guest's own network card, which a guest joining {p:?} does not get")));
+                }
+                self.plan.init.netns = Some(p.to_string());
+                Ok(())
+            }
             Some(None) => {
                 let mut net0 = format!("name=eth0,bridge={}", self.ann.bridge.as_deref().unwrap_or(&self.settings.bridge));
                 for (k, v) in [("ip", &self.ann.ip), ("gw", &self.ann.gw), ("tag", &self.ann.tag)] {
@@ -1667,21 +1697,49 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_namespaces_and_terminal_are_refused_clearly() {
-        let host_net = spec(serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}}));
-        assert!(plan(&host_net, &ProxmoxSettings::default(), HOST)
-            .unwrap_err()
-            .to_string()
-            .contains("network namespace"));
+    fn host_network_is_refused_and_a_netns_path_is_joined_by_the_bridge() {
+        let d = ProxmoxSettings::default();
+        let err = |j: serde_json::Value| plan(&spec(j), &d, HOST).unwrap_err().to_string();
+        let host_net = serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}});
+        assert!(err(host_net).contains("network namespace"));
         let by_path = spec(
             serde_json::json!({"linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}]}}),
         );
-        assert!(plan(&by_path, &ProxmoxSettings::default(), HOST).is_err());
-        let tty = spec(serde_json::json!({"process": {"terminal": true}}));
-        assert!(plan(&tty, &ProxmoxSettings::default(), HOST)
-            .unwrap_err()
-            .to_string()
-            .contains("process.terminal"));
+        let p = plan(&by_path, &d, HOST).unwrap();
+        assert_eq!(p.init.netns.as_deref(), Some("/run/netns/x"));
+        assert!(opt(&p, "net0").is_none(), "no Proxmox NIC when joining");
+        let e = err(
+            serde_json::json!({"linux": {"namespaces": [{"type": "user"}, {"type": "network", "path": "/run/netns/x"}]}}),
+        );
+        assert!(
+            e.contains("linux.namespaces") && e.contains("privileged guest"),
+            "{e}"
+        );
+        for bad in ["run/netns/x", "/run/netns/../x", "/run/netns/x\ny"] {
+            let e = err(
+                serde_json::json!({"linux": {"namespaces": [{"type": "network", "path": bad}]}}),
+            );
+            assert!(e.contains("linux.namespaces"), "{bad}: {e}");
+        }
+        let e = err(serde_json::json!({
+            "annotations": {"org.proxmox.net0.ip": "dhcp"},
+            "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}]}
+        }));
+        assert!(e.contains("annotations"), "{e}");
+    }
+
+    #[test]
+    fn terminal_is_accepted_and_its_size_bounded() {
+        let d = ProxmoxSettings::default();
+        let tty = spec(
+            serde_json::json!({"process": {"terminal": true, "consoleSize": {"height": 30, "width": 100}}}),
+        );
+        assert!(plan(&tty, &d, HOST).is_ok());
+        let huge = spec(
+            serde_json::json!({"process": {"terminal": true, "consoleSize": {"height": 70000, "width": 1}}}),
+        );
+        let e = plan(&huge, &d, HOST).unwrap_err().to_string();
+        assert!(e.contains("process.consoleSize.height"), "{e}");
     }
 }
 
@@ -1757,11 +1815,15 @@ mod doc_table {
                 V1,
                 Process("groups: [Gid(77)]"),
             ),
-            "`process.terminal`" => (json!({"process": {"terminal": true}}), V1, Refused),
-            "`process.consoleSize`" => (
-                json!({"process": {"consoleSize": {"height": 1, "width": 2}}}),
+            "`process.terminal`" => (
+                json!({"process": {"terminal": true}}),
                 V1,
-                Accepted,
+                Process("terminal: true"),
+            ),
+            "`process.consoleSize`" => (
+                json!({"process": {"terminal": true, "consoleSize": {"height": 1, "width": 2}}}),
+                V1,
+                Process("console_size: Some((1, 2))"),
             ),
             "`process.capabilities.bounding`" => (
                 caps("bounding"),
@@ -1892,8 +1954,18 @@ mod doc_table {
                 V1,
                 Refused,
             ),
-            "`linux.namespaces[].path`" => (
+            "`linux.namespaces[].path` (network)" => (
                 json!({"linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}]}}),
+                V1,
+                Init("\"netns\":\"/run/netns/x\""),
+            ),
+            "`linux.namespaces[].path` (network, unprivileged guest)" => (
+                json!({"linux": {"namespaces": [{"type": "user"}, {"type": "network", "path": "/run/netns/x"}]}}),
+                V1,
+                Refused,
+            ),
+            "`linux.namespaces[].path` (other types)" => (
+                json!({"linux": {"namespaces": [{"type": "network"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]}}),
                 V1,
                 Refused,
             ),

@@ -1,0 +1,459 @@
+//! `nexcage exec`: run one more process in a running guest.
+//!
+//! The process (OCI process JSON, from `--process` or built from runc's
+//! flags over the bundle's own process) is written into the bridge
+//! directory, which the guest sees read-only at /.nexcage, and the backend's
+//! command (`pct exec VMID -- /.nexcage/init exec FILE`, i.e. lxc-attach)
+//! runs nexcage's init there, which applies the user, capabilities, cwd and
+//! env and execs the process. lxc-attach passes stdio through and exits with
+//! the process's status.
+//!
+//! The file is removed by the host as soon as the init has read it (seen
+//! with inotify on the file: the guest's reads are the same inode), so
+//! detached execs leave nothing behind either; anything left by a crash goes
+//! with the container's state directory at `delete`.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::libc;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use oci_spec::runtime::Process;
+
+use crate::bridge::monitor::relayed_signals;
+use crate::bridge::{BridgeDir, MOUNT_POINT};
+use crate::cli::ExecArgs;
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::lifecycle;
+use crate::router;
+use crate::state::{self, Status, Store};
+
+const SI_KERNEL: i32 = 0x80;
+
+/// Terminal mode (`--tty`, `--console-socket`, `process.terminal`) is not
+/// implemented yet: every way into it ends here, so that it can be replaced
+/// in one place.
+pub fn refuse_terminal() -> Result<()> {
+    Err(Error::NotSupported("terminal mode"))
+}
+
+/// `exec` from the command line: returns nexcage's exit code.
+pub fn run(store: &Store, settings: &Settings, args: &ExecArgs) -> Result<i32> {
+    if args.tty || args.console_socket.is_some() {
+        refuse_terminal()?;
+    }
+    if args.preserve_fds > 0 {
+        // lxc-attach closes every inherited descriptor beyond stdio.
+        return Err(Error::NotSupported("exec --preserve-fds"));
+    }
+    let record = lifecycle::load(store, &args.id)?;
+    match lifecycle::status(store, &record) {
+        Status::Created | Status::Running => {}
+        Status::Paused if args.ignore_paused => {}
+        Status::Paused => {
+            return Err(Error::Usage(format!(
+                "cannot exec in a paused container {}: use --ignore-paused to override",
+                args.id
+            )))
+        }
+        Status::Stopped | Status::Creating => return Err(Error::NotRunning(args.id.clone())),
+    }
+    let process = match &args.process {
+        Some(path) => read_process(path)?,
+        None => {
+            let base = base_process(&record.bundle.join("config.json"));
+            from_args(base, args)?
+        }
+    };
+    if process.terminal().unwrap_or(false) {
+        refuse_terminal()?;
+    }
+    let backend = router::for_record(&record, settings, store.root())?;
+    let bridge = BridgeDir::of(&store.dir(&args.id));
+    let file = ProcessFile::write(bridge.path(), &process)?;
+    let argv = backend.exec_command(&record, &file.guest_path())?;
+    let timeout = Duration::from_secs(settings.proxmox.start_timeout_secs);
+    if args.detach {
+        detached(&argv, file, args.pid_file.as_deref(), timeout)
+    } else {
+        foreground(&argv, file, args.pid_file.as_deref())
+    }
+}
+
+/// A process JSON as containerd and conmon write it.
+fn read_process(path: &Path) -> Result<Process> {
+    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| Error::Usage(format!("invalid process file {}: {e}", path.display())))
+}
+
+/// runc's args form starts from the container's own process (env, user,
+/// capabilities, rlimits...); without a readable config.json, from defaults.
+fn base_process(config: &Path) -> Process {
+    std::fs::read(config)
+        .ok()
+        .and_then(|t| serde_json::from_slice::<oci_spec::runtime::Spec>(&t).ok())
+        .and_then(|s| s.process().clone())
+        .unwrap_or_default()
+}
+
+/// Apply runc's exec flags to `p`, as runc's getProcess does.
+fn from_args(mut p: Process, args: &ExecArgs) -> Result<Process> {
+    if args.command.is_empty() {
+        return Err(Error::Usage(
+            "exec: a command is required (or --process FILE)".into(),
+        ));
+    }
+    p.set_args(Some(args.command.clone()));
+    p.set_terminal(Some(false));
+    if let Some(cwd) = &args.cwd {
+        p.set_cwd(PathBuf::from(cwd));
+    }
+    let env = merge_env(p.env().clone().unwrap_or_default(), &args.env)?;
+    p.set_env(Some(env));
+    let mut user = p.user().clone();
+    if let Some(spec) = &args.user {
+        let (uid, gid) = parse_user(spec)?;
+        user.set_uid(uid);
+        if let Some(gid) = gid {
+            user.set_gid(gid);
+        }
+    }
+    if !args.additional_gids.is_empty() {
+        user.set_additional_gids(Some(args.additional_gids.clone()));
+    }
+    p.set_user(user);
+    if args.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    if !args.cap.is_empty() {
+        add_caps(&mut p, &args.cap)?;
+    }
+    if args.apparmor.is_some() || args.process_label.is_some() {
+        tracing::debug!("exec: --apparmor/--process-label accepted and not applied");
+    }
+    Ok(p)
+}
+
+/// `uid[:gid]`, numeric as with runc.
+pub fn parse_user(s: &str) -> Result<(u32, Option<u32>)> {
+    let bad = || Error::Usage(format!("invalid --user {s:?}: want UID[:GID]"));
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let uid = u.parse().map_err(|_| bad())?;
+    let gid = g.map(|g| g.parse().map_err(|_| bad())).transpose()?;
+    Ok((uid, gid))
+}
+
+/// Add NAME=VALUE entries; a name already present gets the new value in
+/// place (runc keeps the last one too).
+pub fn merge_env(mut env: Vec<String>, add: &[String]) -> Result<Vec<String>> {
+    for e in add {
+        let Some((name, _)) = e.split_once('=').filter(|(n, _)| !n.is_empty()) else {
+            return Err(Error::Usage(format!(
+                "invalid --env {e:?}: want NAME=VALUE"
+            )));
+        };
+        let prefix = format!("{name}=");
+        match env.iter_mut().find(|x| x.starts_with(&prefix)) {
+            Some(slot) => *slot = e.clone(),
+            None => env.push(e.clone()),
+        }
+    }
+    Ok(env)
+}
+
+/// `--cap` adds to every set. A process without capabilities keeps all of
+/// the init's, so there is nothing to add to.
+fn add_caps(p: &mut Process, caps: &[String]) -> Result<()> {
+    let Some(mut c) = p.capabilities().clone() else {
+        return Ok(());
+    };
+    let mut parsed = Vec::new();
+    for name in caps {
+        let cap: oci_spec::runtime::Capability = serde_json::from_value(name.as_str().into())
+            .map_err(|_| Error::Usage(format!("unknown capability {name:?}")))?;
+        parsed.push(cap);
+    }
+    let add = |set: &Option<oci_spec::runtime::Capabilities>| {
+        let mut s = set.clone().unwrap_or_default();
+        s.extend(parsed.iter().copied());
+        Some(s)
+    };
+    c.set_bounding(add(c.bounding()));
+    c.set_effective(add(c.effective()));
+    c.set_permitted(add(c.permitted()));
+    c.set_inheritable(add(c.inheritable()));
+    c.set_ambient(add(c.ambient()));
+    p.set_capabilities(Some(c));
+    Ok(())
+}
+
+/// `exec-<random>.json` in the bridge directory, removed on drop.
+struct ProcessFile {
+    path: PathBuf,
+}
+
+impl ProcessFile {
+    fn write(bridge: &Path, process: &Process) -> Result<ProcessFile> {
+        let json = serde_json::to_vec(process).expect("process serializes");
+        for _ in 0..8 {
+            let path = bridge.join(format!("exec-{}.json", random_hex()?));
+            // 0644: an unprivileged guest's root is "other" to the host.
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&path);
+            match f {
+                Ok(mut f) => {
+                    std::io::Write::write_all(&mut f, &json).map_err(|e| Error::io(&path, e))?;
+                    std::fs::set_permissions(
+                        &path,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                    )
+                    .map_err(|e| Error::io(&path, e))?;
+                    return Ok(ProcessFile { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Err(Error::Usage(format!(
+            "cannot find a free process file name in {}",
+            bridge.display()
+        )))
+    }
+
+    fn guest_path(&self) -> String {
+        let name = self.path.file_name().expect("has a name").to_string_lossy();
+        format!("{MOUNT_POINT}/{name}")
+    }
+}
+
+impl Drop for ProcessFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn random_hex() -> Result<String> {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| Error::io("/dev/urandom", e))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn spawn(argv: &[OsString]) -> Result<Child> {
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .spawn()
+        .map_err(|e| Error::io(&argv[0], e))
+}
+
+fn write_pid_file(path: Option<&Path>, pid: u32) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io(".", e))?
+            .join(path)
+    };
+    state::write_atomic(&path, pid.to_string().as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// Without --detach: wait, relaying signals to the command, and exit as the
+/// process did (same code, or 128+signal).
+fn foreground(argv: &[OsString], _file: ProcessFile, pid_file: Option<&Path>) -> Result<i32> {
+    let mask = relayed_signals();
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None);
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| Error::Usage(format!("signalfd: {e}")))?;
+    // std's spawn empties the signal mask in the child: only ours stays blocked.
+    let mut child = spawn(argv)?;
+    write_pid_file(pid_file, child.id())?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| Error::io(&argv[0], e))? {
+            break status;
+        }
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(20u16));
+        while let Ok(Some(info)) = signals.read_signal() {
+            // Terminal-generated signals reach the whole foreground process
+            // group, the command included: relaying them would double them.
+            if info.ssi_code == SI_KERNEL {
+                continue;
+            }
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
+        }
+    };
+    Ok(exit_code(status))
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 255,
+    }
+}
+
+/// With --detach: the command is left running as our child (the caller's
+/// subreaper adopts it when we exit) and its pid goes to the pid file; its
+/// exit status is the process's. We return once the init has read the
+/// process file, which is then removed.
+fn detached(
+    argv: &[OsString],
+    file: ProcessFile,
+    pid_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<i32> {
+    let watch = ReadWatch::new(&file.path)?;
+    let mut child = spawn(argv)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if watch.wait(Duration::from_millis(20)) {
+            break;
+        }
+        if let Some(status) = child.try_wait().map_err(|e| Error::io(&argv[0], e))? {
+            // Gone before the init read the process: pct refused (its
+            // message is already on the caller's stderr).
+            return Err(Error::Usage(format!(
+                "exec failed: {} exited with status {} before the process started",
+                Path::new(&argv[0]).display(),
+                exit_code(status)
+            )));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Usage(format!(
+                "exec: the process did not start within {} s",
+                timeout.as_secs()
+            )));
+        }
+    }
+    write_pid_file(pid_file, child.id())?;
+    drop(file);
+    Ok(0)
+}
+
+/// inotify on one file: reports when someone who opened it read-only
+/// closes it (the init, through the read-only bind mount: same inode).
+struct ReadWatch {
+    fd: OwnedFd,
+}
+
+impl ReadWatch {
+    fn new(path: &Path) -> Result<ReadWatch> {
+        use std::os::unix::ffi::OsStrExt;
+        let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| Error::Usage(format!("NUL in {}", path.display())))?;
+        // SAFETY: plain syscalls; the descriptor is owned right away.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK);
+            if fd < 0 {
+                return Err(Error::io(path, std::io::Error::last_os_error()));
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            if libc::inotify_add_watch(fd.as_raw_fd(), cpath.as_ptr(), libc::IN_CLOSE_NOWRITE) < 0 {
+                return Err(Error::io(path, std::io::Error::last_os_error()));
+            }
+            Ok(ReadWatch { fd })
+        }
+    }
+
+    /// True once the file was read (an event arrived) within `for_at_most`.
+    fn wait(&self, for_at_most: Duration) -> bool {
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let ms = for_at_most.as_millis().min(u16::MAX as u128) as u16;
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+        let mut buf = [0u8; 4096];
+        matches!(nix::unistd::read(&self.fd, &mut buf), Ok(n) if n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_specs_are_uid_and_optional_gid() {
+        assert_eq!(parse_user("1000").unwrap(), (1000, None));
+        assert_eq!(parse_user("1000:100").unwrap(), (1000, Some(100)));
+        for bad in ["", "root", "1:x", ":1", "1:2:3", "-1"] {
+            assert!(parse_user(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_entries_replace_by_name_or_append() {
+        let env = merge_env(
+            vec!["PATH=/bin".into(), "A=1".into()],
+            &["A=2".into(), "B=x=y".into()],
+        )
+        .unwrap();
+        assert_eq!(env, ["PATH=/bin", "A=2", "B=x=y"]);
+        assert!(merge_env(vec![], &["NOEQUALS".into()]).is_err());
+        assert!(merge_env(vec![], &["=v".into()]).is_err());
+    }
+
+    #[test]
+    fn terminal_mode_is_refused_clearly() {
+        let e = refuse_terminal().unwrap_err().to_string();
+        assert_eq!(e, "terminal mode is not supported yet");
+    }
+
+    #[test]
+    fn caps_are_added_to_every_set_of_a_process_that_has_some() {
+        let mut p: Process = serde_json::from_value(serde_json::json!({
+            "cwd": "/", "args": ["sh"], "user": {"uid": 0, "gid": 0},
+            "capabilities": {"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"]}
+        }))
+        .unwrap();
+        add_caps(&mut p, &["CAP_KILL".into()]).unwrap();
+        let v = serde_json::to_value(p.capabilities()).unwrap();
+        for set in [
+            "bounding",
+            "effective",
+            "permitted",
+            "inheritable",
+            "ambient",
+        ] {
+            assert!(
+                v[set].as_array().unwrap().contains(&"CAP_KILL".into()),
+                "{set}: {v}"
+            );
+        }
+        assert!(add_caps(&mut p, &["CAP_NOPE".into()]).is_err());
+    }
+
+    #[test]
+    fn a_read_of_the_file_is_seen_and_a_write_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "x").unwrap();
+        let w = ReadWatch::new(&path).unwrap();
+        std::fs::write(&path, "y").unwrap();
+        assert!(!w.wait(Duration::from_millis(10)));
+        std::fs::read(&path).unwrap();
+        assert!(w.wait(Duration::from_millis(100)));
+    }
+}

@@ -1,0 +1,128 @@
+//! Joining an existing network namespace by path (podman's /run/netns/X)
+//! over a simulated node with real LXC: the process sees that namespace's
+//! interfaces, the guest gets no Proxmox NIC.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::json;
+
+/// A named network namespace with a recognizable interface (d0), deleted
+/// when the test ends, failed or not.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        let ns = Netns(name);
+        ns.ip(&["netns", "add", &ns.0]);
+        ns.ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        // A bridge device: built into the kernel, unlike dummy or veth.
+        ns.ip(&["-n", &ns.0, "link", "add", "d0", "type", "bridge"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .output();
+    }
+}
+
+fn namespaces(net: serde_json::Value, user: bool) -> serde_json::Value {
+    let mut ns = vec![
+        json!({"type": "pid"}),
+        net,
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    if user {
+        ns.push(json!({"type": "user"}));
+    }
+    json!(ns)
+}
+
+#[test]
+fn process_runs_in_the_network_namespace_named_by_path() {
+    let ns = Netns::new(format!("nexcage-test-{}", std::process::id()));
+    let node = Node::new();
+    let bundle = node.bundle(
+        "joined",
+        json!({
+            "process": {"args": ["cat", "/proc/net/dev"]},
+            "linux": {"namespaces": namespaces(json!({"type": "network", "path": ns.path()}), false)}
+        }),
+    );
+    let out = node
+        .nexcage(["run", "--bundle"])
+        .arg(&bundle)
+        .arg("joined")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "run: {}", stderr(&out));
+    let dev = stdout(&out);
+    assert!(dev.contains("d0:"), "d0 not visible: {dev}");
+    assert!(
+        !dev.contains("eth0:"),
+        "the guest's own NIC is visible: {dev}"
+    );
+    assert!(node.vmids().is_empty(), "guest left behind");
+}
+
+#[test]
+fn netns_path_is_refused_for_unprivileged_guests_and_when_not_a_netns() {
+    let node = Node::new();
+    let check = |name: &str, net: serde_json::Value, user: bool, want: &str| {
+        let bundle = node.bundle(
+            name,
+            json!({"linux": {"namespaces": namespaces(net, user)}}),
+        );
+        let out = node.create(&bundle, name, &[]);
+        assert!(!out.status.success(), "{name}: create succeeded");
+        let err = stderr(&out);
+        assert!(
+            err.contains("linux.namespaces") && err.contains(want),
+            "{name}: {err}"
+        );
+        assert!(node.vmids().is_empty(), "{name}: guest left behind");
+        assert!(
+            !node.state_root().join(name).exists(),
+            "{name}: state left behind"
+        );
+    };
+    check(
+        "unpriv",
+        json!({"type": "network", "path": "/proc/1/ns/net"}),
+        true,
+        "privileged guest",
+    );
+    check(
+        "missing",
+        json!({"type": "network", "path": "/run/netns/nexcage-no-such-netns"}),
+        false,
+        "nexcage-no-such-netns",
+    );
+    check(
+        "notns",
+        json!({"type": "network", "path": "/proc/self/ns/uts"}),
+        false,
+        "not a network namespace",
+    );
+}
