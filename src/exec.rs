@@ -17,27 +17,21 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use oci_spec::runtime::Process;
 
-use crate::bridge::monitor::relayed_signals;
 use crate::bridge::{BridgeDir, MOUNT_POINT};
 use crate::cli::ExecArgs;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::lifecycle;
 use crate::router;
-use crate::state::{self, Status, Store};
-
-const SI_KERNEL: i32 = 0x80;
+use crate::state::{Status, Store};
 
 /// Terminal mode (`--tty`, `--console-socket`, `process.terminal`) is not
 /// implemented yet: every way into it ends here, so that it can be replaced
@@ -264,55 +258,23 @@ fn spawn(argv: &[OsString]) -> Result<Child> {
 }
 
 fn write_pid_file(path: Option<&Path>, pid: u32) -> Result<()> {
-    let Some(path) = path else { return Ok(()) };
-    let path = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| Error::io(".", e))?
-            .join(path)
-    };
-    state::write_atomic(&path, pid.to_string().as_bytes(), 0o644)?;
-    Ok(())
+    match path {
+        Some(p) => lifecycle::write_pid_file(p, pid),
+        None => Ok(()),
+    }
 }
 
 /// Without --detach: wait, relaying signals to the command, and exit as the
 /// process did (same code, or 128+signal).
 fn foreground(argv: &[OsString], _file: ProcessFile, pid_file: Option<&Path>) -> Result<i32> {
-    let mask = relayed_signals();
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None);
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| Error::Usage(format!("signalfd: {e}")))?;
+    let signals = lifecycle::block_relayed_signals()?;
     // std's spawn empties the signal mask in the child: only ours stays blocked.
     let mut child = spawn(argv)?;
     write_pid_file(pid_file, child.id())?;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| Error::io(&argv[0], e))? {
-            break status;
-        }
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(20u16));
-        while let Ok(Some(info)) = signals.read_signal() {
-            // Terminal-generated signals reach the whole foreground process
-            // group, the command included: relaying them would double them.
-            if info.ssi_code == SI_KERNEL {
-                continue;
-            }
-            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
-                let _ = nix::sys::signal::kill(pid, sig);
-            }
-        }
-    };
-    Ok(exit_code(status))
-}
-
-fn exit_code(status: ExitStatus) -> i32 {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => c,
-        (None, Some(s)) => 128 + s,
-        _ => 255,
-    }
+    lifecycle::wait_relaying(&mut child, &signals, |sig| {
+        let _ = nix::sys::signal::kill(pid, sig);
+    })
 }
 
 /// With --detach: the command is left running as our child (the caller's
@@ -338,7 +300,7 @@ fn detached(
             return Err(Error::Usage(format!(
                 "exec failed: {} exited with status {} before the process started",
                 Path::new(&argv[0]).display(),
-                exit_code(status)
+                lifecycle::exit_code(status)
             )));
         }
         if Instant::now() > deadline {

@@ -602,16 +602,20 @@ fn supervise(child: Pid, mask: &SigSet) -> (Option<i32>, Option<i32>) {
     }
 }
 
+/// The process cannot become what process.json says: tell the caller on
+/// its own stderr and end as a shell does for a program it cannot run.
+fn die(what: &str, err: std::io::Error) -> ! {
+    let msg = format!("nexcage: {what}: {err}\n");
+    // SAFETY: writing to stderr (already the caller's) and exiting.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
 /// After fork: become the user's process. Only exec or _exit leave here.
 fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
-    let fail = |what: &str, err: std::io::Error| -> ! {
-        let msg = format!("nexcage: {what}: {err}\n");
-        // SAFETY: writing to stderr (already the caller's) and exiting.
-        unsafe {
-            libc::write(2, msg.as_ptr().cast(), msg.len());
-            libc::_exit(127)
-        }
-    };
+    let fail = die;
     let last = || std::io::Error::last_os_error();
     // SAFETY: raw descriptor and credential syscalls in a single-threaded child.
     unsafe {
@@ -664,14 +668,7 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
 /// Only in a single-threaded process about to become `p`: only exec or
 /// _exit leave here.
 unsafe fn become_process(p: &Prepared) -> ! {
-    let fail = |what: &str, err: std::io::Error| -> ! {
-        let msg = format!("nexcage: {what}: {err}\n");
-        // SAFETY: writing to stderr (already the caller's) and exiting.
-        unsafe {
-            libc::write(2, msg.as_ptr().cast(), msg.len());
-            libc::_exit(127)
-        }
-    };
+    let fail = die;
     let last = || std::io::Error::last_os_error();
     // SAFETY: credential syscalls in a single-threaded process (the caller's contract).
     unsafe {
