@@ -172,11 +172,23 @@ fn one_rootfs_is_converted_once_for_two_containers() {
     let node = Node::new();
     let a = node.bundle("tpl_a", json!({}));
     let b = node.bundle("tpl_b", json!({}));
-    for (bundle, id) in [(&a, "tpl_a"), (&b, "tpl_b")] {
-        let out = node.create(bundle, id, &[]);
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
-    assert_eq!(node.templates().len(), 1, "{:?}", node.templates());
+    let inode = || {
+        use std::os::unix::fs::MetadataExt;
+        let names = node.templates();
+        assert_eq!(names.len(), 1, "{names:?}");
+        let path = node
+            .root()
+            .join("var/lib/vz/template/cache")
+            .join(&names[0]);
+        std::fs::metadata(path).unwrap().ino()
+    };
+    let out = node.create(&a, "tpl_a", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = inode();
+    let out = node.create(&b, "tpl_b", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A re-conversion would rename a new file over the old name.
+    assert_eq!(inode(), first, "the template was converted again");
     assert_eq!(node.vmids().len(), 2);
     for id in ["tpl_a", "tpl_b"] {
         assert!(node.run(["delete", "--force", id]).status.success());

@@ -442,29 +442,19 @@ impl Translator<'_> {
                     format!("{sw} is above 100"),
                 ));
             }
-            if self.cgroup == CgroupVersion::V2 {
-                return Err(field(
-                    format!("{pre}swappiness"),
-                    "cgroup v2 has no per-group swappiness",
-                ));
-            }
-            self.plan.raw(
+            self.v1_only_raw(
                 &format!("{pre}swappiness"),
                 "lxc.cgroup.memory.swappiness",
                 &sw.to_string(),
+                "cgroup v2 has no per-group swappiness",
             )?;
         }
         if mem.get("disableOOMKiller").and_then(Value::as_bool) == Some(true) {
-            if self.cgroup == CgroupVersion::V2 {
-                return Err(field(
-                    format!("{pre}disableOOMKiller"),
-                    "cgroup v2 cannot disable the OOM killer",
-                ));
-            }
-            self.plan.raw(
+            self.v1_only_raw(
                 &format!("{pre}disableOOMKiller"),
                 "lxc.cgroup.memory.oom_control",
                 "1",
+                "cgroup v2 cannot disable the OOM killer",
             )?;
         }
         self.cpu(get("cpu"))?;
@@ -523,6 +513,21 @@ impl Translator<'_> {
             self.device_rules(rules)?;
         }
         Ok(())
+    }
+
+    /// A memory setting only the v1 memory controller has: a raw line on a
+    /// v1 host, refused by name on a v2 host.
+    fn v1_only_raw(
+        &mut self,
+        f: &str,
+        key: &str,
+        value: &str,
+        why_not_v2: &str,
+    ) -> Result<(), TranslateError> {
+        if self.cgroup == CgroupVersion::V2 {
+            return Err(field(f, why_not_v2));
+        }
+        self.plan.raw(f, key, value)
     }
 
     fn cpu(&mut self, c: &Map<String, Value>) -> Result<(), TranslateError> {
