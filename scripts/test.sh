@@ -15,3 +15,5 @@ echo "== cargo test"
 cargo test --workspace -q 2>&1 | tee target/cargo-test.log
 echo "== scripts/integration.sh on the simulated node"
 scripts/with-sim scripts/integration.sh
+echo "== scripts/clients.sh: podman and containerd through nexcage on the simulated node"
+scripts/clients.sh

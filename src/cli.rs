@@ -323,6 +323,10 @@ pub enum InitMode {
 #[derive(Debug, Clone, Args)]
 pub struct MonitorArgs {
     pub id: String,
+    /// The container's bridge directory (the socket's own name may be a
+    /// /proc/self/fd alias: see BridgeDir::prepare).
+    #[arg(long)]
+    pub bridge_dir: PathBuf,
     /// Inherited descriptor of the bridge socket the init connects to.
     #[arg(long)]
     pub listen_fd: i32,

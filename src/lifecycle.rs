@@ -123,6 +123,7 @@ pub fn create(
         let mut launched = bridge::spawn_monitor(
             global,
             &args.id,
+            &bridge,
             listener,
             args.preserve_fds,
             console.take(),

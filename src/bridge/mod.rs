@@ -131,8 +131,14 @@ impl BridgeDir {
             None,
         )
         .map_err(|e| io("create socket", &p)(e.into()))?;
-        let addr = UnixAddr::new(&p).map_err(|e| io("bind", &p)(e.into()))?;
+        // A socket path must fit in sun_path (108 bytes), and `--root` plus
+        // a 64-character id (podman, containerd) does not: bind through a
+        // descriptor of the directory instead, which is always short.
+        let dirfd = File::open(dir).map_err(io("open", dir))?;
+        let short = format!("/proc/self/fd/{}/{SOCKET_FILE}", dirfd.as_raw_fd());
+        let addr = UnixAddr::new(short.as_str()).map_err(|e| io("bind", &p)(e.into()))?;
         bind(sock.as_raw_fd(), &addr).map_err(|e| io("bind", &p)(e.into()))?;
+        drop(dirfd);
         set_mode(&p, 0o666)?;
         listen(&sock, Backlog::new(1).expect("valid backlog"))
             .map_err(|e| io("listen on", &p)(e.into()))?;
@@ -229,6 +235,7 @@ pub struct Launched {
 pub fn spawn_monitor(
     global: &GlobalOpts,
     id: &str,
+    bridge: &BridgeDir,
     listener: OwnedFd,
     preserve_fds: u32,
     console: Option<OwnedFd>,
@@ -253,6 +260,8 @@ pub fn spawn_monitor(
         cmd.arg("--debug");
     }
     cmd.args(["monitor", id])
+        .arg("--bridge-dir")
+        .arg(bridge.path())
         .arg(format!("--listen-fd={listen_fd}"))
         .arg(format!("--status-fd={status_fd}"))
         .arg(format!("--preserve-fds={preserve_fds}"));
@@ -323,5 +332,24 @@ impl Launched {
                 Err(BridgeError::MonitorDied(status))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn the_socket_binds_under_a_path_longer_than_sun_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A --root like podman's storage path plus a 64-character id.
+        let long = tmp.path().join("r".repeat(60)).join("c".repeat(64));
+        fs::create_dir_all(&long).unwrap();
+        let bridge = BridgeDir::of(&long);
+        assert!(bridge.path().join(SOCKET_FILE).as_os_str().len() > 108);
+        let _listener = bridge.prepare(&Process::default()).unwrap();
+        let meta = fs::symlink_metadata(bridge.path().join(SOCKET_FILE)).unwrap();
+        assert!(meta.file_type().is_socket());
     }
 }

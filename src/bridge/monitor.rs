@@ -6,12 +6,13 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{accept4, getsockname, getsockopt, sockopt, SockFlag, UnixAddr};
+use nix::sys::socket::{accept4, getsockopt, sockopt, SockFlag};
 
 use super::proto::{self, Message, Outcome};
 use crate::cli::MonitorArgs;
@@ -85,8 +86,8 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
 
     // The connection outlives a failed set-up on purpose (see below).
     let mut conn = None;
-    let outcome = Extras::gather(&listener, args.status_fd).and_then(|extras| {
-        accept_init(&listener, &status).and_then(|(c, init)| {
+    let outcome = Extras::gather(&args.bridge_dir, args.status_fd).and_then(|extras| {
+        accept_init(&listener, &args.bridge_dir, &status).and_then(|(c, init)| {
             let c = conn.insert(c);
             set_up(c, init, args.preserve_fds, extras).map(|process| (init, process))
         })
@@ -123,7 +124,11 @@ fn report(status: &mut File, outcome: &Outcome) {
 }
 
 /// Accept the init's connection and learn its host pid.
-fn accept_init(listener: &OwnedFd, status: &File) -> Result<(OwnedFd, ProcRef), String> {
+fn accept_init(
+    listener: &OwnedFd,
+    bridge_dir: &Path,
+    status: &File,
+) -> Result<(OwnedFd, ProcRef), String> {
     // Wait for the init, but give up if create (the status reader) is gone.
     loop {
         let mut fds = [
@@ -153,11 +158,7 @@ fn accept_init(listener: &OwnedFd, status: &File) -> Result<(OwnedFd, ProcRef), 
     let cred = getsockopt(&conn, sockopt::PeerCredentials)
         .map_err(|e| format!("peer credentials: {e}"))?;
     // One connection only: nobody else may reach the monitor afterwards.
-    if let Ok(addr) = getsockname::<UnixAddr>(listener.as_raw_fd()) {
-        if let Some(path) = addr.path() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    let _ = std::fs::remove_file(bridge_dir.join(super::SOCKET_FILE));
     let init = ProcRef::of(cred.pid()).ok_or("the container's init vanished")?;
     Ok((conn, init))
 }
@@ -179,14 +180,9 @@ struct Extras {
 }
 
 impl Extras {
-    fn gather(listener: &OwnedFd, status_fd: RawFd) -> Result<Extras, String> {
-        // The bridge directory is where the listening socket lives.
-        let dir = getsockname::<UnixAddr>(listener.as_raw_fd())
-            .ok()
-            .and_then(|a| a.path().and_then(|p| p.parent()).map(|p| p.to_path_buf()))
-            .ok_or("cannot tell the bridge directory from its socket")?;
+    fn gather(dir: &Path, status_fd: RawFd) -> Result<Extras, String> {
         let mut extras = Extras::default();
-        if super::process_is_terminal(&dir)? {
+        if super::process_is_terminal(dir)? {
             let fd = console_fd(status_fd);
             // SAFETY: in terminal mode create placed the connected console
             // socket at this number for this process alone (spawn_monitor).
@@ -204,7 +200,7 @@ impl Extras {
             }
             extras.console = Some(console);
         }
-        if let Some(path) = super::netns_path(&dir)? {
+        if let Some(path) = super::netns_path(dir)? {
             extras.netns = Some(super::netns::open(&path).map_err(|e| e.to_string())?);
         }
         Ok(extras)

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# End-to-end: podman (through conmon) and containerd (through its runc v2
+# shim) run their containers through nexcage on the node `pct` reaches (the
+# simulator when run by scripts/test.sh). Installs the clients from apt,
+# imports a busybox image, starts a private containerd under a temp dir.
+# After every scenario no guest and no nexcage state may be left.
+# Prints "N passed, M failed"; exits non-zero if anything failed.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${PVE_SIM_ROOT:-}" ]; then
+  exec "$repo/scripts/with-sim" "$repo/scripts/clients.sh" "$@"
+fi
+# shellcheck source=scripts/lib/clients-env.sh
+. "$repo/scripts/lib/clients-env.sh"
+
+nexcage_bin=$(command -v nexcage)
+passed=0 failed=0
+check() { # name, then a command that must succeed
+  local name=$1; shift
+  if "$@"; then passed=$((passed + 1)); echo "ok   $name"
+  else failed=$((failed + 1)); echo "FAIL $name"; fi
+}
+guests() { pct list | awk 'NR > 1 {print $1}'; }
+# Nothing left: no guest on the node, no state under either runtime root.
+nothing_left() {
+  local state
+  state=$(ls -A "$W/nexcage-podman" /run/containerd/runc/"$CTR_NS" 2>/dev/null | grep -v -e '^\.' -e ':$' -e '^$')
+  [ -z "$(guests)" ] && [ -z "$state" ]
+}
+quiet() { "$@" >/dev/null; }
+# podman's exit handling (conmon's exit command) finishes asynchronously.
+eventually() { for _ in $(seq 1 50); do "$@" && return 0; sleep 0.2; done; "$@"; }
+# A terminal for the client: script(1) gives it a pty of the size we set.
+# The command is run by script's shell: plain programs, no functions.
+in_pty() { # input, command...
+  local input=$1; shift
+  printf '%s\n' "$input" | timeout 60 script -qec "stty rows 33 cols 101; $*" /dev/null
+}
+
+clients_install
+clients_setup "$nexcage_bin"
+trap clients_cleanup EXIT
+"$repo/fixtures/bundles/make-rootfs.sh" "$repo/target/fixtures" >/dev/null
+clients_image "$repo/target/fixtures/rootfs"
+echo "== podman $(podman --version | awk '{print $3}') + conmon, runtime: nexcage"
+
+out=$(podman_nx run --rm "$IMAGE" echo hi 2>&1)
+check "podman run --rm echo hi prints hi" [ "$out" = hi ]
+check "  nothing left" eventually nothing_left
+
+podman_nx run --rm "$IMAGE" sh -c 'exit 7'
+check "podman run exits 7 when the process does" [ $? = 7 ]
+podman_nx run --rm "$IMAGE" sh -c 'kill -KILL $$'
+check "podman run reports death by SIGKILL (137)" [ $? = 137 ]
+check "  nothing left" eventually nothing_left
+
+id=$(podman_nx run -d "$IMAGE" sleep 1000)
+check "podman run -d starts the container" [ "$(podman_nx inspect -f '{{.State.Status}}' "$id")" = running ]
+out=$(podman_nx exec "$id" sh -c 'echo in-$(hostname); exit 5'); rc=$?
+check "podman exec passes output" [ "$out" = "in-${id:0:12}" ]
+check "podman exec exits with the process status" [ "$rc" = 5 ]
+check "podman pause" quiet podman_nx pause "$id"
+check "  state is paused" [ "$(podman_nx inspect -f '{{.State.Status}}' "$id")" = paused ]
+check "podman unpause" quiet podman_nx unpause "$id"
+check "  state is running" [ "$(podman_nx inspect -f '{{.State.Status}}' "$id")" = running ]
+check "  exec works after unpause" [ "$(podman_nx exec "$id" echo back)" = back ]
+check "podman stop" quiet podman_nx stop -t 2 "$id"
+check "  state is exited" [ "$(podman_nx inspect -f '{{.State.Status}}' "$id")" = exited ]
+check "  no guest once stopped" eventually nothing_left
+check "podman rm" quiet podman_nx rm "$id"
+check "  container gone" bash -c "! podman --root '$W/storage' --runroot '$W/run' container exists '$id'"
+check "  nothing left" eventually nothing_left
+
+out=$(in_pty 'tty; stty size; echo typed-$((6*7)); exit 3' podman --root "$W/storage" --runroot "$W/run" --runtime nexcage run -it --rm "$IMAGE" sh); rc=$?
+check "podman run -it: the process has a terminal" grep -q '^/dev/pts/' <<<"$out"
+check "  of the client's size" grep -q '^33 101' <<<"$out"
+check "  input and output pass" grep -q '^typed-42' <<<"$out"
+check "  exit status passes" [ "$rc" = 3 ]
+check "  nothing left" eventually nothing_left
+
+echo "== containerd $(containerd --version | awk '{print $3}') (private), shim runc v2, BinaryName: nexcage"
+clients_containerd || exit 1
+R=(--runc-binary "$NEXCAGE_RT")
+
+out=$(ctr_nx run "${R[@]}" --rm "$IMAGE" c1 echo hi 2>&1)
+check "ctr run --rm echo hi prints hi" [ "$out" = hi ]
+check "  nothing left" nothing_left
+ctr_nx run "${R[@]}" --rm "$IMAGE" c2 sh -c 'exit 7'
+check "ctr run exits 7 when the process does" [ $? = 7 ]
+ctr_nx run "${R[@]}" --rm "$IMAGE" c3 sh -c 'kill -TERM $$'
+check "ctr run reports death by SIGTERM (143)" [ $? = 143 ]
+check "  nothing left" nothing_left
+
+check "ctr run -d" ctr_nx run "${R[@]}" -d "$IMAGE" c4 sleep 1000
+task_status() { ctr_nx tasks ls | awk -v id="$1" '$1 == id {print $3}'; }
+check "  task is RUNNING" [ "$(task_status c4)" = RUNNING ]
+out=$(ctr_nx tasks exec --exec-id e1 c4 sh -c 'echo exec-out; exit 4'); rc=$?
+check "ctr task exec passes output" [ "$out" = exec-out ]
+check "  and exits with the process status" [ "$rc" = 4 ]
+pids=$(ctr_nx tasks ps c4 | awk 'NR > 1 {print $1}')
+all_alive() { [ -n "$1" ] && for p in $1; do [ -d "/proc/$p" ] || return 1; done; }
+check "ctr task ps lists the container's host pids" all_alive "$pids"
+check "ctr task pause" ctr_nx tasks pause c4
+check "  task is PAUSED" [ "$(task_status c4)" = PAUSED ]
+check "ctr task resume" ctr_nx tasks resume c4
+check "  task is RUNNING" [ "$(task_status c4)" = RUNNING ]
+check "ctr task kill" ctr_nx tasks kill -s SIGKILL c4
+check "  task is STOPPED" eventually [ "$(task_status c4)" = STOPPED ]
+check "ctr task rm" ctr_nx tasks rm c4
+check "ctr container rm" ctr_nx containers rm c4
+check "  nothing left" nothing_left
+
+# ctr sizes the terminal (ResizePty) just after the task starts, not in
+# the spec: give it that moment before asking, as a person typing would.
+out=$(in_pty 'sleep 1; tty; stty size; echo typed-$((6*7)); exit 3' ctr --address "$W/containerd/containerd.sock" --namespace "$CTR_NS" run "${R[@]}" -t --rm "$IMAGE" c5 sh); rc=$?
+echo "$out" > "$W/ctr-t.out"
+check "ctr run -t: the process has a terminal" grep -q '^/dev/pts/' <<<"$out"
+check "  of the client's size" grep -q '^33 101' <<<"$out"
+check "  input and output pass" grep -q '^typed-42' <<<"$out"
+check "  exit status passes" [ "$rc" = 3 ]
+check "  nothing left" nothing_left
+
+[ "$failed" = 0 ] || { echo "-- ctr -t output:"; cat -A "$W/ctr-t.out"; }
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
