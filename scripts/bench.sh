@@ -3,7 +3,8 @@
 # prints the ratios (these machines are noisy: compare ratios, not seconds).
 #   scripts/bench.sh [ITERATIONS]       (default 10)
 # Measures: `run` of a process that exits at once (create+start+wait+delete),
-# and the template conversion of an unchanged rootfs (the fingerprint check).
+# and `podman run --rm IMAGE true` with nexcage and with runc as podman's
+# runtime (conmon, image, networking and all).
 # On the simulated node pct is a fast native binary; on a real Proxmox node
 # each of the three pct runs of a lifecycle starts Perl (~0.3-1 s each).
 set -euo pipefail
@@ -18,7 +19,9 @@ command -v runc >/dev/null || {
 
 work=$(mktemp -d)
 chmod 755 "$work"
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=scripts/lib/clients-env.sh
+. "$repo/scripts/lib/clients-env.sh"
+trap 'clients_cleanup; rm -rf "$work"' EXIT
 "$repo/fixtures/bundles/make-rootfs.sh" "$repo/target/fixtures"
 (cd "$repo" && cargo build -q --release -p nexcage)
 nexcage="$repo/target/x86_64-unknown-linux-gnu/release/nexcage"
@@ -71,3 +74,20 @@ tools_ms=$(echo "$steps" | awk '{ s += $3 } END { print s + 0 }')
 echo "one lifecycle, split:"
 echo "$steps" | awk '{ printf "  %-32s %8s ms\n", $1 " " $2, $3 }'
 printf '  %-32s %8s ms\n' "nexcage itself" "$((total_ms - tools_ms))"
+
+# The same comparison as podman's users see it.
+clients_install
+clients_setup "$nexcage"
+clients_image "$repo/target/fixtures/rootfs"
+podman_loop() { # runtime
+  local start
+  start=$(now)
+  for _ in $(seq 1 "$n"); do podman_any --runtime "$1" run --rm "$IMAGE" true >/dev/null; done
+  echo $(( ($(now) - start) / n / 1000000 ))
+}
+podman_any --runtime nexcage run --rm "$IMAGE" true >/dev/null   # converts the template once
+podman_nx_ms=$(podman_loop nexcage)
+podman_runc_ms=$(podman_loop runc)
+printf '%-34s %8s ms\n' "podman run --rm (nexcage)" "$podman_nx_ms"
+printf '%-34s %8s ms\n' "podman run --rm (runc)" "$podman_runc_ms"
+awk -v a="$podman_nx_ms" -v b="$podman_runc_ms" 'BEGIN { if (b > 0) printf "ratio podman nexcage/runc: %.1f\n", a / b }'
