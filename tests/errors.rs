@@ -136,6 +136,21 @@ fn failure_after_pct_create_destroys_the_guest() {
 }
 
 #[test]
+fn capabilities_the_guest_cannot_hold_fail_create_by_name() {
+    // podman --privileged asks for every capability; Proxmox guests never
+    // hold what LXC's common.conf drops (sys_module among them).
+    let node = Node::new();
+    let caps = json!(["CAP_CHOWN", "CAP_SYS_MODULE"]);
+    let bundle = node.bundle(
+        "caps",
+        json!({"process": {"capabilities": {"bounding": caps, "effective": caps, "permitted": caps}}}),
+    );
+    let out = node.create(&bundle, "caps", &[]);
+    fails_with(&out, "CAP_SYS_MODULE cannot be granted");
+    assert_clean(&node);
+}
+
+#[test]
 fn runc_surface_commands_on_unknown_ids() {
     let node = Node::new();
     for args in [

@@ -269,6 +269,11 @@ fn cap_number(name: &str) -> Result<u32, String> {
 }
 
 /// The highest capability this kernel knows; others cannot be set.
+fn in_bounding_set(n: u32) -> bool {
+    // SAFETY: PR_CAPBSET_READ only reads this process's bounding set.
+    unsafe { libc::prctl(libc::PR_CAPBSET_READ, n as libc::c_ulong, 0, 0, 0) == 1 }
+}
+
 fn last_cap() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
@@ -296,6 +301,23 @@ impl Caps {
         let known = |v: Vec<u32>| -> Vec<u32> { v.into_iter().filter(|&n| n <= last).collect() };
         let mask = |v: &[u32]| v.iter().fold(0u64, |m, &n| m | 1 << n);
         let bounding = known(numbers(c.bounding())?);
+        let wanted = mask(&known(numbers(c.permitted())?))
+            | mask(&known(numbers(c.effective())?))
+            | mask(&known(numbers(c.inheritable())?))
+            | mask(&known(numbers(c.ambient())?));
+        // The spec makes a capability that cannot be granted an error. A
+        // guest never holds what Proxmox drops (lxc.cap.drop: sys_module,
+        // sys_time, mac_*...), so say which, instead of capset's EPERM.
+        let missing: Vec<&str> = (0..=last)
+            .filter(|&n| wanted & (1 << n) != 0 && !in_bounding_set(n))
+            .map(|n| CAP_NAMES.get(n as usize).copied().unwrap_or("(unnamed)"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "process.capabilities: {} cannot be granted: this Proxmox guest's bounding set lacks them",
+                missing.join(", ")
+            ));
+        }
         Ok(Some(Caps {
             drop_bounding: (0..=last).filter(|n| !bounding.contains(n)).collect(),
             effective: mask(&known(numbers(c.effective())?)),
@@ -504,10 +526,20 @@ fn resolve(program: &str, env: &[String], cwd: &Path) -> Result<PathBuf, String>
     };
     if program.contains('/') {
         let p = cwd.join(program);
-        return if executable(&p) {
-            Ok(p)
-        } else {
-            Err(format!("exec: {program:?}: no such executable file"))
+        // runc's words: podman tells "command not found" (127) from "cannot
+        // run it" (126) by "no such file or directory" / "permission denied".
+        return match std::fs::metadata(&p) {
+            Err(e) => Err(format!(
+                "exec: {program:?}: stat {}: {}",
+                p.display(),
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    "no such file or directory".to_string()
+                } else {
+                    e.to_string()
+                }
+            )),
+            Ok(_) if executable(&p) => Ok(p),
+            Ok(_) => Err(format!("exec: {program:?}: permission denied")),
         };
     }
     let path_var = env
@@ -811,7 +843,13 @@ mod tests {
         assert_eq!(err, "exec: \"hello\": executable file not found in $PATH");
         assert!(resolve("./bin/hello", &[], tmp.path()).is_ok());
         std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(resolve(prog.to_str().unwrap(), &[], Path::new("/")).is_err());
+        let err = resolve(prog.to_str().unwrap(), &[], Path::new("/")).unwrap_err();
+        assert!(err.ends_with(": permission denied"), "{err}");
+        let err = resolve("/nonexistent", &[], Path::new("/")).unwrap_err();
+        assert_eq!(
+            err,
+            "exec: \"/nonexistent\": stat /nonexistent: no such file or directory"
+        );
     }
 
     #[test]

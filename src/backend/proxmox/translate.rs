@@ -914,6 +914,9 @@ impl Translator<'_> {
         let path = d.get("path").and_then(Value::as_str).unwrap_or("");
         check_container_path(&format!("{f}.path"), path)?;
         check_property_value(&format!("{f}.path"), path)?;
+        if lxc_provides_device(path) {
+            return Ok(());
+        }
         let typ = d.get("type").and_then(Value::as_str).unwrap_or("");
         let meta = std::fs::metadata(path).map_err(|e| {
             field(
@@ -1173,6 +1176,29 @@ impl Translator<'_> {
     }
 }
 
+/// Device nodes every guest gets from LXC itself (autodev, its own devpts,
+/// the `lxc.tty.max` consoles). podman --privileged lists all of the
+/// host's; passing these through too would cover LXC's own (LXC then fails
+/// to set up the guest's devpts over a bound /dev/ptmx).
+fn lxc_provides_device(path: &str) -> bool {
+    let tty_n = |p: &str| {
+        p.strip_prefix("/dev/tty")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+    };
+    matches!(
+        path,
+        "/dev/null"
+            | "/dev/zero"
+            | "/dev/full"
+            | "/dev/random"
+            | "/dev/urandom"
+            | "/dev/tty"
+            | "/dev/console"
+            | "/dev/ptmx"
+    ) || path.starts_with("/dev/pts/")
+        || tty_n(path)
+}
+
 /// The filesystems every container gets from LXC itself (lxc.mount.auto,
 /// autodev, its own devpts): Some(true) when `dst` is one of them and `typ`
 /// is what it should be, Some(false) when the type is wrong, None otherwise.
@@ -1196,6 +1222,12 @@ fn kernel_fs_options(f: &str, typ: &str, opts: &[String]) -> Result<Vec<String>,
             .split_once('=')
             .map_or((o.as_str(), None), |(k, v)| (k, Some(v)));
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        // podman --privileged marks its tmpfs mounts rprivate: a new mount in
+        // the guest's own mount namespace receives no events from the host
+        // either way, so these need no option of their own.
+        if v.is_none() && matches!(k, "private" | "rprivate" | "slave" | "rslave") {
+            continue;
+        }
         let ok = match (k, v) {
             (
                 "rw" | "ro" | "nosuid" | "nodev" | "noexec" | "noatime" | "relatime"
@@ -1606,6 +1638,45 @@ mod tests {
             .iter()
             .find(|(n, _)| *n == k)
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn devices_lxc_makes_itself_are_not_passed_through() {
+        // podman --privileged lists every host device, these among them.
+        let dev = |path: &str, major: u64, minor: u64| serde_json::json!({"path": path, "type": "c", "major": major, "minor": minor});
+        let devices = serde_json::json!({"linux": {"devices": [
+            dev("/dev/ptmx", 5, 2), dev("/dev/null", 1, 3), dev("/dev/tty", 5, 0),
+            dev("/dev/tty1", 4, 1), dev("/dev/console", 5, 1), dev("/dev/pts/0", 136, 0)]}});
+        let p = plan(&spec(devices), &ProxmoxSettings::default(), HOST).unwrap();
+        assert!(
+            !p.options.iter().any(|(k, _)| k.starts_with("dev")),
+            "{:?}",
+            p.options
+        );
+        // Others still must exist on the host as the same node.
+        let other = serde_json::json!({"linux": {"devices": [dev("/dev/nexcage-none", 1, 1)]}});
+        assert!(plan(&spec(other), &ProxmoxSettings::default(), HOST).is_err());
+        assert!(!lxc_provides_device("/dev/ttyS0"));
+        assert!(!lxc_provides_device("/dev/tty_"));
+    }
+
+    #[test]
+    fn propagation_flags_on_a_tmpfs_are_accepted_and_not_written() {
+        // As podman --privileged writes its tmpfs mounts.
+        let tmpfs = |opt: &str| {
+            spec(
+                serde_json::json!({"mounts": [{"destination": "/run", "type": "tmpfs",
+                "source": "tmpfs", "options": ["nosuid", opt, "mode=755"]}]}),
+            )
+        };
+        let p = plan(&tmpfs("rprivate"), &ProxmoxSettings::default(), HOST).unwrap();
+        let raw: Vec<String> = p.raw_lines.iter().map(RawLine::render).collect();
+        assert!(
+            raw.contains(&"lxc.mount.entry: tmpfs run tmpfs nosuid,mode=755,create=dir 0 0".into()),
+            "{raw:?}"
+        );
+        // Sharing with the host is not something a guest's mount can do.
+        assert!(plan(&tmpfs("rshared"), &ProxmoxSettings::default(), HOST).is_err());
     }
 
     #[test]
