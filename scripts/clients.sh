@@ -54,8 +54,10 @@ podman_nx run --rm "$IMAGE" sh -c 'kill -KILL $$'
 check "podman run reports death by SIGKILL (137)" [ $? = 137 ]
 check "  nothing left" eventually nothing_left
 
-id=$(podman_nx run -d "$IMAGE" sleep 1000)
+id=$(podman_nx run -d "$IMAGE" sh -c 'echo started-ok; exec sleep 1000')
 check "podman run -d starts the container" [ "$(podman_nx inspect -f '{{.State.Status}}' "$id")" = running ]
+logs_say() { [ "$(podman_nx logs "$1" 2>&1)" = "$2" ]; }
+check "  podman logs has its output" eventually logs_say "$id" started-ok
 out=$(podman_nx exec "$id" sh -c 'echo in-$(hostname); exit 5'); rc=$?
 check "podman exec passes output" [ "$out" = "in-${id:0:12}" ]
 check "podman exec exits with the process status" [ "$rc" = 5 ]
