@@ -2061,9 +2061,9 @@ mod doc_table {
                 Raw("lxc.idmap: g 0 200000 65536"),
             ),
             "`linux.devices`" => (
-                json!({"linux": {"devices": [{"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 438}]}}),
+                json!({"linux": {"devices": [{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 438}]}}),
                 V1,
-                Arg("dev0", "/dev/null,mode=0666"),
+                Arg("dev0", "/dev/kmsg,mode=0666"),
             ),
             "`linux.cgroupsPath`" => (json!({"linux": {"cgroupsPath": "/x/y"}}), V1, Accepted),
             "`linux.resources.memory.limit`" => (
