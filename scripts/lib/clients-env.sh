@@ -18,7 +18,11 @@ clients_install() {
   command -v runc >/dev/null || missing+=(runc)
   command -v script >/dev/null || missing+=(bsdutils)
   if [ ${#missing[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # With recommends: podman's networking (containernetworking-plugins,
+    # iptables) comes that way on some releases.
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
 
