@@ -16,6 +16,8 @@ clients_install() {
   command -v conmon >/dev/null || missing+=(conmon)
   command -v containerd >/dev/null || missing+=(containerd)
   command -v runc >/dev/null || missing+=(runc)
+  # podman's default bridge network (CNI) sets up NAT with iptables.
+  command -v iptables >/dev/null || missing+=(iptables)
   command -v script >/dev/null || missing+=(bsdutils)
   if [ ${#missing[@]} -gt 0 ]; then
     # With recommends: podman's networking (containernetworking-plugins,
