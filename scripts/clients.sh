@@ -61,6 +61,10 @@ check "  podman logs has its output" eventually logs_say "$id" started-ok
 out=$(podman_nx exec "$id" sh -c 'echo in-$(hostname); exit 5'); rc=$?
 check "podman exec passes output" [ "$out" = "in-${id:0:12}" ]
 check "podman exec exits with the process status" [ "$rc" = 5 ]
+out=$(in_pty 'tty; echo typed-$((6*7)); exit 4' podman --root "$W/storage" --runroot "$W/run" --runtime nexcage exec -it "$id" sh); rc=$?
+check "podman exec -it: the process has a terminal" grep -q '^/dev/pts/' <<<"$out"
+check "  input and output pass" grep -q '^typed-42' <<<"$out"
+check "  exit status passes" [ "$rc" = 4 ]
 check "podman pause" quiet podman_nx pause "$id"
 check "  state is paused" [ "$(podman_nx inspect -f '{{.State.Status}}' "$id")" = paused ]
 check "podman unpause" quiet podman_nx unpause "$id"
@@ -99,6 +103,11 @@ check "  task is RUNNING" [ "$(task_status c4)" = RUNNING ]
 out=$(ctr_nx tasks exec --exec-id e1 c4 sh -c 'echo exec-out; exit 4'); rc=$?
 check "ctr task exec passes output" [ "$out" = exec-out ]
 check "  and exits with the process status" [ "$rc" = 4 ]
+out=$(in_pty 'sleep 1; tty; stty size; echo typed-$((6*7)); exit 6' ctr --address "$W/containerd/containerd.sock" --namespace "$CTR_NS" tasks exec -t --exec-id e2 c4 sh); rc=$?
+check "ctr task exec -t: the process has a terminal" grep -q '^/dev/pts/' <<<"$out"
+check "  of the client's size" grep -q '^33 101' <<<"$out"
+check "  input and output pass" grep -q '^typed-42' <<<"$out"
+check "  exit status passes" [ "$rc" = 6 ]
 pids=$(ctr_nx tasks ps c4 | awk 'NR > 1 {print $1}')
 all_alive() { [ -n "$1" ] && for p in $1; do [ -d "/proc/$p" ] || return 1; done; }
 check "ctr task ps lists the container's host pids" all_alive "$pids"

@@ -172,8 +172,7 @@ pub struct SpecArgs {
     pub bundle: PathBuf,
 }
 
-/// `exec`: runc's flags. Terminal mode (--tty, --console-socket) is parsed
-/// here and refused in exec.rs (`refuse_terminal`).
+/// `exec`: runc's flags.
 #[derive(Debug, Clone, Args)]
 pub struct ExecArgs {
     /// OCI process JSON to run (instead of COMMAND and the flags below).

@@ -15,39 +15,35 @@
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use oci_spec::runtime::Process;
 
-use crate::bridge::{BridgeDir, MOUNT_POINT};
+use crate::bridge::proto::{self, Message};
+use crate::bridge::{pty, BridgeDir, MOUNT_POINT};
 use crate::cli::ExecArgs;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::lifecycle;
 use crate::router;
 use crate::state::{Status, Store};
-
-/// Terminal mode (`--tty`, `--console-socket`, `process.terminal`) is not
-/// implemented yet: every way into it ends here, so that it can be replaced
-/// in one place.
-pub fn refuse_terminal() -> Result<()> {
-    Err(Error::NotSupported("terminal mode"))
-}
+use crate::terminal;
 
 /// `exec` from the command line: returns nexcage's exit code.
 pub fn run(store: &Store, settings: &Settings, args: &ExecArgs) -> Result<i32> {
-    if args.tty || args.console_socket.is_some() {
-        refuse_terminal()?;
-    }
-    if args.preserve_fds > 0 {
-        // lxc-attach closes every inherited descriptor beyond stdio.
-        return Err(Error::NotSupported("exec --preserve-fds"));
+    if args.preserve_fds as usize > proto::MAX_FDS - 3 {
+        return Err(Error::Usage(format!(
+            "--preserve-fds {}: at most {} descriptors can be passed",
+            args.preserve_fds,
+            proto::MAX_FDS - 3
+        )));
     }
     let record = lifecycle::load(store, &args.id)?;
     match lifecycle::status(store, &record) {
@@ -68,18 +64,149 @@ pub fn run(store: &Store, settings: &Settings, args: &ExecArgs) -> Result<i32> {
             from_args(base, args)?
         }
     };
-    if process.terminal().unwrap_or(false) {
-        refuse_terminal()?;
-    }
+    let terminal = process.terminal().unwrap_or(false);
+    // runc's rules; a person's `exec -t` without a socket gets our relay.
+    let console = match (terminal, &args.console_socket) {
+        (true, None) if !args.detach => Console::Relay,
+        (t, socket) => {
+            match pty::connect(t, socket.as_deref()).map_err(|e| Error::Usage(e.to_string()))? {
+                Some(fd) => Console::Socket(fd),
+                None => Console::None,
+            }
+        }
+    };
     let backend = router::for_record(&record, settings, store.root())?;
     let bridge = BridgeDir::of(&store.dir(&args.id));
     let file = ProcessFile::write(bridge.path(), &process)?;
     let argv = backend.exec_command(&record, &file.guest_path())?;
+    let watch = ReadWatch::new(&file.path)?;
+    let mut started = Started::spawn(&argv, console, args.preserve_fds)?;
     let timeout = Duration::from_secs(settings.proxmox.start_timeout_secs);
     if args.detach {
-        detached(&argv, file, args.pid_file.as_deref(), timeout)
+        detached(
+            started,
+            &argv[0],
+            &watch,
+            file,
+            args.pid_file.as_deref(),
+            timeout,
+        )
     } else {
-        foreground(&argv, file, args.pid_file.as_deref())
+        write_pid_file(args.pid_file.as_deref(), started.child.id())?;
+        let code = match started.relay.take() {
+            Some(sock) => match terminal::recv_master(sock.as_fd())? {
+                Some(master) => terminal::relay(master, &mut started.child)?,
+                None => {
+                    lifecycle::exit_code(started.child.wait().map_err(|e| Error::io(&argv[0], e))?)
+                }
+            },
+            None => foreground(&mut started.child)?,
+        };
+        // Gone before the init read the process: pct or lxc-attach refused.
+        if !watch.wait(Duration::ZERO) {
+            return Err(started.failure(&argv[0], code));
+        }
+        drop(file);
+        Ok(code)
+    }
+}
+
+/// Where the process's terminal goes.
+enum Console {
+    /// Not in terminal mode: the process gets our stdio.
+    None,
+    /// The caller's --console-socket, connected.
+    Socket(OwnedFd),
+    /// No socket and in the foreground: to us, relayed to our stdio.
+    Relay,
+}
+
+/// The running `pct exec`, with what it printed itself.
+struct Started {
+    child: Child,
+    /// pct's and lxc-attach's own stderr: warnings on success (pct repeats
+    /// them on every call), the reason on failure.
+    chatter: std::fs::File,
+    /// Our end of the relay's console socket.
+    relay: Option<OwnedFd>,
+}
+
+impl Started {
+    /// Run `argv` with a socket as its stdin, over which the init (through
+    /// lxc-attach, which passes stdio alone) receives the caller's
+    /// descriptors: stdio and preserved ones, or the console socket.
+    fn spawn(argv: &[OsString], console: Console, preserve_fds: u32) -> Result<Started> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::Usage(format!("exec: socketpair: {e}")))?;
+        let chatter = crate::backend::proxmox::pct::capture_file("pct-exec")
+            .map_err(|e| Error::io("memfd", e))?;
+        let (msg, mut fds, relay, _keep) = match console {
+            Console::None => (Message::ExecStdio, vec![0, 1, 2], None, None),
+            Console::Socket(fd) => (
+                Message::ExecTerminal,
+                vec![fd.as_raw_fd(), 2],
+                None,
+                Some(fd),
+            ),
+            Console::Relay => {
+                let (ours, theirs) = socketpair(
+                    AddressFamily::Unix,
+                    SockType::Stream,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| Error::Usage(format!("exec: socketpair: {e}")))?;
+                (
+                    Message::ExecTerminal,
+                    vec![theirs.as_raw_fd(), 2],
+                    Some(ours),
+                    Some(theirs),
+                )
+            }
+        };
+        fds.extend((0..preserve_fds as RawFd).map(|i| 3 + i));
+        proto::send(ours.as_fd(), &msg, &fds).map_err(|e| {
+            Error::Usage(format!(
+                "exec: cannot pass descriptors 0..{} to the process: {e}",
+                fds.len()
+            ))
+        })?;
+        drop(ours);
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                chatter.try_clone().map_err(|e| Error::io("memfd", e))?,
+            ))
+            .spawn()
+            .map_err(|e| Error::io(&argv[0], e))?;
+        Ok(Started {
+            child,
+            chatter,
+            relay,
+        })
+    }
+
+    /// The exec never reached the process: say what pct said, on one line.
+    fn failure(mut self, program: &OsString, code: i32) -> Error {
+        let said = crate::backend::proxmox::pct::read_back(&mut self.chatter);
+        let said: Vec<&str> = said
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        Error::Usage(format!(
+            "exec failed: {} exited with status {code} before the process started{}{}",
+            Path::new(program).display(),
+            if said.is_empty() { "" } else { ": " },
+            said.join("; ")
+        ))
     }
 }
 
@@ -108,7 +235,7 @@ fn from_args(mut p: Process, args: &ExecArgs) -> Result<Process> {
         ));
     }
     p.set_args(Some(args.command.clone()));
-    p.set_terminal(Some(false));
+    p.set_terminal(Some(args.tty));
     if let Some(cwd) = &args.cwd {
         p.set_cwd(PathBuf::from(cwd));
     }
@@ -250,13 +377,6 @@ fn random_hex() -> Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-fn spawn(argv: &[OsString]) -> Result<Child> {
-    Command::new(&argv[0])
-        .args(&argv[1..])
-        .spawn()
-        .map_err(|e| Error::io(&argv[0], e))
-}
-
 fn write_pid_file(path: Option<&Path>, pid: u32) -> Result<()> {
     match path {
         Some(p) => lifecycle::write_pid_file(p, pid),
@@ -266,13 +386,10 @@ fn write_pid_file(path: Option<&Path>, pid: u32) -> Result<()> {
 
 /// Without --detach: wait, relaying signals to the command, and exit as the
 /// process did (same code, or 128+signal).
-fn foreground(argv: &[OsString], _file: ProcessFile, pid_file: Option<&Path>) -> Result<i32> {
+fn foreground(child: &mut Child) -> Result<i32> {
     let signals = lifecycle::block_relayed_signals()?;
-    // std's spawn empties the signal mask in the child: only ours stays blocked.
-    let mut child = spawn(argv)?;
-    write_pid_file(pid_file, child.id())?;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    lifecycle::wait_relaying(&mut child, &signals, |sig| {
+    lifecycle::wait_relaying(child, &signals, |sig| {
         let _ = nix::sys::signal::kill(pid, sig);
     })
 }
@@ -282,37 +399,35 @@ fn foreground(argv: &[OsString], _file: ProcessFile, pid_file: Option<&Path>) ->
 /// exit status is the process's. We return once the init has read the
 /// process file, which is then removed.
 fn detached(
-    argv: &[OsString],
+    mut started: Started,
+    program: &OsString,
+    watch: &ReadWatch,
     file: ProcessFile,
     pid_file: Option<&Path>,
     timeout: Duration,
 ) -> Result<i32> {
-    let watch = ReadWatch::new(&file.path)?;
-    let mut child = spawn(argv)?;
     let deadline = Instant::now() + timeout;
     loop {
         if watch.wait(Duration::from_millis(20)) {
             break;
         }
-        if let Some(status) = child.try_wait().map_err(|e| Error::io(&argv[0], e))? {
-            // Gone before the init read the process: pct refused (its
-            // message is already on the caller's stderr).
-            return Err(Error::Usage(format!(
-                "exec failed: {} exited with status {} before the process started",
-                Path::new(&argv[0]).display(),
-                lifecycle::exit_code(status)
-            )));
+        if let Some(status) = started
+            .child
+            .try_wait()
+            .map_err(|e| Error::io(program, e))?
+        {
+            return Err(started.failure(program, lifecycle::exit_code(status)));
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = started.child.kill();
+            let _ = started.child.wait();
             return Err(Error::Usage(format!(
                 "exec: the process did not start within {} s",
                 timeout.as_secs()
             )));
         }
     }
-    write_pid_file(pid_file, child.id())?;
+    write_pid_file(pid_file, started.child.id())?;
     drop(file);
     Ok(0)
 }
@@ -375,12 +490,6 @@ mod tests {
         assert_eq!(env, ["PATH=/bin", "A=2", "B=x=y"]);
         assert!(merge_env(vec![], &["NOEQUALS".into()]).is_err());
         assert!(merge_env(vec![], &["=v".into()]).is_err());
-    }
-
-    #[test]
-    fn terminal_mode_is_refused_clearly() {
-        let e = refuse_terminal().unwrap_err().to_string();
-        assert_eq!(e, "terminal mode is not supported yet");
     }
 
     #[test]

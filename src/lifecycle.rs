@@ -2,6 +2,7 @@
 //! delete and the live status. `state` and `kill` never call a node tool:
 //! they use the state file, the bridge's fifo and signals.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -71,14 +72,29 @@ pub fn create(
     global: &GlobalOpts,
     args: &CreateArgs,
 ) -> Result<Child> {
+    create_with_console(store, settings, global, args, None)
+}
+
+/// `create`, where `own_console` (a socket of `run`'s own, which relays the
+/// terminal itself) stands in for --console-socket in terminal mode.
+pub fn create_with_console(
+    store: &Store,
+    settings: &Settings,
+    global: &GlobalOpts,
+    args: &CreateArgs,
+    own_console: Option<OwnedFd>,
+) -> Result<Child> {
     check_id(&args.id)?;
     let bundle = bundle::load(&args.bundle)?;
     // Terminal mode: connect to the caller's console socket now, as runc
     // does in create, so a missing flag or socket fails before anything
     // exists; the monitor sends the pty's master over it (bridge/pty.rs).
     let terminal = bundle.process().terminal().unwrap_or(false);
-    let mut console = bridge::pty::connect(terminal, args.console_socket.as_deref())
-        .map_err(|e| Error::Usage(e.to_string()))?;
+    let mut console = match own_console {
+        Some(fd) if terminal => Some(fd),
+        _ => bridge::pty::connect(terminal, args.console_socket.as_deref())
+            .map_err(|e| Error::Usage(e.to_string()))?,
+    };
     let backend = router::select(&bundle, settings, store.root())?;
     let lock = store
         .claim(&args.id)?

@@ -16,6 +16,7 @@ mod logging;
 mod procfs;
 mod router;
 mod state;
+mod terminal;
 
 use clap::{CommandFactory, Parser};
 

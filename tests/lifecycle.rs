@@ -260,8 +260,6 @@ fn a_lifecycle_costs_three_node_tool_runs_and_state_kill_none() {
 
 #[test]
 fn preserved_descriptors_reach_the_process() {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let node = Node::new();
     let bundle = node.bundle(
         "fds",
@@ -269,24 +267,9 @@ fn preserved_descriptors_reach_the_process() {
     );
     let extra = node.root().join("fd3.txt");
     let file = File::create(&extra).unwrap();
-    let raw = file.as_raw_fd();
     let mut cmd = node.nexcage(["run", "--preserve-fds", "1", "--bundle"]);
     cmd.arg(&bundle).arg("fds");
-    // SAFETY: dup2 between fork and exec, to hand the file over as fd 3.
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself would keep close-on-exec: clear it instead.
-            let rc = if raw == 3 {
-                nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
-            } else {
-                nix::libc::dup2(raw, 3)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    with_fd3(&mut cmd, file.into());
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(&extra).unwrap(), "through-fd-3\n");

@@ -151,3 +151,163 @@ fn terminal_without_console_socket_is_refused_and_leaves_nothing() {
     );
     assert!(node.vmids().is_empty() && !node.state_root().join("plain").exists());
 }
+
+/// `exec` in terminal mode, as conmon (`podman exec -it`) and containerd's
+/// shim (`ctr task exec -t`) call it: --process with terminal true,
+/// --console-socket, --detach and a pid file they reap.
+#[test]
+fn exec_sends_a_terminal_to_the_console_socket() {
+    become_subreaper();
+    let node = Node::new();
+    start_running(&node, "ext", json!(["sleep", "1000"]));
+    let process = node.root().join("exec-process.json");
+    std::fs::write(
+        &process,
+        serde_json::to_vec(&json!({
+            "terminal": true,
+            "consoleSize": {"height": 25, "width": 90},
+            "args": ["sh", "-c", "tty; stty size; read x; echo got-$x; exit 5"],
+            "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let sock = node.root().join("exec-console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let receiver = std::thread::spawn(move || receive_master(listener));
+    let pid_file = node.root().join("exec.pid");
+    let out = node
+        .nexcage(["exec", "--detach", "--process"])
+        .arg(&process)
+        .arg("--console-socket")
+        .arg(&sock)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg("ext")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "exec: {}", stderr(&out));
+    let (name, master) = receiver.join().unwrap();
+    assert!(name.starts_with("/dev/pts/"), "payload {name:?}");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    let mut seen = String::new();
+    read_until(&master, &mut seen, "25 90");
+    assert!(seen.contains(&name), "tty names the sent pty: {seen:?}");
+    nix::unistd::write(&master, b"xyz\n").unwrap();
+    read_until(&master, &mut seen, "got-xyz");
+    assert_eq!(
+        reap(pid, Duration::from_secs(20)),
+        WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 5)
+    );
+
+    // runc's flags: the args form with -t and a socket works too...
+    let listener = UnixListener::bind(node.root().join("c2.sock")).unwrap();
+    let receiver = std::thread::spawn(move || receive_master(listener));
+    let out = node
+        .nexcage(["exec", "-t", "--detach", "--console-socket"])
+        .arg(node.root().join("c2.sock"))
+        .args(["ext", "sh", "-c", "echo args-form; exit 0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "exec -t: {}", stderr(&out));
+    let (_, master) = receiver.join().unwrap();
+    read_until(&master, &mut String::new(), "args-form");
+
+    // ...but a detached terminal needs a socket, and a socket a terminal.
+    let out = node.run(["exec", "-t", "--detach", "ext", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--console-socket"),
+        "{}",
+        stderr(&out)
+    );
+    let _l = UnixListener::bind(node.root().join("c3.sock")).unwrap();
+    let out = node
+        .nexcage(["exec", "--console-socket"])
+        .arg(node.root().join("c3.sock"))
+        .args(["ext", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("process.terminal"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(node.run(["delete", "--force", "ext"]).status.success());
+}
+
+/// `exec -t` from a shell (no socket): nexcage relays the terminal itself.
+#[test]
+fn exec_tty_without_a_socket_relays_the_terminal() {
+    let node = Node::new();
+    start_running(&node, "rel", json!(["sleep", "1000"]));
+    let mut child = node
+        .nexcage(["exec", "-t", "rel", "sh"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Piped input ends with ^D from the relay: the shell reads its end.
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"tty; echo typed-$((6*7)); exit 6\n",
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(6), "{text} {}", stderr(&out));
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("typed-42"), "{text}");
+    assert!(node.run(["delete", "--force", "rel"]).status.success());
+}
+
+/// `run` of a terminal process from a shell (no socket, not detached):
+/// nexcage relays the terminal, as runc does.
+#[test]
+fn run_with_a_terminal_relays_it() {
+    let node = Node::new();
+    let bundle = node.bundle(
+        "runtty",
+        json!({"process": {"terminal": true, "args": ["sh"]}}),
+    );
+    let mut child = node
+        .nexcage(["run", "--bundle"])
+        .arg(&bundle)
+        .arg("runtty")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"tty; echo ran-$((6*7)); exit 9\n",
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(9), "{text} {}", stderr(&out));
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("ran-42"), "{text}");
+    assert!(node.vmids().is_empty(), "guest left behind");
+
+    // Detached, the terminal must go somewhere: runc's rule.
+    let out = node.run([
+        "run",
+        "--detach",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "runtty2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--console-socket"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(node.vmids().is_empty(), "guest left behind");
+}

@@ -97,26 +97,68 @@ fn serve(conn: &OwnedFd) -> i32 {
 /// `init exec FILE`: run the process described by FILE (an OCI process
 /// JSON the host wrote into the bridge) in place of this one. lxc-attach has
 /// already put us into the guest's namespaces and cgroup, so there is nothing
-/// to fork: apply the process's settings and exec. Failures print one line on
-/// stderr (the caller's) and exit 127, as the container process does.
+/// to fork. lxc-attach closes every inherited descriptor but stdio, so the
+/// caller's descriptors come over our stdin, a socket from `nexcage exec`
+/// (lxc-attach's own stdout and stderr carry only pct's chatter). Failures
+/// print one line on the caller's stderr and exit 127, as the container
+/// process does.
 pub fn exec(file: &Path) -> ! {
-    let prepared = match Prepared::load(file) {
-        Ok(p) => p,
-        Err(message) => {
-            eprintln!("nexcage: {message}");
-            std::process::exit(127)
-        }
+    let fail = |message: String| -> ! {
+        eprintln!("nexcage: {message}");
+        std::process::exit(127)
     };
-    // SAFETY: single-threaded (nothing spawned threads yet); become_process
-    // only execs or exits. Descriptors beyond stdio are lxc-attach's, not
-    // the caller's: close them so the process does not inherit them.
+    let (msg, fds) = match proto::recv(std::io::stdin().as_fd()) {
+        Ok(Some(got)) => got,
+        Ok(None) => fail("exec: nexcage exec sent no descriptors".into()),
+        Err(e) => fail(format!("exec: {e}")),
+    };
+    let terminal = match (&msg, fds.len()) {
+        (Message::ExecStdio, n) if n >= 3 => false,
+        (Message::ExecTerminal, n) if n >= 2 => true,
+        _ => fail(format!("exec: unexpected message {msg:?}")),
+    };
+    // From here on failures reach the caller's stderr.
+    let stderr = if terminal { &fds[1] } else { &fds[2] };
+    // SAFETY: dup2 onto our own stderr; both descriptors are open.
+    unsafe { libc::dup2(stderr.as_raw_fd(), 2) };
+    let prepared = Prepared::load(file).unwrap_or_else(|m| fail(m));
+    let fds = if terminal {
+        let mut fds = fds.into_iter();
+        let console = fds.next().expect("checked above");
+        let _stderr = fds.next();
+        let pty = super::pty::open(prepared.console_size).unwrap_or_else(|m| fail(m));
+        super::pty::send_master(console.as_fd(), &pty.name, pty.master.as_fd())
+            .unwrap_or_else(|m| fail(m));
+        drop(console);
+        drop(pty.master);
+        let mut stdio = Vec::new();
+        for _ in 0..3 {
+            stdio.push(
+                pty.slave
+                    .try_clone()
+                    .unwrap_or_else(|e| fail(format!("terminal: {e}"))),
+            );
+        }
+        stdio.extend(fds);
+        stdio
+    } else {
+        fds
+    };
+    // SAFETY: single-threaded (nothing spawned threads yet); only exec or
+    // _exit leave become_process.
     unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            0,
-        );
+        if terminal {
+            // lxc-attach's child leads no process group, so it may start a
+            // session and take the pty as its controlling terminal.
+            libc::setsid();
+        }
+        install_fds(fds);
+        if terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+            die(
+                "set the controlling terminal",
+                std::io::Error::last_os_error(),
+            );
+        }
         become_process(&prepared)
     }
 }
@@ -634,6 +676,35 @@ fn supervise(child: Pid, mask: &SigSet) -> (Option<i32>, Option<i32>) {
     }
 }
 
+/// The caller's descriptors become 0..n, every other one is closed.
+///
+/// # Safety
+/// Single-threaded, about to exec: descriptors are moved under the owners'
+/// feet (the OwnedFds are forgotten, their numbers reused).
+unsafe fn install_fds(fds: Vec<OwnedFd>) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        // Park above n first so that no dup2 clobbers another.
+        let n = fds.len() as RawFd;
+        let parked: Vec<RawFd> = fds
+            .iter()
+            .map(|fd| libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, n + 3))
+            .collect();
+        for (i, fd) in parked.iter().enumerate() {
+            if *fd < 0 || libc::dup2(*fd, i as RawFd) < 0 {
+                die("set up stdio", std::io::Error::last_os_error());
+            }
+        }
+        std::mem::forget(fds);
+        libc::syscall(
+            libc::SYS_close_range,
+            n as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        );
+    }
+}
+
 /// The process cannot become what process.json says: tell the caller on
 /// its own stderr and end as a shell does for a program it cannot run.
 fn die(what: &str, err: std::io::Error) -> ! {
@@ -655,24 +726,7 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&empty), None);
         libc::setsid();
 
-        // Caller's descriptors to 0..n: park above n first so none clobbers another.
-        let n = stdio.len() as RawFd;
-        let parked: Vec<RawFd> = stdio
-            .iter()
-            .map(|fd| libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, n + 3))
-            .collect();
-        for (i, fd) in parked.iter().enumerate() {
-            if *fd < 0 || libc::dup2(*fd, i as RawFd) < 0 {
-                fail("set up stdio", last());
-            }
-        }
-        std::mem::forget(stdio);
-        libc::syscall(
-            libc::SYS_close_range,
-            n as libc::c_uint,
-            libc::c_uint::MAX,
-            0,
-        );
+        install_fds(stdio);
         // Terminal mode: stdin is the pty's slave; as the new session's
         // leader, make it our controlling terminal (job control, ^C).
         if p.terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {

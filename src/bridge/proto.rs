@@ -30,6 +30,13 @@ pub enum Message {
     Ready,
     /// init -> monitor: the process cannot be started.
     Failed { message: String },
+    /// `nexcage exec` -> `init exec` (over lxc-attach's stdin): the caller's
+    /// stdin, stdout, stderr and preserved descriptors ride along, in order.
+    ExecStdio,
+    /// `nexcage exec` -> `init exec`, terminal mode: the connected console
+    /// socket, the caller's stderr (for set-up failures) and the preserved
+    /// descriptors ride along, in order.
+    ExecTerminal,
     /// init -> monitor: the process ended.
     Exited {
         code: Option<i32>,

@@ -1,11 +1,40 @@
+use std::os::fd::AsFd;
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
 use crate::cli::{GlobalOpts, RunArgs};
-use crate::error::Result;
-use crate::lifecycle;
+use crate::error::{Error, Result};
 use crate::procfs::ProcRef;
+use crate::{bundle, lifecycle, terminal};
 
 pub fn run(global: &GlobalOpts, args: &RunArgs) -> Result<i32> {
     let (settings, store) = super::context(global)?;
-    let mut monitor = lifecycle::create(&store, &settings, global, &args.create)?;
+    // runc's `run` of a terminal process in a person's shell: no socket to
+    // send the pty to, so we take it ourselves and relay it.
+    let relay = if !args.detach
+        && args.create.console_socket.is_none()
+        && bundle::load(&args.create.bundle)?
+            .process()
+            .terminal()
+            .unwrap_or(false)
+    {
+        let pair = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::Usage(format!("run: socketpair: {e}")))?;
+        Some(pair)
+    } else {
+        None
+    };
+    let (ours, theirs) = match relay {
+        Some((a, b)) => (Some(a), Some(b)),
+        None => (None, None),
+    };
+    let mut monitor =
+        lifecycle::create_with_console(&store, &settings, global, &args.create, theirs)?;
     let id = &args.create.id;
     if let Err(e) = lifecycle::start(&store, &settings, id) {
         let _ = lifecycle::delete(&store, &settings, id, true);
@@ -14,13 +43,22 @@ pub fn run(global: &GlobalOpts, args: &RunArgs) -> Result<i32> {
     if args.detach {
         return Ok(0);
     }
-    let target = ProcRef::of(monitor.id() as i32);
-    let signals = lifecycle::block_relayed_signals()?;
-    let code = lifecycle::wait_relaying(&mut monitor, &signals, |sig| {
-        if let Some(m) = target {
-            let _ = m.signal(sig);
+    let master = match &ours {
+        Some(sock) => terminal::recv_master(sock.as_fd())?,
+        None => None,
+    };
+    let code = match master {
+        Some(master) => terminal::relay(master, &mut monitor)?,
+        None => {
+            let target = ProcRef::of(monitor.id() as i32);
+            let signals = lifecycle::block_relayed_signals()?;
+            lifecycle::wait_relaying(&mut monitor, &signals, |sig| {
+                if let Some(m) = target {
+                    let _ = m.signal(sig);
+                }
+            })?
         }
-    })?;
+    };
     lifecycle::delete(&store, &settings, id, true)?;
     Ok(code)
 }

@@ -371,3 +371,25 @@ pub fn cgroup_file(pid: i32, controller: &str, v1: &str, v2: &str) -> PathBuf {
     };
     base.join(unified.unwrap().trim_start_matches('/')).join(v2)
 }
+
+/// Hand `fd` to the command as its descriptor 3 (for --preserve-fds 1).
+pub fn with_fd3(cmd: &mut Command, fd: std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let raw = fd.as_raw_fd();
+    // SAFETY: dup2 between fork and exec; `fd` lives in the closure until then.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            let rc = if fd.as_raw_fd() == 3 {
+                nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(raw, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -145,12 +145,12 @@ where
     })
 }
 
-fn capture_file(name: &str) -> std::io::Result<File> {
+pub(crate) fn capture_file(name: &str) -> std::io::Result<File> {
     let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(std::io::Error::from)?;
     Ok(File::from(fd))
 }
 
-fn read_back(f: &mut File) -> String {
+pub(crate) fn read_back(f: &mut File) -> String {
     let mut s = String::new();
     if f.seek(SeekFrom::Start(0)).is_ok() {
         let _ = f.read_to_string(&mut s);
