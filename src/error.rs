@@ -39,6 +39,8 @@ pub enum Error {
     Driver(#[from] DriverError),
     #[error(transparent)]
     Bridge(#[from] BridgeError),
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
 }
 
 impl Error {

@@ -39,8 +39,7 @@ pub fn document() -> Value {
     json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
-        // OCI hooks are not run yet.
-        "hooks": [],
+        "hooks": crate::hooks::Kind::ALL.map(|k| k.name()),
         // Options a mount in config.json may carry (docs/translation.md).
         "mountOptions": MOUNT_OPTIONS,
         "linux": {
@@ -66,7 +65,17 @@ mod tests {
     #[test]
     fn document_claims_nothing_unimplemented() {
         let d = super::document();
-        assert_eq!(d["hooks"], serde_json::json!([]));
+        assert_eq!(
+            d["hooks"],
+            serde_json::json!([
+                "prestart",
+                "createRuntime",
+                "createContainer",
+                "startContainer",
+                "poststart",
+                "poststop"
+            ])
+        );
         assert_eq!(d["linux"]["seccomp"]["enabled"], false);
         assert_eq!(d["ociVersionMin"], "1.0.0");
         assert_eq!(d["linux"]["apparmor"]["enabled"], false);

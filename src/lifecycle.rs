@@ -2,6 +2,8 @@
 //! delete and the live status. `state` and `kill` never call a node tool:
 //! they use the state file, the bridge's fifo and signals.
 
+use crate::hooks::{self, Kind};
+use oci_spec::runtime::Hooks;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -90,6 +92,10 @@ pub fn create_with_console(
     // does in create, so a missing flag or socket fails before anything
     // exists; the monitor sends the pty's master over it (bridge/pty.rs).
     let terminal = bundle.process().terminal().unwrap_or(false);
+    let hooks = bundle.spec.hooks().clone();
+    if let Some(h) = &hooks {
+        hooks::validate(h)?;
+    }
     let mut console = match own_console {
         Some(fd) if terminal => Some(fd),
         _ => bridge::pty::connect(terminal, args.console_socket.as_deref())
@@ -121,6 +127,7 @@ pub fn create_with_console(
         process: None,
         systemd_cgroup: global.systemd_cgroup,
         new_template: None,
+        hooks,
     };
     store.save(&lock, &record)?;
 
@@ -157,6 +164,9 @@ pub fn create_with_console(
         let (init, process) = ready?;
         record.init = Some(init);
         record.process = Some(process);
+        if let Some(h) = &record.hooks {
+            run_create_hooks(h, &record, &bridge, init.pid)?;
+        }
         record.status = Status::Created;
         record.new_template = None;
         store.save(&lock, &record)?;
@@ -185,6 +195,28 @@ pub fn create_with_console(
             Err(e)
         }
     }
+}
+
+/// prestart and createRuntime on the host, createContainer in the guest's
+/// namespaces, while the guest waits in "creating"; then leave the
+/// startContainer ones for the init to run at `start`.
+fn run_create_hooks(h: &Hooks, record: &Record, bridge: &BridgeDir, init_pid: i32) -> Result<()> {
+    let state = hook_state(record, Status::Creating);
+    hooks::run(Kind::Prestart, h, &state)?;
+    hooks::run(Kind::CreateRuntime, h, &state)?;
+    hooks::run_in_container(Kind::CreateContainer, h, &state, init_pid)?;
+    let start = Kind::StartContainer.of(h);
+    if !start.is_empty() {
+        let created =
+            serde_json::to_value(record.oci_state(Status::Created)).expect("state serializes");
+        bridge.write_start_hooks(start, &created)?;
+    }
+    Ok(())
+}
+
+/// The state document hooks get on stdin: what `nexcage state` prints.
+fn hook_state(record: &Record, status: Status) -> Vec<u8> {
+    serde_json::to_vec(&record.oci_state(status)).expect("state serializes")
 }
 
 pub fn write_pid_file(path: &Path, pid: u32) -> Result<()> {
@@ -223,6 +255,9 @@ pub fn start(store: &Store, settings: &Settings, id: &str) -> Result<()> {
         .release(Duration::from_secs(settings.proxmox.start_timeout_secs))?;
     record.status = Status::Running;
     store.save(&lock, &record)?;
+    if let Some(h) = &record.hooks {
+        hooks::run_logged(Kind::Poststart, h, &hook_state(&record, Status::Running));
+    }
     Ok(())
 }
 
@@ -371,6 +406,9 @@ pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Resu
     }
     router::for_record(&record, settings, store.root())?.destroy(&record)?;
     wait_gone(record.monitor, Duration::from_secs(5));
+    if let Some(h) = &record.hooks {
+        hooks::run_logged(Kind::Poststop, h, &hook_state(&record, Status::Stopped));
+    }
     store.remove(lock)?;
     Ok(())
 }

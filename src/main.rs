@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod exec;
 mod features;
+mod hooks;
 mod lifecycle;
 mod logging;
 mod procfs;

@@ -97,6 +97,10 @@ pub struct Record {
     /// A template this create converted (not reused): removed if create fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_template: Option<PathBuf>,
+    /// The bundle's OCI hooks as create read them: poststart and poststop
+    /// run later, when config.json may have changed or be gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
 /// The state document `nexcage state` prints (OCI runtime spec + runc's extras).
@@ -343,6 +347,7 @@ mod tests {
             process: None,
             systemd_cgroup: false,
             new_template: None,
+            hooks: None,
         }
     }
 

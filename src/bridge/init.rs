@@ -736,13 +736,44 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
         // Wait here until `nexcage start` opens the other end.
         let fifo = CString::new(format!("{MOUNT_POINT}/exec.fifo")).expect("no NUL");
         let fd = libc::open(fifo.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+        if fd < 0 {
+            fail("wait for start", last());
+        }
+        // startContainer hooks run now, inside the guest, before the
+        // process; `start` reads '0', or '1' and why, and fails with it.
+        if let Err(reason) = run_start_hooks() {
+            let msg = format!("1{reason}");
+            libc::write(fd, msg.as_ptr().cast(), msg.len());
+            libc::_exit(1);
+        }
+        if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
             fail("wait for start", last());
         }
         libc::close(fd);
 
         become_process(p)
     }
+}
+
+/// The startContainer hooks create left in the bridge, if any.
+fn run_start_hooks() -> Result<(), String> {
+    let path = Path::new(MOUNT_POINT).join(super::START_HOOKS_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    #[derive(serde::Deserialize)]
+    struct StartHooks {
+        hooks: Vec<oci_spec::runtime::Hook>,
+        state: serde_json::Value,
+    }
+    let doc: StartHooks =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut hooks = oci_spec::runtime::Hooks::default();
+    hooks.set_start_container(Some(doc.hooks));
+    let state = serde_json::to_vec(&doc.state).expect("state serializes");
+    crate::hooks::run(crate::hooks::Kind::StartContainer, &hooks, &state).map_err(|e| e.to_string())
 }
 
 /// Drop to the OCI user and exec: cwd, rlimits, umask, oom_score_adj,

@@ -48,6 +48,8 @@ pub const INIT_CMD: &str = "/.nexcage/init init";
 
 const PROCESS_FILE: &str = "process.json";
 const FIFO_FILE: &str = "exec.fifo";
+/// startContainer hooks and the state they get, for the init (hooks.rs).
+pub const START_HOOKS_FILE: &str = "start-hooks.json";
 const SOCKET_FILE: &str = "sock";
 const INIT_FILE: &str = "init";
 
@@ -67,6 +69,8 @@ pub enum BridgeError {
     MonitorDied(String),
     #[error("the container's process is not waiting to be started")]
     NotWaiting,
+    #[error("{0}")]
+    StartFailed(String),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BridgeError + 'a {
@@ -74,6 +78,29 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
         what,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// The rest of the fifo after a failure byte: the init's one-line reason.
+fn read_reason(fifo: &File, deadline: Instant) -> String {
+    let mut reason = Vec::new();
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline && reason.len() < 4096 {
+        match nix::unistd::read(fifo, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => reason.extend_from_slice(&buf[..n]),
+            Err(nix::errno::Errno::EAGAIN) => {
+                let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, PollTimeout::from(10u16));
+            }
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&reason).trim().to_string();
+    if text.is_empty() {
+        "the container's process failed to start".into()
+    } else {
+        text
     }
 }
 
@@ -145,6 +172,21 @@ impl BridgeDir {
         Ok(sock)
     }
 
+    /// startContainer hooks for the init to run at `start`, with the state
+    /// they get on stdin (readable by an unprivileged guest's root, as the
+    /// rest of the directory).
+    pub fn write_start_hooks(
+        &self,
+        hooks: &[oci_spec::runtime::Hook],
+        state: &serde_json::Value,
+    ) -> Result<(), BridgeError> {
+        let p = self.dir.join(START_HOOKS_FILE);
+        let doc = serde_json::json!({"hooks": hooks, "state": state});
+        fs::write(&p, serde_json::to_vec(&doc).expect("hooks serialize"))
+            .map_err(io("write", &p))?;
+        set_mode(&p, 0o644)
+    }
+
     /// The fifo exists from create until start: its presence is "created".
     pub fn is_created(&self) -> bool {
         fs::symlink_metadata(self.dir.join(FIFO_FILE))
@@ -172,6 +214,12 @@ impl BridgeDir {
         let mut byte = [0u8; 1];
         loop {
             match nix::unistd::read(&fifo, &mut byte) {
+                // The init ran the startContainer hooks in between; '1' and
+                // a reason if one failed (the process then never runs).
+                Ok(1) if byte[0] == b'1' => {
+                    let _ = fs::remove_file(&path);
+                    return Err(BridgeError::StartFailed(read_reason(&fifo, deadline)));
+                }
                 Ok(1) => break,
                 Ok(_) | Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
                     let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
