@@ -208,3 +208,36 @@ fn a_failing_start_hook_fails_start_and_a_failing_poststop_does_not_fail_delete(
     assert!(out.status.success(), "delete: {}", stderr(&out));
     assert_nothing_left(&node, "sh");
 }
+
+#[test]
+fn create_container_hooks_enter_an_unprivileged_guests_user_namespace() {
+    let node = Node::new();
+    let dir = log_dir(&node);
+    let log = dir.join("log");
+    let hook = dir.join("cc");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$(id -u) $(hostname) $(cat /proc/self/uid_map | tr -s ' ' | tr -d '\\n')\" >> {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bundle = node.bundle(
+        "un",
+        json!({
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "user"},
+                                     {"type": "uts"}, {"type": "mount"}]},
+            "hooks": {"createContainer": [{"path": hook}]}
+        }),
+    );
+    let out = node.create(&bundle, "un", &[]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    // Root of the guest's user namespace (host uid 100000), in its uts.
+    let got = lines(&log);
+    let words: Vec<&str> = got.iter().flat_map(|l| l.split_whitespace()).collect();
+    assert_eq!(words, ["0", "un", "0", "100000", "65536"], "{got:?}");
+    assert!(node.run(["delete", "--force", "un"]).status.success());
+    assert_nothing_left(&node, "un");
+}
