@@ -48,6 +48,25 @@ out=$(podman_nx run --rm "$IMAGE" echo hi 2>&1)
 check "podman run --rm echo hi prints hi" [ "$out" = hi ]
 check "  nothing left" eventually nothing_left
 
+# OCI hooks as podman injects them from a hooks directory.
+mkdir -p "$W/hooks.d"
+cat > "$W/hook.sh" <<EOF
+#!/bin/sh
+echo "\$1 \$(sed -n 's/.*"status": *"\([a-z]*\)".*/\1/p')" >> $W/hook.log
+EOF
+chmod 755 "$W/hook.sh"
+for stage in createRuntime poststart poststop; do
+  cat > "$W/hooks.d/$stage.json" <<EOF
+{"version": "1.0.0", "hook": {"path": "$W/hook.sh", "args": ["hook.sh", "$stage"]},
+ "when": {"always": true}, "stages": ["$stage"]}
+EOF
+done
+out=$(podman_nx --hooks-dir "$W/hooks.d" run --rm "$IMAGE" echo hooked)
+check "podman --hooks-dir: the container runs" [ "$out" = hooked ]
+check "  its hooks ran at their stages with the state" \
+  [ "$(tr '\n' , < "$W/hook.log")" = "createRuntime creating,poststart running,poststop stopped," ]
+check "  nothing left" eventually nothing_left
+
 podman_nx run --rm "$IMAGE" sh -c 'exit 7'
 check "podman run exits 7 when the process does" [ $? = 7 ]
 podman_nx run --rm "$IMAGE" sh -c 'kill -KILL $$'
