@@ -4,14 +4,12 @@
 //! raw mode so that keys (^C, arrows) reach the guest's line discipline
 //! instead of ours.
 
-use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::Child;
 
 use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::termios::{self, SetArg, Termios};
 
 use crate::error::{Error, Result};
@@ -21,34 +19,10 @@ use crate::lifecycle;
 /// format: the pty's name as payload, one SCM_RIGHTS descriptor). None when
 /// the sender went away without sending one.
 pub fn recv_master(sock: BorrowedFd) -> Result<Option<OwnedFd>> {
-    let mut buf = [0u8; 4096];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = loop {
-        match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            r => break r.map_err(|e| Error::Usage(format!("console: {e}")))?,
-        }
-    };
-    let mut master = None;
-    for c in msg
-        .cmsgs()
-        .map_err(|e| Error::Usage(format!("console: {e}")))?
-    {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for fd in fds {
-                // SAFETY: the kernel just installed it for us; extras are closed.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                master.get_or_insert(fd);
-            }
-        }
-    }
-    Ok(master)
+    let mut name = [0u8; 4096];
+    let (_, fds) = crate::bridge::proto::recv_with_fds(sock, &mut name)
+        .map_err(|e| Error::Usage(format!("console: {e}")))?;
+    Ok(fds.into_iter().next())
 }
 
 /// Our stdin's terminal settings, restored on drop (also on errors).

@@ -237,26 +237,30 @@ fn exec_sends_a_terminal_to_the_console_socket() {
     assert!(node.run(["delete", "--force", "ext"]).status.success());
 }
 
+/// Run `cmd` with `input` piped in and then closed (the relay then sends
+/// the pty's ^D, so a shell reads the end of its input).
+fn with_input(mut cmd: std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input).unwrap();
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
 /// `exec -t` from a shell (no socket): nexcage relays the terminal itself.
 #[test]
 fn exec_tty_without_a_socket_relays_the_terminal() {
     let node = Node::new();
     start_running(&node, "rel", json!(["sleep", "1000"]));
-    let mut child = node
-        .nexcage(["exec", "-t", "rel", "sh"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Piped input ends with ^D from the relay: the shell reads its end.
-    std::io::Write::write_all(
-        child.stdin.as_mut().unwrap(),
+    let out = with_input(
+        node.nexcage(["exec", "-t", "rel", "sh"]),
         b"tty; echo typed-$((6*7)); exit 6\n",
-    )
-    .unwrap();
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
+    );
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(6), "{text} {}", stderr(&out));
     assert!(text.contains("/dev/pts/"), "{text}");
@@ -273,22 +277,9 @@ fn run_with_a_terminal_relays_it() {
         "runtty",
         json!({"process": {"terminal": true, "args": ["sh"]}}),
     );
-    let mut child = node
-        .nexcage(["run", "--bundle"])
-        .arg(&bundle)
-        .arg("runtty")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        child.stdin.as_mut().unwrap(),
-        b"tty; echo ran-$((6*7)); exit 9\n",
-    )
-    .unwrap();
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = node.nexcage(["run", "--bundle"]);
+    cmd.arg(&bundle).arg("runtty");
+    let out = with_input(cmd, b"tty; echo ran-$((6*7)); exit 9\n");
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(9), "{text} {}", stderr(&out));
     assert!(text.contains("/dev/pts/"), "{text}");

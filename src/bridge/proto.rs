@@ -60,38 +60,46 @@ pub fn send(sock: BorrowedFd, msg: &Message, fds: &[RawFd]) -> Result<(), String
 /// Ok(None) at end of stream (the peer is gone).
 pub fn recv(sock: BorrowedFd) -> Result<Option<(Message, Vec<OwnedFd>)>, String> {
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let (len, fds) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = loop {
-            match recvmsg::<()>(
-                sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                r => break r.map_err(|e| format!("cannot read the bridge socket: {e}"))?,
-            }
-        };
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().map_err(|e| e.to_string())? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                // SAFETY: the kernel just installed these descriptors for us.
-                fds.extend(
-                    raw.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
-            }
-        }
-        (msg.bytes, fds)
-    };
+    let (len, fds) =
+        recv_with_fds(sock, &mut buf).map_err(|e| format!("cannot read the bridge socket: {e}"))?;
     if len == 0 {
         return Ok(None);
     }
     let msg = serde_json::from_slice(&buf[..len])
         .map_err(|e| format!("malformed bridge message: {e}"))?;
     Ok(Some((msg, fds)))
+}
+
+/// One message into `buf` with the descriptors attached to it (close on
+/// exec); a length of 0 is the end of the stream.
+pub fn recv_with_fds(
+    sock: BorrowedFd,
+    buf: &mut [u8],
+) -> Result<(usize, Vec<OwnedFd>), nix::errno::Errno> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r?,
+        }
+    };
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    Ok((msg.bytes, fds))
 }
 
 /// What the monitor tells `create` on its status pipe (one JSON line).
