@@ -46,6 +46,14 @@ pub fn run(store: &Store, settings: &Settings, args: &ExecArgs) -> Result<i32> {
         )));
     }
     let record = lifecycle::load(store, &args.id)?;
+    if record.bridge_protocol != crate::bridge::PROTOCOL {
+        return Err(Error::Usage(format!(
+            "cannot exec in {}: its in-guest init is from a nexcage that speaks bridge protocol {}, this one speaks {}; recreate the container",
+            args.id,
+            record.bridge_protocol,
+            crate::bridge::PROTOCOL
+        )));
+    }
     match lifecycle::status(store, &record) {
         Status::Created | Status::Running => {}
         Status::Paused if args.ignore_paused => {}

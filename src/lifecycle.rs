@@ -128,6 +128,7 @@ pub fn create_with_console(
         systemd_cgroup: global.systemd_cgroup,
         new_template: None,
         hooks,
+        bridge_protocol: bridge::PROTOCOL,
     };
     store.save(&lock, &record)?;
 

@@ -101,6 +101,9 @@ pub struct Record {
     /// run later, when config.json may have changed or be gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// `bridge::PROTOCOL` of the nexcage that created it (0: before numbers).
+    #[serde(default)]
+    pub bridge_protocol: u32,
 }
 
 /// The state document `nexcage state` prints (OCI runtime spec + runc's extras).
@@ -348,6 +351,7 @@ mod tests {
             systemd_cgroup: false,
             new_template: None,
             hooks: None,
+            bridge_protocol: 0,
         }
     }
 

@@ -150,6 +150,27 @@ fn exec_detach_leaves_a_reapable_pid_with_the_command_status() {
 }
 
 #[test]
+fn exec_into_a_guest_of_an_older_bridge_protocol_is_refused_by_name() {
+    let node = Node::new();
+    start_running(&node, "old", json!(["sleep", "1000"]));
+    // As a state file written before the protocol number existed.
+    let path = node.state_root().join("old").join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(state["bridgeProtocol"], 2);
+    state.as_object_mut().unwrap().remove("bridgeProtocol");
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let out = node.run(["exec", "old", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bridge protocol 0, this one speaks 2"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(node.run(["delete", "--force", "old"]).status.success());
+}
+
+#[test]
 fn exec_in_a_stopped_container_is_refused() {
     let node = Node::new();
     start_running(&node, "gone", json!(["true"]));

@@ -46,6 +46,12 @@ pub const MOUNT_TARGET: &str = ".nexcage";
 /// nexcage's own binary inside the container, and the command LXC starts.
 pub const INIT_CMD: &str = "/.nexcage/init init";
 
+/// How host and init talk, bumped on every change. A guest's init is the
+/// nexcage binary of its `create` (a bind mount keeps that inode through a
+/// package upgrade), so later commands check the record's number first.
+/// 2: exec passes the caller's descriptors over lxc-attach's stdin.
+pub const PROTOCOL: u32 = 2;
+
 const PROCESS_FILE: &str = "process.json";
 const FIFO_FILE: &str = "exec.fifo";
 /// startContainer hooks and the state they get, for the init (hooks.rs).
