@@ -316,12 +316,12 @@ fn update_sets_proxmox_config_and_live_cgroup_limits() {
     assert!(out.status.success(), "update: {}", stderr(&out));
     let config = stdout(&node.pct(["config", &vmid]));
     assert!(config.contains("memory: 256\n"), "{config}");
-    let limit = cgroup_file(init, "memory", "memory.limit_in_bytes", "memory.max");
+    let limit = limit_file(init, "memory", "memory.limit_in_bytes", "memory.max");
     assert_eq!(
         std::fs::read_to_string(limit).unwrap().trim(),
         (256u64 << 20).to_string()
     );
-    let pids_max = cgroup_file(init, "pids", "pids.max", "pids.max");
+    let pids_max = limit_file(init, "pids", "pids.max", "pids.max");
     assert_eq!(std::fs::read_to_string(&pids_max).unwrap().trim(), "50");
 
     // LinuxResources on stdin, as containerd and CRI-O send it.

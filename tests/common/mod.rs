@@ -372,6 +372,19 @@ pub fn cgroup_file(pid: i32, controller: &str, v1: &str, v2: &str) -> PathBuf {
     base.join(unified.unwrap().trim_start_matches('/')).join(v2)
 }
 
+/// The same file at the guest's limiting cgroup: Proxmox keeps the guest's
+/// processes in `lxc/<vmid>/ns` and its limits one level up, in `lxc/<vmid>`.
+pub fn limit_file(pid: i32, controller: &str, v1: &str, v2: &str) -> PathBuf {
+    let own = cgroup_file(pid, controller, v1, v2);
+    let dir = own.parent().unwrap();
+    assert!(
+        dir.ends_with("ns"),
+        "not in an inner ns cgroup: {}",
+        own.display()
+    );
+    dir.parent().unwrap().join(own.file_name().unwrap())
+}
+
 /// Hand `fd` to the command as its descriptor 3 (for --preserve-fds 1).
 pub fn with_fd3(cmd: &mut Command, fd: std::os::fd::OwnedFd) {
     use std::os::fd::AsRawFd;

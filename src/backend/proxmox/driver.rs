@@ -164,11 +164,14 @@ fn check_searchable(path: &Path) -> Result<(), DriverError> {
     Ok(())
 }
 
-/// pct's words for "somebody else has this VMID".
+/// pct's words for "somebody else has this VMID". The last is pmxcfs
+/// refusing our new config because another node's create of the same id
+/// reached the cluster file system first (PVE::File::file_set_contents).
 fn is_taken(stderr: &str) -> bool {
     stderr.contains("already exists")
         || stderr.contains("can't lock file")
         || stderr.contains("CT is locked")
+        || (stderr.contains("close (rename) atomic file") && stderr.contains("File exists"))
 }
 
 impl Backend for Driver {

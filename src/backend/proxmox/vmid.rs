@@ -12,10 +12,14 @@ use std::path::{Path, PathBuf};
 
 use super::pct::{PctError, Tools};
 use crate::config::ProxmoxSettings;
+use crate::state::write_atomic;
 
 /// Proxmox's own bounds for a guest id.
 pub const MIN: u32 = 100;
 pub const MAX: u32 = 999_999_999;
+/// The file under `.vmids` that holds the last id handed out; not a number,
+/// so never mistaken for a reservation.
+const CURSOR_FILE: &str = "cursor";
 /// The datacenter default for `next-id: upper=` (exclusive).
 const DEFAULT_UPPER: u32 = 1_000_000;
 
@@ -124,7 +128,33 @@ impl<'a> Allocator<'a> {
         }
     }
 
-    /// Reserve the lowest free id not in `skip` for container `owner`.
+    /// Where the last id handed out is remembered.
+    fn cursor_path(&self) -> PathBuf {
+        self.dir.join(CURSOR_FILE)
+    }
+
+    /// The id after the last one handed out, as the kernel hands out pids:
+    /// a guest whose start failed can leave LXC's monitor cgroup of its id
+    /// busy for a while, so the very next create must not get that id again.
+    fn first_candidate(&self, lo: u32, hi: u32) -> u32 {
+        let last = fs::read_to_string(self.cursor_path())
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        match last {
+            Some(last) if last >= lo && last < hi => last + 1,
+            _ => lo,
+        }
+    }
+
+    fn remember(&self, vmid: u32) {
+        // Only a hint: losing it costs nothing but the rotation.
+        if let Err(e) = write_atomic(&self.cursor_path(), vmid.to_string().as_bytes(), 0o644) {
+            tracing::debug!("cannot remember VMID {vmid}: {e}");
+        }
+    }
+
+    /// Reserve the next free id not in `skip` for container `owner`,
+    /// rotating through the range from the last id handed out.
     pub fn reserve(&self, owner: &str, skip: &BTreeSet<u32>) -> Result<Reservation, VmidError> {
         fs::create_dir_all(&self.dir).map_err(|source| VmidError::Io {
             what: "create",
@@ -148,22 +178,22 @@ impl<'a> Allocator<'a> {
             }
         };
         used.extend(skip);
-        let mut candidate = lo;
-        while candidate <= hi {
+        let start = self.first_candidate(lo, hi);
+        for candidate in (start..=hi).chain(lo..start) {
             if used.contains(&candidate) {
-                candidate += 1;
                 continue;
             }
             let path = self.dir.join(candidate.to_string());
             match self.try_claim(&path, owner) {
                 Ok(true) => {
+                    self.remember(candidate);
                     return Ok(Reservation {
                         vmid: candidate,
                         path,
                         kept: false,
-                    })
+                    });
                 }
-                Ok(false) => candidate += 1,
+                Ok(false) => {}
                 Err(source) => {
                     return Err(VmidError::Io {
                         what: "reserve",
@@ -230,6 +260,34 @@ mod tests {
         assert_eq!(range(&s), (5000, 5999));
         s.vmid_min = Some(5500);
         assert_eq!(range(&s), (5500, 5999));
+    }
+
+    #[test]
+    fn ids_rotate_through_the_range_instead_of_reusing_the_lowest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = settings(tmp.path());
+        s.vmid_min = Some(300);
+        s.vmid_max = Some(302);
+        // pmxcfs writes no "ids" key at all when the cluster has no guest.
+        fs::write(&s.vmlist, "{\n\"version\": 7\n}\n").unwrap();
+        let tools = Tools::from_settings(&s);
+        let root = tmp.path().join("state");
+        fs::create_dir_all(root.join("c")).unwrap();
+        let alloc = Allocator::new(&s, &tools, &root);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let r = alloc.reserve("c", &BTreeSet::new()).unwrap();
+            got.push(r.vmid);
+            // Dropped: released at once, as after a failed create.
+        }
+        assert_eq!(
+            got,
+            [300, 301, 302, 300],
+            "a freed id is not handed out next"
+        );
+        // A cursor outside the range (the range was changed) starts over.
+        fs::write(root.join(".vmids/cursor"), "999").unwrap();
+        assert_eq!(alloc.reserve("c", &BTreeSet::new()).unwrap().vmid, 300);
     }
 
     #[test]
