@@ -890,16 +890,16 @@ impl Translator<'_> {
         } else {
             gids
         };
-        if uids == default && gids == default {
-            return Ok(());
-        }
-        for (kind, maps, k) in [("u", &uids, "uidMappings"), ("g", &gids, "gidMappings")] {
-            for (c, h, s) in maps {
-                self.plan.raw(
-                    &format!("linux.{k}"),
-                    "lxc.idmap",
-                    &format!("{kind} {c} {h} {s}"),
-                )?;
+        // pct create unpacks the root filesystem with Proxmox's map, and an
+        // lxc.idmap added afterwards cannot change who owns those files: the
+        // guest would see its own files as nobody's.
+        for (maps, k) in [(&uids, "uidMappings"), (&gids, "gidMappings")] {
+            if *maps != default {
+                let (c, h, s) = DEFAULT_IDMAP;
+                return Err(field(
+                    format!("linux.{k}"),
+                    format!("only Proxmox's map {c} {h} {s} is supported: pct unpacks the root filesystem with it"),
+                ));
             }
         }
         Ok(())
@@ -1531,8 +1531,16 @@ impl Annotations {
                     a.searchdomain = Some(list.join(" "));
                 }
                 "org.proxmox.onboot" => {
-                    let b = flag(v).ok_or_else(|| bad("0 or 1"))?;
-                    a.onboot = Some(if b { "1" } else { "0" }.into());
+                    // Started by the node at boot, the guest would find no
+                    // bridge directory (it lives under /run) and no runtime
+                    // client waiting for it: its init could only fail.
+                    if flag(v).ok_or_else(|| bad("0 or 1"))? {
+                        return Err(field(
+                            &f,
+                            "guests started at boot are not supported: their runtime client starts them",
+                        ));
+                    }
+                    a.onboot = Some("0".into());
                 }
                 "org.proxmox.tags" => {
                     let list: Vec<&str> =
@@ -2007,9 +2015,9 @@ mod doc_table {
                 Accepted,
             ),
             "`annotations`" => (
-                json!({"annotations": {"org.proxmox.onboot": "1", "com.example": "x"}}),
+                json!({"annotations": {"org.proxmox.onboot": "0", "com.example": "x"}}),
                 V1,
-                Arg("onboot", "1"),
+                Arg("onboot", "0"),
             ),
             "`linux.namespaces` (network)" => {
                 (json!({}), V1, Arg("net0", "name=eth0,bridge=vmbr0"))
@@ -2050,14 +2058,24 @@ mod doc_table {
                 Refused,
             ),
             "`linux.uidMappings`" => (
+                json!({"linux": {"namespaces": [{"type": "user"}, {"type": "network"}], "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}}),
+                V1,
+                Arg("unprivileged", "1"),
+            ),
+            "`linux.uidMappings` (other maps)" => (
                 json!({"linux": {"namespaces": [{"type": "user"}, {"type": "network"}], "uidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}}),
                 V1,
-                Raw("lxc.idmap: u 0 200000 65536"),
+                Refused,
             ),
             "`linux.gidMappings`" => (
+                json!({"linux": {"namespaces": [{"type": "user"}, {"type": "network"}], "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}}),
+                V1,
+                Arg("unprivileged", "1"),
+            ),
+            "`linux.gidMappings` (other maps)" => (
                 json!({"linux": {"namespaces": [{"type": "user"}, {"type": "network"}], "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}}),
                 V1,
-                Raw("lxc.idmap: g 0 200000 65536"),
+                Refused,
             ),
             "`linux.devices`" => (
                 json!({"linux": {"devices": [{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 438}]}}),
