@@ -501,6 +501,63 @@ mod tests {
         assert_eq!(cg.v1_dir("memory"), None);
     }
 
+    /// A PVE 9 node: cgroup v2 only, the guest's processes in lxc/<vmid>/ns.
+    /// This development host has v1 controllers, so the v2 paths are proven
+    /// over a tree of plain files laid out as the kernel's.
+    #[test]
+    fn pure_v2_node_uses_the_limiting_cgroup_above_ns() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mnt = tmp.path();
+        let guest = mnt.join("lxc/150");
+        std::fs::create_dir_all(guest.join("ns")).unwrap();
+        let put = |rel: &str, text: &str| std::fs::write(guest.join(rel), text).unwrap();
+        put("cgroup.procs", "");
+        put("ns/cgroup.procs", "4242\n4243\n");
+        put("cgroup.freeze", "0\n");
+        put("cgroup.events", "populated 1\nfrozen 1\n");
+        put("pids.max", "max\n");
+        put("pids.current", "2\n");
+        put("memory.current", "1000\n");
+        put("memory.peak", "2000\n");
+        put("memory.max", "268435456\n");
+        put("cpu.stat", "usage_usec 5\nuser_usec 3\nsystem_usec 2\n");
+        let mountinfo = format!(
+            "30 25 0:26 / {} rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n",
+            mnt.display()
+        );
+        let cg = Cgroup::from_tables(4242, "0::/lxc/150/ns\n", &parse_mountinfo(&mountinfo));
+        assert_eq!(cg.unified.as_deref(), Some(guest.as_path()));
+
+        assert_eq!(cg.procs(), vec![4242, 4243], "the inner level's processes");
+        let st = cg.stats();
+        assert_eq!(st.memory.usage.limit, 268435456);
+        assert_eq!((st.memory.usage.usage, st.memory.usage.max), (1000, 2000));
+        assert_eq!(st.cpu.usage.total, 5000);
+        assert_eq!((st.pids.current, st.pids.limit), (2, 0));
+
+        cg.set_pids_max(Some(77)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(guest.join("pids.max")).unwrap(),
+            "77"
+        );
+        assert!(
+            !guest.join("ns/pids.max").exists(),
+            "not the guest's own level"
+        );
+
+        cg.freeze().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(guest.join("cgroup.freeze")).unwrap(),
+            "1"
+        );
+        put("cgroup.events", "populated 1\nfrozen 0\n");
+        cg.thaw().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(guest.join("cgroup.freeze")).unwrap(),
+            "0"
+        );
+    }
+
     #[test]
     fn mount_roots_other_than_slash_are_stripped_and_dotdot_refused() {
         let m = Mount {
