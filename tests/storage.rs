@@ -161,3 +161,31 @@ fn a_bad_rootfs_size_annotation_is_refused_by_name() {
     fails_with(&out, "org.proxmox.rootfs.size");
     assert_clean(&node);
 }
+
+#[test]
+fn a_remembered_storage_that_is_gone_is_asked_for_again() {
+    let node = Node::new();
+    let bundle = node.bundle("again", json!({}));
+    let out = node.create(&bundle, "again", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(node.run(["delete", "--force", "again"]).status.success());
+    // The admin renames the rootdir storage.
+    set_storage_cfg(
+        &node,
+        "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup,import\n\n\
+         lvmthin: thin\n\tthinpool data\n\tvgname pve\n\tcontent rootdir,images\n",
+    );
+    let out = node.create(&bundle, "again", &[]);
+    fails_with(&out, "storage 'local-lvm' does not exist");
+    assert_clean(&node);
+    let out = node.create(&bundle, "again", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let vmid = node.vmids()[0];
+    let conf =
+        std::fs::read_to_string(node.root().join(format!("etc/pve/lxc/{vmid}.conf"))).unwrap();
+    assert!(
+        conf.contains(&format!("rootfs: thin:vm-{vmid}-disk-0,size=1G\n")),
+        "{conf}"
+    );
+    assert!(node.run(["delete", "--force", "again"]).status.success());
+}

@@ -313,12 +313,21 @@ impl Backend for Driver {
         }
         let volid = format!("{template_storage}:vztmpl/{}", tpl.name);
         let gib = translate::root_volume_gib(tpl.data_bytes);
-        let vmid = self.create_guest(
-            req,
-            |vmid| plan.create_args(vmid, &volid, &storage, gib),
-            record,
-            save,
-        )?;
+        let vmid = self
+            .create_guest(
+                req,
+                |vmid| plan.create_args(vmid, &volid, &storage, gib),
+                record,
+                save,
+            )
+            .inspect_err(|_| {
+                // A remembered storage may have gone from storage.cfg since:
+                // the next create asks the node again rather than failing
+                // the same way until someone deletes the cache.
+                if plan.storage.is_none() && self.settings.storage.is_none() {
+                    let _ = std::fs::remove_file(self.cache_file("storage.rootdir"));
+                }
+            })?;
         conf::append(&self.conf_path(vmid), &self.settings.lock_dir, vmid, &lines)
             .map_err(|source| DriverError::Conf { vmid, source })?;
         Ok(())
