@@ -65,9 +65,11 @@ pub struct ProxmoxSettings {
     /// Directory of pct's per-guest config locks.
     pub lock_dir: PathBuf,
     /// Storage that holds converted templates (`<storage>:vztmpl/...`).
-    pub template_storage: String,
-    /// Storage for container root filesystems (`pct create --storage`).
-    pub storage: String,
+    /// Unset: the node's one enabled storage with `vztmpl` content.
+    pub template_storage: Option<String>,
+    /// Storage for container root volumes (`pct create --storage`). Unset:
+    /// the node's one enabled storage with `rootdir` content.
+    pub storage: Option<String>,
     /// Bridge for net0 when the bundle asks for its own network namespace.
     pub bridge: String,
     /// Inclusive VMID range; defaults to the datacenter's next-id range.
@@ -96,8 +98,8 @@ impl Default for ProxmoxSettings {
             vmlist: "/etc/pve/.vmlist".into(),
             datacenter_cfg: "/etc/pve/datacenter.cfg".into(),
             lock_dir: "/run/lock/lxc".into(),
-            template_storage: "local".into(),
-            storage: "local".into(),
+            template_storage: None,
+            storage: None,
             bridge: "vmbr0".into(),
             vmid_min: None,
             vmid_max: None,
@@ -147,6 +149,7 @@ impl ProxmoxSettings {
             ("template_storage", &self.template_storage),
             ("storage", &self.storage),
         ] {
+            let Some(value) = value else { continue };
             if !is_storage_id(value) {
                 return Err(format!("{key}: {value:?} is not a Proxmox storage id"));
             }
@@ -204,7 +207,12 @@ mod tests {
         let s = Settings::parse("").unwrap();
         assert_eq!(s.proxmox.pct, PathBuf::from("/usr/sbin/pct"));
         assert_eq!(s.proxmox.conf_dir, PathBuf::from("/etc/pve/lxc"));
-        assert_eq!(s.proxmox.template_storage, "local");
+        // Found on the node (pvesm status), not assumed: a stock node's
+        // `local` holds templates but no root volumes.
+        assert_eq!(s.proxmox.template_storage, None);
+        assert_eq!(s.proxmox.storage, None);
+        let s = Settings::parse("[proxmox]\nstorage = \"fast\"\n").unwrap();
+        assert_eq!(s.proxmox.storage.as_deref(), Some("fast"));
     }
 
     #[test]

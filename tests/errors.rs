@@ -17,17 +17,11 @@ fn assert_clean(node: &Node) {
         })
         .unwrap_or_default();
     assert!(left.is_empty(), "state left: {left:?}");
-    let vmids = node.state_root().join(".vmids");
-    if vmids.exists() {
-        // Reservations are named by their VMID; the allocator's cursor is not one.
-        let held: Vec<_> = std::fs::read_dir(vmids)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.parse::<u32>().is_ok())
-            .collect();
-        assert!(held.is_empty(), "VMID reservation left: {held:?}");
-    }
+    assert!(
+        node.reservations().is_empty(),
+        "VMID reservation left: {:?}",
+        node.reservations()
+    );
 }
 
 fn fails_with(out: &std::process::Output, needle: &str) {

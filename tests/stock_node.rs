@@ -40,6 +40,8 @@ fn a_vmid_lost_to_another_node_at_write_time_is_retried_with_the_next() {
         "local:vztmpl/nonexistent.tar.zst",
         "--ostype",
         "unmanaged",
+        "--storage",
+        "local-lvm",
     ]);
     assert!(
         stderr(&direct).contains(

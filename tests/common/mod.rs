@@ -180,6 +180,18 @@ impl Node {
         cmd.args(args).output().unwrap()
     }
 
+    /// VMIDs nexcage holds reserved under its state root (files named by
+    /// their VMID; the allocator's cursor is not one).
+    pub fn reservations(&self) -> Vec<String> {
+        std::fs::read_dir(self.state_root().join(".vmids"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.parse::<u32>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// VMIDs the node has, from `pct list`.
     pub fn vmids(&self) -> Vec<u32> {
         let out = self.pct(["list"]);

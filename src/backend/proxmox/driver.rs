@@ -1,7 +1,8 @@
 //! The Proxmox LXC backend: bundle -> template -> VMID -> `pct create` ->
 //! raw lines for the bridge -> `pct start`; and `pct destroy` at the end.
 //! One lifecycle costs three tool runs (create, start, destroy); `pvesm` runs
-//! once per node for the template directory, then never again.
+//! once per node for each storage nexcage has to find (root volumes,
+//! templates) and for the template directory, then never again.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -34,6 +35,19 @@ pub enum DriverError {
     Conf { vmid: u32, source: ConfError },
     #[error("cannot find the template directory of storage {storage}: {message}")]
     TemplateDir { storage: String, message: String },
+    #[error("no enabled storage on this node has '{content}' content: set {key} in config.toml to a storage that has")]
+    NoStorage {
+        key: &'static str,
+        content: &'static str,
+    },
+    #[error("several enabled storages on this node have '{content}' content ({}): set {key} in config.toml to one of them", candidates.join(", "))]
+    AmbiguousStorage {
+        key: &'static str,
+        content: &'static str,
+        candidates: Vec<String>,
+    },
+    #[error("cannot list the storages of this node for {key}: {message}")]
+    StorageList { key: &'static str, message: String },
     #[error("gave up after {0} VMIDs were taken by others while creating")]
     VmidRace(usize),
     #[error("{0} is not searchable by others (o+x): an unprivileged container could not reach its bridge directory")]
@@ -66,14 +80,65 @@ impl Driver {
         Allocator::new(&self.settings, &self.tools, &self.state_root)
     }
 
+    /// A fact about the node remembered under the state root, so that
+    /// `pvesm` runs once per node rather than once per container.
+    fn cache_file(&self, name: &str) -> PathBuf {
+        self.state_root.join(".cache").join(name)
+    }
+
+    fn remember(&self, cache: &Path, value: &[u8]) {
+        if let Some(parent) = cache.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        // Only a shortcut: if it cannot be written, pvesm is asked again.
+        let _ = write_atomic(cache, value, 0o600);
+    }
+
+    /// The storage for `key` in config.toml: the configured one, else the
+    /// node's only enabled storage with `content` (as
+    /// `pvesm status --content C --enabled 1` lists them), remembered.
+    fn storage_for(&self, key: &'static str, content: &'static str) -> Result<String, DriverError> {
+        let configured = match key {
+            "storage" => &self.settings.storage,
+            _ => &self.settings.template_storage,
+        };
+        if let Some(id) = configured {
+            return Ok(id.clone());
+        }
+        let cache = self.cache_file(&format!("storage.{content}"));
+        if let Ok(id) = std::fs::read_to_string(&cache) {
+            let id = id.trim();
+            if crate::config::is_storage_id(id) {
+                return Ok(id.to_string());
+            }
+        }
+        let out = self
+            .tools
+            .pvesm(["status", "--content", content, "--enabled", "1"])
+            .map_err(|e| DriverError::StorageList {
+                key,
+                message: e.to_string(),
+            })?;
+        let candidates =
+            storages_listed(&out).map_err(|message| DriverError::StorageList { key, message })?;
+        match candidates.as_slice() {
+            [] => Err(DriverError::NoStorage { key, content }),
+            [one] => {
+                self.remember(&cache, one.as_bytes());
+                Ok(one.clone())
+            }
+            _ => Err(DriverError::AmbiguousStorage {
+                key,
+                content,
+                candidates,
+            }),
+        }
+    }
+
     /// The template storage's directory, asked of `pvesm` once and then
     /// remembered under the state root.
-    fn template_dir(&self) -> Result<PathBuf, DriverError> {
-        let storage = &self.settings.template_storage;
-        let cache = self
-            .state_root
-            .join(".cache")
-            .join(format!("template-dir.{storage}"));
+    fn template_dir(&self, storage: &str) -> Result<PathBuf, DriverError> {
+        let cache = self.cache_file(&format!("template-dir.{storage}"));
         if let Ok(dir) = std::fs::read_to_string(&cache) {
             let dir = PathBuf::from(dir.trim());
             if dir.is_dir() {
@@ -81,7 +146,7 @@ impl Driver {
             }
         }
         let err = |message: String| DriverError::TemplateDir {
-            storage: storage.clone(),
+            storage: storage.to_string(),
             message,
         };
         let out = self
@@ -94,10 +159,7 @@ impl Driver {
             .ok_or_else(|| err(format!("pvesm printed {:?}", out.trim())))?
             .to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
-        if let Some(parent) = cache.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        let _ = write_atomic(&cache, dir.as_os_str().as_encoded_bytes(), 0o600);
+        self.remember(&cache, dir.as_os_str().as_encoded_bytes());
         Ok(dir)
     }
 
@@ -164,6 +226,31 @@ fn check_searchable(path: &Path) -> Result<(), DriverError> {
     Ok(())
 }
 
+/// The storage ids of a `pvesm status` table (pvesm.pm print_status: a
+/// header line starting with `Name`, then one row per storage).
+fn storages_listed(out: &str) -> Result<Vec<String>, String> {
+    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
+    match lines.next() {
+        Some(h) if h.split_whitespace().next() == Some("Name") => {}
+        other => {
+            return Err(format!(
+                "pvesm status printed {:?} as its header",
+                other.unwrap_or("")
+            ))
+        }
+    }
+    lines
+        .map(|l| {
+            let id = l.split_whitespace().next().unwrap_or("");
+            if crate::config::is_storage_id(id) {
+                Ok(id.to_string())
+            } else {
+                Err(format!("pvesm status printed {l:?}"))
+            }
+        })
+        .collect()
+}
+
 /// pct's words for "somebody else has this VMID". The last is pmxcfs
 /// refusing our new config because another node's create of the same id
 /// reached the cluster file system first (PVE::File::file_set_contents).
@@ -216,19 +303,34 @@ impl Backend for Driver {
                 check_searchable(p)?;
             }
         }
-        let dir = self.template_dir()?;
+        // An annotation naming the storage needs no discovery.
+        let storage = match &plan.storage {
+            Some(s) => s.clone(),
+            None => self.storage_for("storage", "rootdir")?,
+        };
+        let template_storage = self.storage_for("template_storage", "vztmpl")?;
+        let dir = self.template_dir(&template_storage)?;
         let tpl = template::ensure(&req.bundle.rootfs, &dir).map_err(DriverError::from)?;
         if !tpl.reused {
             record.new_template = Some(tpl.path.clone());
         }
-        let volid = format!("{}:vztmpl/{}", self.settings.template_storage, tpl.name);
-        let storage = self.settings.storage.clone();
-        let vmid = self.create_guest(
-            req,
-            |vmid| plan.create_args(vmid, &volid, &storage),
-            record,
-            save,
-        )?;
+        let volid = format!("{template_storage}:vztmpl/{}", tpl.name);
+        let gib = translate::root_volume_gib(tpl.data_bytes);
+        let vmid = self
+            .create_guest(
+                req,
+                |vmid| plan.create_args(vmid, &volid, &storage, gib),
+                record,
+                save,
+            )
+            .inspect_err(|_| {
+                // A remembered storage may have gone from storage.cfg since:
+                // the next create asks the node again rather than failing
+                // the same way until someone deletes the cache.
+                if plan.storage.is_none() && self.settings.storage.is_none() {
+                    let _ = std::fs::remove_file(self.cache_file("storage.rootdir"));
+                }
+            })?;
         conf::append(&self.conf_path(vmid), &self.settings.lock_dir, vmid, &lines)
             .map_err(|source| DriverError::Conf { vmid, source })?;
         Ok(())

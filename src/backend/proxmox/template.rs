@@ -95,6 +95,27 @@ pub struct Template {
     pub path: PathBuf,
     /// True when an archive with this fingerprint already existed and was reused.
     pub reused: bool,
+    /// What the tree needs on a file system with 4 KiB blocks (see
+    /// [`data_bytes`]), measured by the same walk that fingerprints it.
+    pub data_bytes: u64,
+}
+
+/// Block size the root volume's ext4 gets from mkfs.ext4 for volumes of a
+/// GiB and more.
+const BLOCK: u64 = 4096;
+
+/// The room one walked entry takes on the guest's ext4: regular files
+/// rounded up to whole blocks (their apparent size, holes counted, since the
+/// unpack may not recreate them), a block per directory and per symlink too
+/// long to live in the inode; hard links share their first name's blocks.
+fn data_bytes(kind: Kind, st: &FileStat, link: &[u8]) -> u64 {
+    match kind {
+        Kind::File => u64::try_from(st.st_size).unwrap_or(0).div_ceil(BLOCK) * BLOCK,
+        Kind::Dir => BLOCK,
+        // ext4 keeps targets shorter than 60 bytes inside the inode.
+        Kind::Symlink if link.len() >= 60 => BLOCK,
+        _ => 0,
+    }
 }
 
 /// Hex sha256 fingerprint of the rootfs tree's metadata.
@@ -106,13 +127,14 @@ pub struct Template {
 /// atime are left out, so reading the tree or copying it elsewhere with its
 /// metadata keeps the fingerprint. Only metadata is read, never content, so
 /// a change that keeps size and mtime (`touch -r` after editing) is not seen.
+#[cfg_attr(not(test), allow(dead_code, reason = "ensure walks once for both"))]
 pub fn fingerprint(rootfs: &Path) -> Result<String, TemplateError> {
-    walk(rootfs, &mut NoSink, None)
+    walk(rootfs, &mut NoSink, None).map(|w| w.0)
 }
 
 /// Make sure `cache_dir` holds the template for `rootfs`; convert only when new.
 pub fn ensure(rootfs: &Path, cache_dir: &Path) -> Result<Template, TemplateError> {
-    let fp = fingerprint(rootfs)?;
+    let (fp, data_bytes) = walk(rootfs, &mut NoSink, None)?;
     let name = template_name(&fp);
     let path = cache_dir.join(&name);
     match fs::symlink_metadata(&path) {
@@ -122,6 +144,7 @@ pub fn ensure(rootfs: &Path, cache_dir: &Path) -> Result<Template, TemplateError
                 name,
                 path,
                 reused: true,
+                data_bytes,
             });
         }
         Ok(_) => {
@@ -138,6 +161,7 @@ pub fn ensure(rootfs: &Path, cache_dir: &Path) -> Result<Template, TemplateError
         name,
         path,
         reused: false,
+        data_bytes,
     })
 }
 
@@ -332,7 +356,7 @@ fn archive_into<W: Write>(
         builder: tar::Builder::new(buffered),
         chunk: vec![0; CHUNK],
     };
-    let fp = walk(rootfs, &mut sink, out_path)?;
+    let (fp, _) = walk(rootfs, &mut sink, out_path)?;
     let buffered = sink.builder.into_inner().map_err(write_err)?;
     let encoder = buffered
         .into_inner()
@@ -412,18 +436,22 @@ struct Walker<'a> {
     /// (st_dev, st_ino) -> archive name of the first link seen.
     links: HashMap<(u64, u64), Vec<u8>>,
     out_path: Option<&'a Path>,
+    /// Sum of [`data_bytes`] over the entries emitted so far.
+    bytes: u64,
 }
 
+/// Walks the tree into `sink`: its fingerprint and its [`data_bytes`].
 fn walk(
     rootfs: &Path,
     sink: &mut dyn Sink,
     out_path: Option<&Path>,
-) -> Result<String, TemplateError> {
+) -> Result<(String, u64), TemplateError> {
     let mut w = Walker {
         rootfs,
         hasher: Sha256::new(),
         links: HashMap::new(),
         out_path,
+        bytes: 0,
     };
     w.hasher.update(FORMAT_TAG);
 
@@ -458,7 +486,7 @@ fn walk(
             stack.push(sub);
         }
     }
-    Ok(hex(&w.hasher.finalize()))
+    Ok((hex(&w.hasher.finalize()), w.bytes))
 }
 
 impl Walker<'_> {
@@ -490,6 +518,7 @@ impl Walker<'_> {
 
     fn emit(&mut self, sink: &mut dyn Sink, node: &Node<'_>) -> Result<(), TemplateError> {
         hash_node(&mut self.hasher, node);
+        self.bytes += data_bytes(node.kind, node.st, node.link);
         sink.entry(node).map_err(|e| match e {
             SinkError::Read(source) => TemplateError::Read {
                 path: self.abs(node.name),

@@ -26,9 +26,7 @@ const MIN_MEMORY_MIB: u64 = 16;
 const MAX_CPUS: u64 = 8192;
 /// Proxmox's default unprivileged map (`u/g 0 100000 65536`).
 const DEFAULT_IDMAP: (u64, u64, u64) = (0, 100_000, 65_536);
-/// Size of the root volume when mount points force an explicit `--rootfs`;
-/// pct's own default for create.
-const ROOTFS_GIB: u32 = 4;
+const GIB: u64 = 1024 * MIB;
 /// Where the bridge appears in the guest; nothing may be mounted over it.
 const BRIDGE_DIR: &str = "/.nexcage";
 /// Host trees a bind mount may never expose, whatever `bind_allow` says: the
@@ -148,24 +146,33 @@ pub struct PctPlan {
     pub raw_lines: Vec<RawLine>,
     /// Storage for the root volume when an annotation overrides the default.
     pub storage: Option<String>,
-    /// pct refuses mount points without an explicit rootfs.
-    pub needs_rootfs: bool,
+    /// Root volume size in GiB (pct's format) when an annotation sets it.
+    pub rootfs_size: Option<String>,
     pub init: InitSettings,
 }
 
 impl PctPlan {
-    /// The complete argument vector for `pct create`.
-    pub fn create_args(&self, vmid: u32, volid: &str, storage: &str) -> Vec<String> {
+    /// The complete argument vector for `pct create`. The root volume gets
+    /// the annotation's size, else `measured_gib` (see [`root_volume_gib`]).
+    pub fn create_args(
+        &self,
+        vmid: u32,
+        volid: &str,
+        storage: &str,
+        measured_gib: u64,
+    ) -> Vec<String> {
         let storage = self.storage.as_deref().unwrap_or(storage);
         let mut args = vec!["create".to_string(), vmid.to_string(), volid.to_string()];
         for (k, v) in &self.options {
             args.push(format!("--{k}"));
             args.push(v.clone());
         }
-        if self.needs_rootfs {
-            args.push("--rootfs".into());
-            args.push(format!("{storage}:{ROOTFS_GIB}"));
-        }
+        let size = self
+            .rootfs_size
+            .clone()
+            .unwrap_or_else(|| measured_gib.to_string());
+        args.push("--rootfs".into());
+        args.push(format!("{storage}:{size}"));
         args.push("--storage".into());
         args.push(storage.into());
         args
@@ -180,6 +187,51 @@ impl PctPlan {
         self.raw_lines.push(line);
         Ok(())
     }
+}
+
+/// The root volume for a rootfs needing `data_bytes` (the template walk's
+/// measure): a quarter more, plus 512 MiB for ext4's journal, inode tables
+/// and reserved blocks and for the guest's first writes, in whole GiB (the
+/// unit pct takes), at least 1 GiB.
+pub fn root_volume_gib(data_bytes: u64) -> u64 {
+    let need = data_bytes
+        .saturating_add(data_bytes / 4)
+        .saturating_add(512 * MIB);
+    need.div_ceil(GIB).max(1)
+}
+
+/// `org.proxmox.rootfs.size`: a positive size in GiB as pct takes it
+/// (`4`, `0.5`), or with a unit `M`/`MiB`/`G`/`GiB`; pct's size format in
+/// GiB, at MiB granularity as pct allocates.
+fn parse_rootfs_size(v: &str) -> Option<String> {
+    let (number, unit_mib) = if let Some(n) = v.strip_suffix("MiB").or_else(|| v.strip_suffix('M'))
+    {
+        (n, 1u64)
+    } else if let Some(n) = v.strip_suffix("GiB").or_else(|| v.strip_suffix('G')) {
+        (n, 1024)
+    } else {
+        (v, 1024)
+    };
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.is_empty()
+        || int.len() > 9
+        || frac.len() > 6
+        || !int.bytes().all(|c| c.is_ascii_digit())
+        || !frac.bytes().all(|c| c.is_ascii_digit())
+        || (number.contains('.') && frac.is_empty())
+    {
+        return None;
+    }
+    // Exact decimal arithmetic in millionths of a unit.
+    let millionths: u64 =
+        int.parse::<u64>().ok()? * 1_000_000 + format!("{frac:0<6}").parse::<u64>().ok()?;
+    let mib = millionths * unit_mib / 1_000_000;
+    if mib == 0 {
+        return None;
+    }
+    // MiB / 1024 always ends within ten decimals.
+    let gib = format!("{}.{:010}", mib / 1024, (mib % 1024) * 9_765_625);
+    Some(gib.trim_end_matches('0').trim_end_matches('.').to_string())
 }
 
 /// The translation without a rootfs to check mount destinations against
@@ -216,7 +268,7 @@ pub fn plan_bundle(
             unprivileged: false,
             raw_lines: Vec::new(),
             storage: None,
-            needs_rootfs: false,
+            rootfs_size: None,
             init: InitSettings::default(),
         },
         settings,
@@ -1082,7 +1134,6 @@ impl Translator<'_> {
                 value.push_str(&format!(",mountoptions={}", extra.join(";")));
             }
             self.plan.opt(format!("mp{mp}"), value);
-            self.plan.needs_rootfs = true;
             Ok(1)
         } else {
             let mut o: Vec<&str> = vec!["create=file"];
@@ -1161,6 +1212,7 @@ impl Translator<'_> {
         }
         self.plan.options.extend(opts);
         self.plan.storage = a.storage.clone();
+        self.plan.rootfs_size = a.rootfs_size.clone();
         // ostype last: nexcage's init is the container's PID 1, so Proxmox must
         // not touch the guest's files as it would for a distribution it manages.
         let at = self
@@ -1429,6 +1481,7 @@ pub fn is_dns_name(s: &str) -> bool {
 #[derive(Debug, Default)]
 struct Annotations {
     storage: Option<String>,
+    rootfs_size: Option<String>,
     bridge: Option<String>,
     tag: Option<String>,
     ip: Option<String>,
@@ -1447,6 +1500,7 @@ pub const ANNOTATION_PREFIX: &str = "org.proxmox.";
 /// Every annotation nexcage understands (docs/translation.md lists them).
 pub const ANNOTATIONS: &[&str] = &[
     "org.proxmox.storage",
+    "org.proxmox.rootfs.size",
     "org.proxmox.net0.bridge",
     "org.proxmox.net0.tag",
     "org.proxmox.net0.ip",
@@ -1489,6 +1543,11 @@ impl Annotations {
                         return Err(bad("a storage id"));
                     }
                     a.storage = Some(v.into());
+                }
+                "org.proxmox.rootfs.size" => {
+                    a.rootfs_size = Some(parse_rootfs_size(v).ok_or_else(|| {
+                        bad("a positive size in GiB (a number, or one with M, MiB, G or GiB)")
+                    })?);
                 }
                 "org.proxmox.net0.bridge" => {
                     if !is_bridge_name(v) {
@@ -1695,7 +1754,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            p.create_args(150, "local:vztmpl/t.tar.zst", "local"),
+            p.create_args(150, "local:vztmpl/t.tar.zst", "local-lvm", 2),
             [
                 "create",
                 "150",
@@ -1710,9 +1769,65 @@ mod tests {
                 "0",
                 "--net0",
                 "name=eth0,bridge=vmbr0",
+                "--rootfs",
+                "local-lvm:2",
                 "--storage",
-                "local"
+                "local-lvm"
             ]
+        );
+    }
+
+    #[test]
+    fn root_volume_size_rule() {
+        assert_eq!(root_volume_gib(0), 1);
+        // 400 MiB of data: 500 + 512 MiB still fits one GiB.
+        assert_eq!(root_volume_gib(400 * MIB), 1);
+        assert_eq!(root_volume_gib(410 * MIB), 2);
+        assert_eq!(root_volume_gib(3 * GIB), 5);
+    }
+
+    #[test]
+    fn rootfs_size_annotation_overrides_the_measure_and_refuses_garbage() {
+        for (given, gib) in [
+            ("2", "2"),
+            ("0.5", "0.5"),
+            ("1.25G", "1.25"),
+            ("3GiB", "3"),
+            ("512M", "0.5"),
+            ("100MiB", "0.09765625"),
+            ("1536M", "1.5"),
+        ] {
+            assert_eq!(parse_rootfs_size(given).as_deref(), Some(gib), "{given}");
+        }
+        for bad in [
+            "",
+            "0",
+            "0M",
+            "-1",
+            "1.",
+            ".5",
+            "1e3",
+            "1T",
+            "2 G",
+            "0.0000001",
+            "abc",
+        ] {
+            assert_eq!(parse_rootfs_size(bad), None, "{bad:?}");
+        }
+        let s = spec(serde_json::json!({"annotations": {"org.proxmox.rootfs.size": "512M"}}));
+        let p = plan(&s, &ProxmoxSettings::default(), HOST).unwrap();
+        let args = p.create_args(100, "local:vztmpl/t.tar.zst", "local-lvm", 7);
+        assert!(
+            args.windows(2).any(|w| w == ["--rootfs", "local-lvm:0.5"]),
+            "{args:?}"
+        );
+        let s = spec(serde_json::json!({"annotations": {"org.proxmox.rootfs.size": "lots"}}));
+        let err = plan(&s, &ProxmoxSettings::default(), HOST)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("org.proxmox.rootfs.size") && err.contains("\"lots\""),
+            "{err}"
         );
     }
 
@@ -2365,7 +2480,7 @@ mod doc_table {
             }
             let p = got.unwrap_or_else(|e| panic!("{row}: {e}"));
             let args = p
-                .create_args(100, "local:vztmpl/T.tar.zst", "local")
+                .create_args(100, "local:vztmpl/T.tar.zst", "local-lvm", 1)
                 .join("\n");
             let raw: Vec<String> = p.raw_lines.iter().map(RawLine::render).collect();
             match expect {
@@ -2419,7 +2534,7 @@ mod golden {
                 vec![
                     (
                         "pct-args.txt",
-                        lines(p.create_args(100, "local:vztmpl/T.tar.zst", "local")),
+                        lines(p.create_args(100, "local:vztmpl/T.tar.zst", "local-lvm", 1)),
                     ),
                     (
                         "raw-lines.txt",
