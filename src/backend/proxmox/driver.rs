@@ -40,6 +40,8 @@ pub enum DriverError {
     NotSearchable(PathBuf),
     #[error("config.json: {0}")]
     Netns(#[from] crate::bridge::netns::NetnsError),
+    #[error("cannot tell whether pct supports host-managed networks: pct create 0 answered {0:?}")]
+    HostManagedProbe(String),
 }
 
 /// How often a VMID may turn out taken (by another node) before giving up.
@@ -99,6 +101,42 @@ impl Driver {
         }
         let _ = write_atomic(&cache, dir.as_os_str().as_encoded_bytes(), 0o600);
         Ok(dir)
+    }
+
+    /// Whether the node's pct knows `host-managed` on netN (pve-container
+    /// 6.0.15+). Asked once by a `pct create` that can only fail parameter
+    /// verification (VMID 0), whose errors name `host-managed` only where
+    /// the schema lacks it; remembered under the state root like the
+    /// template directory.
+    fn host_managed(&self) -> Result<bool, DriverError> {
+        let cache = self.state_root.join(".cache").join("host-managed");
+        match std::fs::read_to_string(&cache).as_deref().map(str::trim) {
+            Ok("1") => return Ok(true),
+            Ok("0") => return Ok(false),
+            _ => {}
+        }
+        let probe = format!("name=eth0,bridge={},host-managed=1", self.settings.bridge);
+        let volid = format!(
+            "{}:vztmpl/nexcage-probe.tar.zst",
+            self.settings.template_storage
+        );
+        let err = match self.tools.pct(["create", "0", &volid, "--net0", &probe]) {
+            Ok(out) => return Err(DriverError::HostManagedProbe(out)),
+            Err(e) => e,
+        };
+        let stderr = err.stderr();
+        let supported = if stderr.contains("host-managed") {
+            false
+        } else if stderr.contains("vmid") {
+            true
+        } else {
+            return Err(DriverError::HostManagedProbe(stderr.trim().to_string()));
+        };
+        if let Some(parent) = cache.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = write_atomic(&cache, if supported { b"1" } else { b"0" }, 0o600);
+        Ok(supported)
     }
 
     fn conf_path(&self, vmid: u32) -> PathBuf {
@@ -182,13 +220,17 @@ impl Backend for Driver {
         record: &mut Record,
         save: &mut dyn FnMut(&Record) -> Result<()>,
     ) -> Result<()> {
-        let plan = translate::plan_bundle(
+        let mut plan = translate::plan_bundle(
             &req.bundle.spec,
             Some(&req.bundle.rootfs),
             &self.settings,
             HostFacts::read(),
         )
         .map_err(DriverError::from)?;
+        if plan.options.iter().any(|(k, _)| k == "net0") {
+            let host_managed = self.host_managed()?;
+            plan.manage_net0(host_managed).map_err(DriverError::from)?;
+        }
         // The monitor opens it again once the guest runs; checking now
         // (exists, a network namespace) fails create before anything is made.
         if let Some(ns) = &plan.init.netns {
