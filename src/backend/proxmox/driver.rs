@@ -1,7 +1,8 @@
 //! The Proxmox LXC backend: bundle -> template -> VMID -> `pct create` ->
 //! raw lines for the bridge -> `pct start`; and `pct destroy` at the end.
 //! One lifecycle costs three tool runs (create, start, destroy); `pvesm` runs
-//! once per node for the template directory, then never again.
+//! once per node for the template directory, and `pct` once more for whether
+//! it knows `host-managed`, then never again.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -116,22 +117,15 @@ impl Driver {
             _ => {}
         }
         let probe = format!("name=eth0,bridge={},host-managed=1", self.settings.bridge);
-        let volid = format!(
-            "{}:vztmpl/nexcage-probe.tar.zst",
-            self.settings.template_storage
-        );
-        let err = match self.tools.pct(["create", "0", &volid, "--net0", &probe]) {
+        // Never looked at: VMID 0 fails verification, so nothing is made.
+        let volid = "local:vztmpl/nexcage-probe.tar.zst";
+        let err = match self.tools.pct(["create", "0", volid, "--net0", &probe]) {
             Ok(out) => return Err(DriverError::HostManagedProbe(out)),
             Err(e) => e,
         };
         let stderr = err.stderr();
-        let supported = if stderr.contains("host-managed") {
-            false
-        } else if stderr.contains("vmid") {
-            true
-        } else {
-            return Err(DriverError::HostManagedProbe(stderr.trim().to_string()));
-        };
+        let supported = probe_says_host_managed(stderr)
+            .ok_or_else(|| DriverError::HostManagedProbe(stderr.trim().to_string()))?;
         if let Some(parent) = cache.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
@@ -200,6 +194,19 @@ fn check_searchable(path: &Path) -> Result<(), DriverError> {
         }
     }
     Ok(())
+}
+
+/// What pct's parameter verification of the probe says: every failing
+/// parameter gets a line, so `host-managed` is named only where netN lacks
+/// it, and `vmid` always. Anything else is not an answer.
+fn probe_says_host_managed(stderr: &str) -> Option<bool> {
+    if stderr.contains("host-managed") {
+        Some(false)
+    } else if stderr.lines().any(|l| l.starts_with("vmid:")) {
+        Some(true)
+    } else {
+        None
+    }
 }
 
 /// pct's words for "somebody else has this VMID".
@@ -500,6 +507,16 @@ impl UpdateRequest {
 #[cfg(test)]
 mod update_tests {
     use super::*;
+
+    #[test]
+    fn the_host_managed_probe_reads_pcts_verification_errors() {
+        let new =
+            "400 Parameter verification failed.\nvmid: value does not look like a valid VM ID\n";
+        let old = "400 Parameter verification failed.\nnet0: invalid format - invalid key in comma-separated list property: host-managed\nvmid: value does not look like a valid VM ID\n";
+        assert_eq!(probe_says_host_managed(new), Some(true));
+        assert_eq!(probe_says_host_managed(old), Some(false));
+        assert_eq!(probe_says_host_managed("permission denied"), None);
+    }
 
     fn req(v: Value) -> Result<UpdateRequest> {
         UpdateRequest::check(v.as_object().unwrap())
