@@ -202,7 +202,7 @@ fn check_searchable(path: &Path) -> Result<(), DriverError> {
 fn probe_says_host_managed(stderr: &str) -> Option<bool> {
     if stderr.contains("host-managed") {
         Some(false)
-    } else if stderr.lines().any(|l| l.starts_with("vmid:")) {
+    } else if stderr.contains("vmid: ") {
         Some(true)
     } else {
         None
@@ -516,6 +516,11 @@ mod update_tests {
         assert_eq!(probe_says_host_managed(new), Some(true));
         assert_eq!(probe_says_host_managed(old), Some(false));
         assert_eq!(probe_says_host_managed("permission denied"), None);
+        // As PctError hands it over: lines joined.
+        assert_eq!(
+            probe_says_host_managed(&new.trim().replace('\n', "; ")),
+            Some(true)
+        );
     }
 
     fn req(v: Value) -> Result<UpdateRequest> {
