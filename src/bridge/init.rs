@@ -382,6 +382,9 @@ fn apply_linux_settings(path: &Path) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
+    if let Some(net) = &settings.net {
+        configure_link(net)?;
+    }
     // Before readonlyPaths, which usually include /proc/sys.
     for (key, value) in &settings.sysctl {
         write_sysctl(key, value).map_err(|e| format!("sysctl {key}: {e}"))?;
@@ -424,6 +427,30 @@ fn apply_linux_settings(path: &Path) -> Result<(), String> {
         // their own flags, as with runc's readonly root.
         let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
         mount(none, "/", none, flags, none).map_err(|e| format!("root.readonly: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The guest's link as pct would have configured it with host-managed=1
+/// (and as LXC does then, lo comes up with it).
+fn configure_link(net: &crate::backend::proxmox::translate::InitNet) -> Result<(), String> {
+    use super::netlink;
+    let fail = |e: netlink::NetlinkError| format!("network: {e}");
+    netlink::link_up("lo").map_err(fail)?;
+    netlink::link_up(&net.link).map_err(fail)?;
+    if let Some(cidr) = &net.address {
+        let (ip, len) = cidr
+            .split_once('/')
+            .and_then(|(ip, len)| Some((ip.parse().ok()?, len.parse::<u8>().ok()?)))
+            .filter(|(_, len)| *len <= 32)
+            .ok_or_else(|| format!("network: {cidr:?} is not an IPv4 CIDR"))?;
+        netlink::add_ipv4(&net.link, ip, len).map_err(fail)?;
+    }
+    if let Some(gw) = &net.gateway {
+        let gw = gw
+            .parse()
+            .map_err(|_| format!("network: {gw:?} is not an IPv4 address"))?;
+        netlink::add_default_route(&net.link, gw).map_err(fail)?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@
 
 pub mod init;
 pub mod monitor;
+pub mod netlink;
 pub mod netns;
 pub mod proto;
 pub mod pty;

@@ -192,6 +192,30 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// The node's network namespace (`pve-sim node-init` records its name),
+    /// where vmbr0 and the guests' host-side veths are.
+    pub fn netns(&self) -> String {
+        std::fs::read_to_string(self.root().join("run/pve-sim/netns"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// `program` run in the node's network namespace.
+    pub fn in_netns(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns(), program]);
+        cmd
+    }
+
+    /// Make the node play an older pve-container release (e.g. "6.0.14",
+    /// before netN had `host-managed`).
+    pub fn set_pve_container_version(&self, version: &str) {
+        let dir = self.root().join("etc/pve-sim");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pve-container-version"), version).unwrap();
+    }
+
     /// VMIDs the node has, from `pct list`.
     pub fn vmids(&self) -> Vec<u32> {
         let out = self.pct(["list"]);

@@ -2,7 +2,8 @@
 //! raw lines for the bridge -> `pct start`; and `pct destroy` at the end.
 //! One lifecycle costs three tool runs (create, start, destroy); `pvesm` runs
 //! once per node for each storage nexcage has to find (root volumes,
-//! templates) and for the template directory, then never again.
+//! templates) and for the template directory, and `pct` once more for
+//! whether it knows `host-managed`, then never again.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -54,6 +55,8 @@ pub enum DriverError {
     NotSearchable(PathBuf),
     #[error("config.json: {0}")]
     Netns(#[from] crate::bridge::netns::NetnsError),
+    #[error("cannot tell whether pct supports host-managed networks: pct create 0 answered {0:?}")]
+    HostManagedProbe(String),
 }
 
 /// How often a VMID may turn out taken (by another node) before giving up.
@@ -163,6 +166,35 @@ impl Driver {
         Ok(dir)
     }
 
+    /// Whether the node's pct knows `host-managed` on netN (pve-container
+    /// 6.0.15+). Asked once by a `pct create` that can only fail parameter
+    /// verification (VMID 0), whose errors name `host-managed` only where
+    /// the schema lacks it; remembered under the state root like the
+    /// template directory.
+    fn host_managed(&self) -> Result<bool, DriverError> {
+        let cache = self.state_root.join(".cache").join("host-managed");
+        match std::fs::read_to_string(&cache).as_deref().map(str::trim) {
+            Ok("1") => return Ok(true),
+            Ok("0") => return Ok(false),
+            _ => {}
+        }
+        let probe = format!("name=eth0,bridge={},host-managed=1", self.settings.bridge);
+        // Never looked at: VMID 0 fails verification, so nothing is made.
+        let volid = "local:vztmpl/nexcage-probe.tar.zst";
+        let err = match self.tools.pct(["create", "0", volid, "--net0", &probe]) {
+            Ok(out) => return Err(DriverError::HostManagedProbe(out)),
+            Err(e) => e,
+        };
+        let stderr = err.stderr();
+        let supported = probe_says_host_managed(stderr)
+            .ok_or_else(|| DriverError::HostManagedProbe(stderr.trim().to_string()))?;
+        if let Some(parent) = cache.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = write_atomic(&cache, if supported { b"1" } else { b"0" }, 0o600);
+        Ok(supported)
+    }
+
     fn conf_path(&self, vmid: u32) -> PathBuf {
         self.settings.conf_dir.join(format!("{vmid}.conf"))
     }
@@ -251,6 +283,19 @@ fn storages_listed(out: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
+/// What pct's parameter verification of the probe says: every failing
+/// parameter gets a line, so `host-managed` is named only where netN lacks
+/// it, and `vmid` always. Anything else is not an answer.
+fn probe_says_host_managed(stderr: &str) -> Option<bool> {
+    if stderr.contains("host-managed") {
+        Some(false)
+    } else if stderr.contains("vmid: ") {
+        Some(true)
+    } else {
+        None
+    }
+}
+
 /// pct's words for "somebody else has this VMID". The last is pmxcfs
 /// refusing our new config because another node's create of the same id
 /// reached the cluster file system first (PVE::File::file_set_contents).
@@ -272,13 +317,17 @@ impl Backend for Driver {
         record: &mut Record,
         save: &mut dyn FnMut(&Record) -> Result<()>,
     ) -> Result<()> {
-        let plan = translate::plan_bundle(
+        let mut plan = translate::plan_bundle(
             &req.bundle.spec,
             Some(&req.bundle.rootfs),
             &self.settings,
             HostFacts::read(),
         )
         .map_err(DriverError::from)?;
+        if plan.options.iter().any(|(k, _)| k == "net0") {
+            let host_managed = self.host_managed()?;
+            plan.manage_net0(host_managed).map_err(DriverError::from)?;
+        }
         // The monitor opens it again once the guest runs; checking now
         // (exists, a network namespace) fails create before anything is made.
         if let Some(ns) = &plan.init.netns {
@@ -563,6 +612,21 @@ impl UpdateRequest {
 #[cfg(test)]
 mod update_tests {
     use super::*;
+
+    #[test]
+    fn the_host_managed_probe_reads_pcts_verification_errors() {
+        let new =
+            "400 Parameter verification failed.\nvmid: value does not look like a valid VM ID\n";
+        let old = "400 Parameter verification failed.\nnet0: invalid format - invalid key in comma-separated list property: host-managed\nvmid: value does not look like a valid VM ID\n";
+        assert_eq!(probe_says_host_managed(new), Some(true));
+        assert_eq!(probe_says_host_managed(old), Some(false));
+        assert_eq!(probe_says_host_managed("permission denied"), None);
+        // As PctError hands it over: lines joined.
+        assert_eq!(
+            probe_says_host_managed(&new.trim().replace('\n', "; ")),
+            Some(true)
+        );
+    }
 
     fn req(v: Value) -> Result<UpdateRequest> {
         UpdateRequest::check(v.as_object().unwrap())

@@ -126,6 +126,23 @@ pub struct InitSettings {
     /// the init (src/bridge/netns.rs); the path means nothing in the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// The guest's own link, configured by the init when the node's pct has
+    /// no `host-managed` (set by the driver, which knows the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<InitNet>,
+}
+
+/// What the init does to a link pct leaves down (ostype unmanaged without
+/// host-managed): up, with lo, and the address and default route if given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitNet {
+    pub link: String,
+    /// `a.b.c.d/len`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 impl InitSettings {
@@ -176,6 +193,44 @@ impl PctPlan {
         args.push("--storage".into());
         args.push(storage.into());
         args
+    }
+
+    /// Who configures the guest's own link (net0), once the node is known:
+    /// pct with `host-managed=1` where it has it, else the init. DHCP needs
+    /// a client on the host side, which only host-managed gives.
+    pub fn manage_net0(&mut self, host_managed: bool) -> Result<(), TranslateError> {
+        let Some((_, net0)) = self.options.iter_mut().find(|(k, _)| k == "net0") else {
+            return Ok(());
+        };
+        let get = |key: &str| {
+            net0.split(',')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let (ip, gw) = (get("ip"), get("gw"));
+        let addressed = ip.as_deref().is_some_and(is_ipv4_cidr);
+        if gw.is_some() && !addressed {
+            return Err(field(
+                "annotations.org.proxmox.net0.gw",
+                "a gateway needs an address: set org.proxmox.net0.ip to a CIDR",
+            ));
+        }
+        if host_managed {
+            net0.push_str(",host-managed=1");
+            return Ok(());
+        }
+        if ip.as_deref() == Some("dhcp") {
+            return Err(field(
+                "annotations.org.proxmox.net0.ip",
+                "dhcp needs a node whose pct manages the guest's network (host-managed, pve-container 6.0.15 or later); this node's does not: give an address (CIDR)",
+            ));
+        }
+        self.init.net = Some(InitNet {
+            link: "eth0".into(),
+            address: ip.filter(|_| addressed),
+            gateway: gw,
+        });
+        Ok(())
     }
 
     fn opt(&mut self, k: impl Into<String>, v: impl Into<String>) {
@@ -1924,6 +1979,54 @@ mod tests {
             "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}]}
         }));
         assert!(e.contains("annotations"), "{e}");
+    }
+
+    #[test]
+    fn net0_is_host_managed_where_pct_can_and_else_configured_by_the_init() {
+        let d = ProxmoxSettings::default();
+        let with = |ann: serde_json::Value| {
+            plan(&spec(serde_json::json!({ "annotations": ann })), &d, HOST).unwrap()
+        };
+        let addressed = serde_json::json!({"org.proxmox.net0.ip": "10.1.2.3/24", "org.proxmox.net0.gw": "10.1.2.1"});
+        let mut p = with(addressed.clone());
+        p.manage_net0(true).unwrap();
+        assert_eq!(
+            opt(&p, "net0"),
+            Some("name=eth0,bridge=vmbr0,ip=10.1.2.3/24,gw=10.1.2.1,host-managed=1")
+        );
+        assert_eq!(p.init.net, None);
+
+        let mut p = with(addressed);
+        p.manage_net0(false).unwrap();
+        assert!(!opt(&p, "net0").unwrap().contains("host-managed"));
+        let net = p.init.net.clone().unwrap();
+        assert_eq!(
+            (
+                net.link.as_str(),
+                net.address.as_deref(),
+                net.gateway.as_deref()
+            ),
+            ("eth0", Some("10.1.2.3/24"), Some("10.1.2.1"))
+        );
+
+        // No address: the init still brings the link (and lo) up.
+        let mut p = with(serde_json::json!({}));
+        p.manage_net0(false).unwrap();
+        assert_eq!(p.init.net.as_ref().map(|n| n.address.clone()), Some(None));
+
+        let mut p = with(serde_json::json!({"org.proxmox.net0.ip": "dhcp"}));
+        let e = p.manage_net0(false).unwrap_err().to_string();
+        assert!(
+            e.contains("org.proxmox.net0.ip") && e.contains("host-managed"),
+            "{e}"
+        );
+        let mut p = with(serde_json::json!({"org.proxmox.net0.ip": "dhcp"}));
+        p.manage_net0(true).unwrap();
+        assert!(opt(&p, "net0").unwrap().ends_with("ip=dhcp,host-managed=1"));
+
+        let mut p = with(serde_json::json!({"org.proxmox.net0.gw": "10.1.2.1"}));
+        let e = p.manage_net0(true).unwrap_err().to_string();
+        assert!(e.contains("org.proxmox.net0.gw"), "{e}");
     }
 
     #[test]
