@@ -244,6 +244,11 @@ pub fn plan_bundle(
             .map(Vec::as_slice)
             .unwrap_or(&[]),
     )?;
+    // After everything that fills plan.init: the init's own mounts need
+    // allow rules in the node's AppArmor profile (super::apparmor).
+    for (f, rule) in super::apparmor::rules(&t.plan.init).map_err(|(f, m)| field(f, m))? {
+        t.plan.raw(&f, "lxc.apparmor.raw", &rule)?;
+    }
     t.annotation_options();
     Ok(t.plan)
 }
