@@ -1645,6 +1645,40 @@ mod tests {
     }
 
     #[test]
+    fn readonly_mounts_get_apparmor_rules_or_are_refused_by_name() {
+        let p = plan(
+            &spec(serde_json::json!({"root": {"readonly": true},
+                "linux": {"readonlyPaths": ["/etc", "/proc/bus"]}})),
+            &ProxmoxSettings::default(),
+            HOST,
+        )
+        .unwrap();
+        let raw: Vec<String> = p.raw_lines.iter().map(RawLine::render).collect();
+        let aa: Vec<&String> = raw
+            .iter()
+            .filter(|l| l.starts_with("lxc.apparmor.raw"))
+            .collect();
+        assert_eq!(aa.len(), 3, "{raw:?}");
+        assert!(aa.iter().all(|l| !l.contains("/etc")), "{aa:?}");
+        for (path, text) in [
+            ("/proc", "denies mounts on /proc itself"),
+            ("/sys/a*b", "can be named in an AppArmor rule"),
+        ] {
+            let e = plan(
+                &spec(serde_json::json!({"linux": {"readonlyPaths": ["/etc", path]}})),
+                &ProxmoxSettings::default(),
+                HOST,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("linux.readonlyPaths[1]") && e.contains(text),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn devices_lxc_makes_itself_are_not_passed_through() {
         // podman --privileged lists every host device, these among them.
         let dev = |path: &str, major: u64, minor: u64| serde_json::json!({"path": path, "type": "c", "major": major, "minor": minor});
