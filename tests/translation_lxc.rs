@@ -170,3 +170,54 @@ fn hostile_values_are_refused_before_anything_exists() {
     }
     assert!(node.vmids().is_empty(), "a refused bundle made a guest");
 }
+
+/// The readonlyPaths and maskedPaths every podman/containerd/`runc spec`
+/// bundle lists, and a read-only root, under the node's AppArmor profile
+/// (mediated by the simulator), for a privileged and an unprivileged guest.
+#[test]
+fn default_readonly_and_masked_paths_work_under_apparmor() {
+    let node = Node::new();
+    for (name, userns) in [("aa-priv", false), ("aa-unpriv", true)] {
+        let mut namespaces = vec![
+            json!({"type": "pid"}),
+            json!({"type": "network"}),
+            json!({"type": "ipc"}),
+            json!({"type": "uts"}),
+            json!({"type": "mount"}),
+        ];
+        if userns {
+            namespaces.push(json!({"type": "user"}));
+        }
+        let out = run_in(
+            &node,
+            name,
+            json!({
+                "root": {"readonly": true},
+                "linux": {
+                    "namespaces": namespaces,
+                    "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+                    "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                                    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                                    "/sys/devices/virtual/powercap"]
+                }
+            }),
+            "for p in /proc/bus /proc/fs /proc/irq /proc/sys; do \
+               echo \"$p=$(awk -v p=$p '$2 == p {split($4, o, \",\"); m = o[1]} END {print m}' /proc/mounts)\"; done; \
+             touch /rootfile 2>/dev/null && echo rootrw=yes || echo rootrw=no; \
+             echo acpi=$(ls /proc/acpi | wc -l); echo keys=$(stat -c %t,%T /proc/keys); echo END",
+        );
+        for p in ["/proc/bus=", "/proc/fs=", "/proc/irq=", "/proc/sys="] {
+            assert_eq!(line(&out, p), "ro", "{name} {p}: {out}");
+        }
+        assert_eq!(line(&out, "rootrw="), "no", "{name}: {out}");
+        assert_eq!(line(&out, "acpi="), "0", "{name}: {out}");
+        assert_eq!(line(&out, "keys="), "1,3", "{name}: {out}");
+        assert!(
+            out.contains("lxc.apparmor.raw: mount options=(ro,remount,bind) -> /,")
+                && out.contains(
+                    "lxc.apparmor.raw: mount options=(ro,remount,bind,nosuid,nodev,noexec) -> /proc/bus{,/},"
+                ),
+            "{name}: {out}"
+        );
+    }
+}

@@ -480,7 +480,9 @@ fn write_sysctl(key: &str, value: &str) -> std::io::Result<()> {
 
 /// Bind a path onto itself, then make that mount read-only, keeping the
 /// flags the kernel locked (nosuid, nodev, noexec) so the remount is allowed
-/// in an unprivileged guest.
+/// in an unprivileged guest. The bind is recursive (rbind) and the remount
+/// flags are fixed under /proc and /sys: the node's AppArmor profile allows
+/// exactly those (see backend::proxmox::apparmor).
 fn readonly_bind(p: &str) -> nix::Result<()> {
     use nix::mount::{mount, MsFlags};
     let none: Option<&str> = None;
@@ -502,6 +504,14 @@ fn readonly_bind(p: &str) -> nix::Result<()> {
             m
         })
         .unwrap_or(MsFlags::empty());
+    // Under /proc and /sys the remount always carries nosuid, nodev and
+    // noexec (harmless there), because the AppArmor rule translate writes
+    // for it names its flags exactly (backend::proxmox::apparmor).
+    let locked = if crate::backend::proxmox::apparmor::in_kernel_dir(p) {
+        locked | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+    } else {
+        locked
+    };
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked;
     mount(none, p, none, flags, none)
 }

@@ -1,5 +1,6 @@
 //! Proxmox VE LXC: every container is a `pct` guest of the node.
 
+pub mod apparmor;
 pub mod conf;
 pub mod driver;
 pub mod pct;

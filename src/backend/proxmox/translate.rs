@@ -351,6 +351,11 @@ pub fn plan_bundle(
             .map(Vec::as_slice)
             .unwrap_or(&[]),
     )?;
+    // After everything that fills plan.init: the init's own mounts need
+    // allow rules in the node's AppArmor profile (super::apparmor).
+    for (f, rule) in super::apparmor::rules(&t.plan.init).map_err(|(f, m)| field(f, m))? {
+        t.plan.raw(&f, "lxc.apparmor.raw", &rule)?;
+    }
     t.annotation_options();
     Ok(t.plan)
 }
@@ -1759,6 +1764,40 @@ mod tests {
             .iter()
             .find(|(n, _)| *n == k)
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn readonly_mounts_get_apparmor_rules_or_are_refused_by_name() {
+        let p = plan(
+            &spec(serde_json::json!({"root": {"readonly": true},
+                "linux": {"readonlyPaths": ["/etc", "/proc/bus"]}})),
+            &ProxmoxSettings::default(),
+            HOST,
+        )
+        .unwrap();
+        let raw: Vec<String> = p.raw_lines.iter().map(RawLine::render).collect();
+        let aa: Vec<&String> = raw
+            .iter()
+            .filter(|l| l.starts_with("lxc.apparmor.raw"))
+            .collect();
+        assert_eq!(aa.len(), 3, "{raw:?}");
+        assert!(aa.iter().all(|l| !l.contains("/etc")), "{aa:?}");
+        for (path, text) in [
+            ("/proc", "denies mounts on /proc itself"),
+            ("/sys/a*b", "can be named in an AppArmor rule"),
+        ] {
+            let e = plan(
+                &spec(serde_json::json!({"linux": {"readonlyPaths": ["/etc", path]}})),
+                &ProxmoxSettings::default(),
+                HOST,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("linux.readonlyPaths[1]") && e.contains(text),
+                "{e}"
+            );
+        }
     }
 
     #[test]
