@@ -6,33 +6,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-fn assert_clean(node: &Node) {
-    assert!(node.vmids().is_empty(), "guest left: {:?}", node.vmids());
-    let left: Vec<_> = std::fs::read_dir(node.state_root())
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().into_string().unwrap())
-                .filter(|n| !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(left.is_empty(), "state left: {left:?}");
-    assert!(
-        node.reservations().is_empty(),
-        "VMID reservation left: {:?}",
-        node.reservations()
-    );
-}
-
-fn fails_with(out: &std::process::Output, needle: &str) {
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(out));
-    let err = stderr(out);
-    assert!(err.starts_with("nexcage: "), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains(needle), "wanted {needle:?} in {err}");
-    assert_eq!(stdout(out), "");
-}
-
 #[test]
 fn missing_bundle_and_bad_config() {
     let node = Node::new();

@@ -4,39 +4,8 @@
 
 mod common;
 
-use common::{rootfs, stderr, Node};
+use common::{assert_clean, fails_with, rootfs, stderr, Node};
 use serde_json::json;
-use std::process::Output;
-
-fn fails_with(out: &Output, needle: &str) {
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(out));
-    let err = stderr(out);
-    assert!(err.starts_with("nexcage: "), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains(needle), "{needle:?} not in {err}");
-}
-
-/// No guest, no VMID reservation, no container state is left.
-fn assert_clean(node: &Node) {
-    assert!(node.vmids().is_empty(), "guest left: {:?}", node.vmids());
-    let left: Vec<String> = std::fs::read_dir(node.state_root())
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(left.is_empty(), "state left: {left:?}");
-    assert!(
-        node.reservations().is_empty(),
-        "VMID reservation left: {:?}",
-        node.reservations()
-    );
-    let volumes: Vec<_> = std::fs::read_dir(node.root().join("dev/pve"))
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(volumes.is_empty(), "volumes left: {volumes:?}");
-}
 
 fn set_storage_cfg(node: &Node, text: &str) {
     std::fs::write(node.root().join("etc/pve/storage.cfg"), text).unwrap();

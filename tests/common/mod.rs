@@ -442,3 +442,38 @@ pub fn with_fd3(cmd: &mut Command, fd: std::os::fd::OwnedFd) {
         });
     }
 }
+
+/// One `nexcage: ...` line naming `needle` on stderr, exit 1, nothing on stdout.
+#[track_caller]
+pub fn fails_with(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(out));
+    let err = stderr(out);
+    assert!(err.starts_with("nexcage: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "wanted {needle:?} in {err}");
+    assert_eq!(stdout(out), "");
+}
+
+/// Nothing half-made is left: no guest, no container state, no VMID
+/// reservation, no root volume.
+#[track_caller]
+pub fn assert_clean(node: &Node) {
+    assert!(node.vmids().is_empty(), "guest left: {:?}", node.vmids());
+    let left: Vec<String> = std::fs::read_dir(node.state_root())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "state left: {left:?}");
+    assert!(
+        node.reservations().is_empty(),
+        "VMID reservation left: {:?}",
+        node.reservations()
+    );
+    let volumes: Vec<_> = std::fs::read_dir(node.root().join("dev/pve"))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(volumes.is_empty(), "volumes left: {volumes:?}");
+}
