@@ -2,7 +2,9 @@
 # setup.sh - installs what the tests need on a Debian machine: LXC (and
 # lxc-usernsexec), a static busybox for test root filesystems, zstd for
 # templates, newuidmap/newgidmap, and root's subordinate id range for
-# unprivileged containers. Idempotent and quiet; works from any directory.
+# unprivileged containers; the simulated node's own needs: ip (its network
+# namespace and vmbr0), mkfs.ext4, mount and losetup (its root volumes).
+# Idempotent and quiet; works from any directory.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -13,7 +15,7 @@ fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 
 missing=()
-for pkg in lxc busybox-static zstd uidmap tar file util-linux; do
+for pkg in lxc busybox-static zstd uidmap tar file util-linux mount e2fsprogs iproute2; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
