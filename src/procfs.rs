@@ -5,6 +5,62 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+/// A descriptor that pins process `pid` and becomes readable when it exits.
+pub fn pidfd_open(pid: i32) -> Result<std::os::fd::OwnedFd, nix::errno::Errno> {
+    // SAFETY: a plain syscall with integer arguments; the fd is owned below.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: fd was just returned by pidfd_open and is ours alone.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// Wait for `child` to exit, at most `timeout`: Ok(None) when it is still
+/// running then. The kernel wakes us at its exit through a pidfd, so the
+/// exit is noticed at once instead of at the next tick of a polling loop;
+/// kernels without pidfds (before 5.3) get the polling loop.
+pub fn wait_child(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + timeout;
+    let pidfd = match pidfd_open(child.id() as i32) {
+        Ok(fd) => Some(fd),
+        Err(nix::errno::Errno::ENOSYS) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        match &pidfd {
+            Some(fd) => {
+                let ms =
+                    PollTimeout::try_from(left.as_millis().max(1).min(i32::MAX as u128) as i32)
+                        .unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, ms) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None => {
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// A process identified across pid reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcRef {
@@ -107,6 +163,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn wait_child_returns_the_status_or_none_at_the_timeout() {
+        use std::time::Duration;
+        let mut quick = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let st = wait_child(&mut quick, Duration::from_secs(30)).unwrap();
+        assert_eq!(st.and_then(|s| s.code()), Some(3));
+        let mut slow = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(wait_child(&mut slow, Duration::from_millis(100))
+            .unwrap()
+            .is_none());
+        slow.kill().unwrap();
+        let st = wait_child(&mut slow, Duration::from_secs(30))
+            .unwrap()
+            .unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9));
+    }
+
+    #[test]
     fn stat_parses_names_with_spaces_and_parens() {
         let line = "42 (a b) c)) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 1 1 1";
         let st = parse_stat(line).unwrap();
@@ -146,21 +225,16 @@ impl ProcRef {
     /// never receive the signal.
     pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<(), nix::errno::Errno> {
         use nix::libc;
-        // SAFETY: plain syscalls with integer arguments; the returned fd is owned below.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
-        if fd < 0 {
-            let err = nix::errno::Errno::last();
-            if err != nix::errno::Errno::ENOSYS {
-                return Err(err);
+        let fd = match pidfd_open(self.pid) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ENOSYS) => {
+                if !self.is_alive() {
+                    return Err(nix::errno::Errno::ESRCH);
+                }
+                return nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig);
             }
-            if !self.is_alive() {
-                return Err(nix::errno::Errno::ESRCH);
-            }
-            return nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig);
-        }
-        // SAFETY: fd was just returned by pidfd_open and is ours alone.
-        let fd =
-            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+            Err(e) => return Err(e),
+        };
         if !self.is_alive() {
             return Err(nix::errno::Errno::ESRCH);
         }

@@ -110,23 +110,20 @@ where
         .spawn()
         .map_err(spawn_err)?;
 
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < timeout => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(PctError::Timeout {
-                    command,
-                    secs: timeout.as_secs(),
-                });
-            }
-            Err(source) => return Err(spawn_err(source)),
+    let status = match crate::procfs::wait_child(&mut child, timeout) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(PctError::Timeout {
+                command,
+                secs: timeout.as_secs(),
+            });
+        }
+        Err(source) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(spawn_err(source));
         }
     };
     tracing::debug!(%command, ?status, ms = started.elapsed().as_millis() as u64, "finished");
