@@ -44,9 +44,16 @@ trap clients_cleanup EXIT
 clients_image "$repo/target/fixtures/rootfs"
 echo "== podman $(podman --version | awk '{print $3}') + conmon, runtime: nexcage"
 
+# Templates nexcage keeps on the node, as Proxmox lists them.
+templates() { pveam list local | grep -c 'vztmpl/nexcage-'; }
+tpl_before=$(templates)
 out=$(podman_nx run --rm "$IMAGE" echo hi 2>&1)
 check "podman run --rm echo hi prints hi" [ "$out" = hi ]
 check "  nothing left" eventually nothing_left
+# podman gives every run a fresh overlay (new top directory, /etc/mtab
+# link): the same image must still hit the template cache.
+podman_nx run --rm "$IMAGE" true && podman_nx run --rm "$IMAGE" true
+check "three podman runs of one image make one template" [ "$(templates)" = $((tpl_before + 1)) ]
 
 # OCI hooks as podman injects them from a hooks directory.
 mkdir -p "$W/hooks.d"
@@ -107,8 +114,13 @@ echo "== containerd $(containerd --version | awk '{print $3}') (private), shim r
 clients_containerd || exit 1
 R=(--runc-binary "$NEXCAGE_RT")
 
+tpl_before=$(templates)
 out=$(ctr_nx run "${R[@]}" --rm "$IMAGE" c1 echo hi 2>&1)
 check "ctr run --rm echo hi prints hi" [ "$out" = hi ]
+tpl_first=$(templates)
+ctr_nx run "${R[@]}" --rm "$IMAGE" c1b true && ctr_nx run "${R[@]}" --rm "$IMAGE" c1c true
+check "three ctr runs of one image make at most one template" \
+  [ "$(templates)" = "$tpl_first" -a "$tpl_first" -le $((tpl_before + 1)) ]
 check "  nothing left" nothing_left
 ctr_nx run "${R[@]}" --rm "$IMAGE" c2 sh -c 'exit 7'
 check "ctr run exits 7 when the process does" [ $? = 7 ]
@@ -135,7 +147,10 @@ check "  task is PAUSED" [ "$(task_status c4)" = PAUSED ]
 check "ctr task resume" ctr_nx tasks resume c4
 check "  task is RUNNING" [ "$(task_status c4)" = RUNNING ]
 check "ctr task kill" ctr_nx tasks kill -s SIGKILL c4
-check "  task is STOPPED" eventually [ "$(task_status c4)" = STOPPED ]
+# The status is asked again on every try (a "$(...)" argument would be
+# evaluated once, before eventually starts).
+task_is() { [ "$(task_status "$1")" = "$2" ]; }
+check "  task is STOPPED" eventually task_is c4 STOPPED
 check "ctr task rm" ctr_nx tasks rm c4
 check "ctr container rm" ctr_nx containers rm c4
 check "  nothing left" nothing_left

@@ -49,7 +49,7 @@ use tar::{EntryType, GnuExtSparseHeader, Header};
 
 /// Mixed into every fingerprint. Bump it whenever the archive layout changes,
 /// so templates written by an older nexcage are not reused for the new layout.
-const FORMAT_TAG: &[u8] = b"nexcage-template-v1\0";
+const FORMAT_TAG: &[u8] = b"nexcage-template-v2\0";
 
 /// zstd level 3 is zstd's own default: most of the ratio at a fraction of the
 /// cost of higher levels, and templates are written once per rootfs.
@@ -121,11 +121,12 @@ fn data_bytes(kind: Kind, st: &FileStat, link: &[u8]) -> u64 {
 /// Hex sha256 fingerprint of the rootfs tree's metadata.
 ///
 /// It covers, in walk order, every entry's relative name, type, permission
-/// bits, owner, mtime (with nanoseconds), the size of regular files, symlink
-/// targets, hard-link grouping, device numbers and the stored xattrs: all
-/// that goes into the archive except file content. Inode numbers, ctime and
-/// atime are left out, so reading the tree or copying it elsewhere with its
-/// metadata keeps the fingerprint. Only metadata is read, never content, so
+/// bits, owner, the mtime (with nanoseconds) of everything but directories
+/// and symlinks, the size of regular files, symlink targets, hard-link
+/// grouping, device numbers and the stored xattrs: all that goes into the
+/// archive except file content and the times that only record when an entry
+/// was added. Inode numbers, ctime and atime are left out, so reading the
+/// tree or copying it elsewhere with its metadata keeps the fingerprint. Only metadata is read, never content, so
 /// a change that keeps size and mtime (`touch -r` after editing) is not seen.
 #[cfg_attr(not(test), allow(dead_code, reason = "ensure walks once for both"))]
 pub fn fingerprint(rootfs: &Path) -> Result<String, TemplateError> {
@@ -758,8 +759,15 @@ fn hash_node(h: &mut Sha256, n: &Node<'_>) {
     h.update((n.st.st_mode & 0o7777).to_le_bytes());
     h.update(n.st.st_uid.to_le_bytes());
     h.update(n.st.st_gid.to_le_bytes());
-    h.update(n.st.st_mtime.to_le_bytes());
-    h.update(n.st.st_mtime_nsec.to_le_bytes());
+    // A directory's or symlink's mtime only records when an entry was
+    // added (podman's fresh overlay top, the /etc/mtab link it makes when an
+    // image has none, /etc itself then): hashing them made every run of one
+    // image a new template. What the guest runs is the same; the first
+    // archive's times for them stand for all.
+    if !matches!(n.kind, Kind::Dir | Kind::Symlink) {
+        h.update(n.st.st_mtime.to_le_bytes());
+        h.update(n.st.st_mtime_nsec.to_le_bytes());
+    }
     match n.kind {
         // Directory sizes are filesystem bookkeeping that tar does not store.
         Kind::File => h.update(n.st.st_size.to_le_bytes()),
@@ -1613,6 +1621,30 @@ mod tests {
         changed("new file");
         fs::hard_link(&hosts, root.join("etc/zz-link")).unwrap();
         changed("new hard link");
+    }
+
+    #[test]
+    fn fingerprint_ignores_directory_and_symlink_times() {
+        // What podman changes between two runs of one image: the top
+        // directory, /etc and the /etc/mtab link it (re)creates.
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("rootfs");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/hosts"), b"x").unwrap();
+        symlink("/proc/mounts", root.join("etc/mtab")).unwrap();
+        let fp = fingerprint(&root).unwrap();
+        for (path, secs) in [("", 1_700_000_000), ("etc", 1_700_000_001)] {
+            set_mtime(&root.join(path), secs);
+        }
+        set_times(
+            &root.join("etc/mtab"),
+            TimeSpec::UTIME_OMIT,
+            TimeSpec::new(1_700_000_002, 0),
+        );
+        assert_eq!(fingerprint(&root).unwrap(), fp);
+        // A regular file's time still counts (it is what tar and make see).
+        set_mtime(&root.join("etc/hosts"), 1_700_000_003);
+        assert_ne!(fingerprint(&root).unwrap(), fp);
     }
 
     #[test]
