@@ -24,6 +24,11 @@ struct Created {
 /// A created container whose process would print `ran` and whose poststop
 /// hook records the status it was given.
 fn create(node: &Node, id: &str) -> Created {
+    create_with(node, id, json!({}))
+}
+
+/// The same with `patch` merged into its config.json.
+fn create_with(node: &Node, id: &str, patch: serde_json::Value) -> Created {
     use std::os::unix::fs::PermissionsExt;
     let poststop = node.root().join(format!("{id}.poststop"));
     let hook = node.root().join(format!("{id}-poststop.sh"));
@@ -36,13 +41,12 @@ fn create(node: &Node, id: &str) -> Created {
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bundle = node.bundle(
-        id,
-        json!({
-            "process": {"args": ["sh", "-c", "echo ran; exec sleep 1000"]},
-            "hooks": {"poststop": [{"path": hook}]}
-        }),
-    );
+    let mut config = json!({
+        "process": {"args": ["sh", "-c", "echo ran; exec sleep 1000"]},
+        "hooks": {"poststop": [{"path": hook}]}
+    });
+    merge(&mut config, patch);
+    let bundle = node.bundle(id, config);
     let out = node.root().join(format!("{id}.out"));
     let err = node.root().join(format!("{id}.err"));
     let pid_file = node.root().join(format!("{id}.pid"));
@@ -85,9 +89,13 @@ enum Via {
 /// `sig` sent to a created container ends it as runc's does, the user's
 /// process never having run.
 fn signal_ends_created_container(sig: Signal, via: Via) {
+    signal_ends_created_container_of(sig, via, json!({}))
+}
+
+fn signal_ends_created_container_of(sig: Signal, via: Via, patch: serde_json::Value) {
     let node = Node::new();
     let id = "sig";
-    let c = create(&node, id);
+    let c = create_with(&node, id, patch);
     let name = sig.as_str().trim_start_matches("SIG");
     match via {
         Via::Kill(extra) => {
@@ -143,6 +151,18 @@ fn usr1_handled_nowhere_ends_a_created_container() {
 #[test]
 fn kill_all_hup_ends_a_created_container() {
     signal_ends_created_container(Signal::SIGHUP, Via::Kill(&["--all"]));
+}
+
+/// An unprivileged guest's process is signalled from the host all the same.
+#[test]
+fn term_ends_a_created_unprivileged_container() {
+    signal_ends_created_container_of(
+        Signal::SIGTERM,
+        Via::Kill(&[]),
+        json!({"linux": {"namespaces": [
+            {"type": "pid"}, {"type": "network"}, {"type": "user"}, {"type": "mount"}
+        ]}}),
+    );
 }
 
 /// The monitor relays what it gets to the process, so a supervisor that
