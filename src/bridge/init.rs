@@ -684,6 +684,21 @@ fn block_signals() -> SigSet {
     mask
 }
 
+/// In the forked process, undo block_signals' do-nothing handlers before
+/// unblocking: the process waits at exec.fifo until `start`, and a created
+/// container must die by a signal whose default action terminates (TERM
+/// from `kill`, CRI StopContainer, `podman stop`) as runc's waiting init
+/// does, where the inherited handler would swallow it and restart the open.
+/// Signals ignored by default (WINCH, CHLD, URG, CONT) stay harmless, and
+/// one that arrived since fork is still pending and acts once unblocked.
+fn restore_default_signals() {
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
+        // SAFETY: sigaction is async-signal-safe; no handler is installed.
+        let _ = unsafe { sigaction(sig, &dfl) };
+    }
+}
+
 /// Forward signals to the process; reap everything; return once the process ends.
 fn supervise(child: Pid, mask: &SigSet) -> (Option<i32>, Option<i32>) {
     loop {
@@ -759,6 +774,7 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
     let last = || std::io::Error::last_os_error();
     // SAFETY: raw descriptor and credential syscalls in a single-threaded child.
     unsafe {
+        restore_default_signals();
         let empty = SigSet::empty();
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&empty), None);
         libc::setsid();

@@ -81,7 +81,9 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
     let mask = relayed_signals();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
         .map_err(|e| format!("cannot block signals: {e}"))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
+    // Non-blocking: supervise drains it until empty, and a blocking read
+    // after the last signal would hang the monitor past the process's end.
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| format!("cannot create signalfd: {e}"))?;
 
     // The connection outlives a failed set-up on purpose (see below).
