@@ -89,7 +89,12 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
     let outcome = Extras::gather(&args.bridge_dir, args.status_fd).and_then(|extras| {
         accept_init(&listener, &args.bridge_dir, &status).and_then(|(c, init)| {
             let c = conn.insert(c);
-            set_up(c, init, args.preserve_fds, extras).map(|process| (init, process))
+            let process = set_up(c, init, args.preserve_fds, extras)?;
+            // Before create learns our pid: clients reach the container's
+            // namespaces through /proc/<our pid>/ns (guestns.rs).
+            let joined = super::guestns::join(process).map_err(|e| e.to_string())?;
+            tracing::debug!(?joined, pid = process.pid, "joined the process's namespaces");
+            Ok((init, process))
         })
     });
     let process = match outcome {
