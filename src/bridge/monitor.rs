@@ -93,7 +93,11 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
             // Before create learns our pid: clients reach the container's
             // namespaces through /proc/<our pid>/ns (guestns.rs).
             let joined = super::guestns::join(process).map_err(|e| e.to_string())?;
-            tracing::debug!(?joined, pid = process.pid, "joined the process's namespaces");
+            tracing::debug!(
+                ?joined,
+                pid = process.pid,
+                "joined the process's namespaces"
+            );
             Ok((init, process))
         })
     });
