@@ -51,7 +51,7 @@ fn check_namespaces(user: bool) {
     let pid = state_pid(&node, id);
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
     let (pid, init) = (pid.to_string(), init_pid(&node, id).to_string());
-    for name in ["net", "uts", "ipc"] {
+    for name in ["net", "uts", "ipc", "cgroup"] {
         let guest = ns(&init, name);
         assert_eq!(ns(&pid, name), guest, "{id}: state pid's {name}");
         assert_ne!(
