@@ -81,7 +81,10 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
     let mask = relayed_signals();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
         .map_err(|e| format!("cannot block signals: {e}"))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
+    // Non-blocking: supervise drains it after each poll, and a blocking
+    // read past the last pending signal would stall the monitor there, deaf
+    // to the init's exit report.
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| format!("cannot create signalfd: {e}"))?;
 
     // The connection outlives a failed set-up on purpose (see below).
