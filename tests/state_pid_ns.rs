@@ -61,9 +61,10 @@ fn check_namespaces(user: bool) {
             "{id}: the guest shares the host's {name}"
         );
     }
-    // What cannot be joined (docs/architecture.md): the monitor keeps the
-    // host's pid and mount namespaces, so its host pid and /proc still hold.
-    for name in ["pid", "mnt"] {
+    // What is not joined (docs/architecture.md): the monitor keeps the
+    // host's pid, mount and user namespaces, so its host pid, /proc and
+    // host privileges still hold.
+    for name in ["pid", "mnt", "user"] {
         assert_eq!(ns(&pid, name), ns("self", name), "{id}: state pid's {name}");
     }
 
