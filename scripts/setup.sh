@@ -3,7 +3,8 @@
 # lxc-usernsexec), a static busybox for test root filesystems, zstd for
 # templates, newuidmap/newgidmap, and root's subordinate id range for
 # unprivileged containers; the simulated node's own needs: ip (its network
-# namespace and vmbr0), mkfs.ext4, mount and losetup (its root volumes).
+# namespace and vmbr0), mkfs.ext4, mount and losetup (its root volumes);
+# the CNI reference plugins (/usr/lib/cni) that tests run as nerdctl does.
 # Idempotent and quiet; works from any directory.
 set -euo pipefail
 
@@ -15,7 +16,8 @@ fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 
 missing=()
-for pkg in lxc busybox-static zstd uidmap tar file util-linux mount e2fsprogs iproute2; do
+for pkg in lxc busybox-static zstd uidmap tar file util-linux mount e2fsprogs iproute2 \
+    containernetworking-plugins; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -126,3 +126,31 @@ fn netns_path_is_refused_for_unprivileged_guests_and_when_not_a_netns() {
         "not a network namespace",
     );
 }
+
+#[test]
+fn state_pid_is_in_the_network_namespace_named_by_path() {
+    use std::os::unix::fs::MetadataExt;
+    let ns = Netns::new(format!("nexcage-pidns-{}", std::process::id()));
+    let node = Node::new();
+    let bundle = node.bundle(
+        "bypath",
+        json!({
+            "process": {"args": ["sleep", "1000"]},
+            "linux": {"namespaces": namespaces(json!({"type": "network", "path": ns.path()}), false)}
+        }),
+    );
+    let out = node.create(&bundle, "bypath", &[]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let pid = node.state("bypath")["pid"].as_i64().unwrap();
+    // The namespace the process uses, not the guest's own one underneath.
+    let joined = std::fs::metadata(ns.path()).unwrap();
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_eq!(
+        (theirs.dev(), theirs.ino()),
+        (joined.dev(), joined.ino()),
+        "the state pid is not in {}",
+        ns.path()
+    );
+    assert!(node.run(["delete", "--force", "bypath"]).status.success());
+    assert_clean(&node);
+}

@@ -14,6 +14,7 @@
 //! `/.nexcage`: sockets and fifos work on read-only mounts, so the container
 //! can use them but never replace them.
 
+pub mod guestns;
 pub mod init;
 pub mod monitor;
 pub mod netlink;

@@ -81,8 +81,9 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
     let mask = relayed_signals();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
         .map_err(|e| format!("cannot block signals: {e}"))?;
-    // Non-blocking: supervise drains it until empty, and a blocking read
-    // after the last signal would hang the monitor past the process's end.
+    // Non-blocking: supervise drains it after each poll, and a blocking
+    // read past the last pending signal would stall the monitor there, deaf
+    // to the init's exit report.
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| format!("cannot create signalfd: {e}"))?;
 
@@ -91,7 +92,16 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
     let outcome = Extras::gather(&args.bridge_dir, args.status_fd).and_then(|extras| {
         accept_init(&listener, &args.bridge_dir, &status).and_then(|(c, init)| {
             let c = conn.insert(c);
-            set_up(c, init, args.preserve_fds, extras).map(|process| (init, process))
+            let process = set_up(c, init, args.preserve_fds, extras)?;
+            // Before create learns our pid: clients reach the container's
+            // namespaces through /proc/<our pid>/ns (guestns.rs).
+            let joined = super::guestns::join(process).map_err(|e| e.to_string())?;
+            tracing::debug!(
+                ?joined,
+                pid = process.pid,
+                "joined the process's namespaces"
+            );
+            Ok((init, process))
         })
     });
     let process = match outcome {
