@@ -242,3 +242,52 @@ fn unknown_root_propagation_is_refused() {
     fails_with(&out, "linux.rootfsPropagation");
     assert_clean(&node);
 }
+
+/// `exec` joins the init's mount namespace, so it sees the /dev the init
+/// built, and its terminal-less stdio works through it.
+#[test]
+fn exec_sees_the_rebuilt_dev() {
+    let node = Node::new();
+    let mut patch = unprivileged();
+    merge(
+        &mut patch,
+        json!({"mounts": runc_mounts(), "process": {"args": ["sleep", "1000"]}}),
+    );
+    let bundle = node.bundle("devexec", patch);
+    let out = node.create(&bundle, "devexec", &[]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    assert!(node.run(["start", "devexec"]).status.success());
+    let out = node.run(["exec", "devexec", "sh", "-c", SHOW]);
+    assert!(out.status.success(), "exec: {}", stderr(&out));
+    check_runc_dev(&stdout(&out));
+    assert!(node.run(["delete", "--force", "devexec"]).status.success());
+}
+
+/// podman binds a host directory on /dev/shm and kubelet a file on
+/// /dev/termination-log: LXC mounts them into its /dev, the init carries
+/// them over into the one it builds.
+#[test]
+fn binds_below_dev_survive_the_rebuild() {
+    let node = Node::new();
+    let shm = node.root().join("shm-dir");
+    std::fs::create_dir(&shm).unwrap();
+    std::fs::write(shm.join("seen"), "from-host-dir\n").unwrap();
+    let log = node.root().join("termination-log");
+    std::fs::write(&log, "from-host-file\n").unwrap();
+    let mut mounts: Vec<serde_json::Value> = runc_mounts()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["destination"] != "/dev/shm")
+        .cloned()
+        .collect();
+    mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind", "rw"]}));
+    mounts.push(json!({"destination": "/dev/termination-log", "type": "bind", "source": log, "options": ["bind"]}));
+    let out = run_in(
+        &node,
+        "devbind",
+        json!({"mounts": mounts}),
+        "cat /dev/shm/seen /dev/termination-log; echo END",
+    );
+    assert!(out.contains("from-host-dir\nfrom-host-file\n"), "{out}");
+}
