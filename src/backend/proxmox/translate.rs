@@ -2353,10 +2353,20 @@ mod doc_table {
                 V1,
                 Raw("lxc.mount.entry: mqueue dev/mqueue mqueue nosuid,create=dir 0 0"),
             ),
-            "`mounts` (proc, sysfs, cgroup, /dev, devpts)" => (
-                json!({"mounts": [{"destination": "/proc", "type": "proc"}, {"destination": "/sys", "type": "sysfs"}, {"destination": "/sys/fs/cgroup", "type": "cgroup"}, {"destination": "/dev", "type": "tmpfs"}, {"destination": "/dev/pts", "type": "devpts"}]}),
+            "`mounts` (proc, sysfs, cgroup, devpts)" => (
+                json!({"mounts": [{"destination": "/proc", "type": "proc"}, {"destination": "/sys", "type": "sysfs"}, {"destination": "/sys/fs/cgroup", "type": "cgroup"}, {"destination": "/dev/pts", "type": "devpts"}]}),
                 V1,
                 Accepted,
+            ),
+            "`mounts` (/dev tmpfs)" => (
+                json!({"mounts": [{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=65536k"]}]}),
+                V1,
+                Init("\"dev\":{\"source\":\"tmpfs\",\"options\":[\"nosuid\",\"size=65536k\"]}"),
+            ),
+            "`mounts` (below /dev)" => (
+                json!({"mounts": [{"destination": "/dev", "type": "tmpfs", "source": "tmpfs"}, {"destination": "/dev/pts", "type": "devpts", "source": "devpts"}, {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"}]}),
+                V1,
+                Init("\"mounts\":[{\"destination\":\"/dev/pts\",\"type\":\"devpts\",\"source\":\"devpts\"},{\"destination\":\"/dev/shm\",\"type\":\"tmpfs\",\"source\":\"shm\"}]"),
             ),
             "`mounts` (other types)" => (
                 json!({"mounts": [{"destination": "/mnt", "type": "nfs", "source": "h:/x"}]}),
@@ -2561,7 +2571,12 @@ mod doc_table {
             "`linux.rootfsPropagation`" => (
                 json!({"linux": {"rootfsPropagation": "rprivate"}}),
                 V1,
-                Accepted,
+                Init("\"rootPropagation\":\"rprivate\""),
+            ),
+            "`linux.rootfsPropagation` (other values)" => (
+                json!({"linux": {"rootfsPropagation": "sideways"}}),
+                V1,
+                Refused,
             ),
             "`linux.maskedPaths`" => (
                 json!({"linux": {"maskedPaths": ["/proc/kcore"]}}),
