@@ -219,8 +219,32 @@ fn root_propagation_is_applied() {
                 &mut patch,
                 json!({"mounts": runc_mounts(), "linux": {"rootfsPropagation": p}}),
             );
-            let out = run_in(&node, &name, patch, "cat /proc/self/mountinfo; echo END");
-            let table = mountinfo(out.trim_end_matches("END\n"));
+            // runtime-tools' check: does a mount made after a recursive bind
+            // of / show through that bind? (The profile allows binding / only
+            // in an unprivileged guest.)
+            let probe = if unpriv {
+                "mkdir -p /t /m /s && touch /s/f; \
+                 if mount -o rbind / /t 2>/dev/null; then mount -o bind /s /m; \
+                 test -e /t/m/f && echo exposed=yes || echo exposed=no; \
+                 else echo exposed=nobind; fi; "
+            } else {
+                ""
+            };
+            let out = run_in(
+                &node,
+                &name,
+                patch,
+                &format!("cat /proc/self/mountinfo; echo --; {probe}echo END"),
+            );
+            if unpriv {
+                let want = match p {
+                    "shared" => "exposed=yes",
+                    "unbindable" => "exposed=nobind",
+                    _ => "exposed=no",
+                };
+                assert!(out.lines().any(|l| l == want), "{p}: {want}: {out}");
+            }
+            let table = mountinfo(&out);
             let root = table.iter().find(|m| m.point == "/").unwrap();
             let has = |prefix: &str| root.optional.iter().any(|o| o.starts_with(prefix));
             assert_eq!(has("shared:"), shared, "{p}: {root:?}");
