@@ -161,7 +161,17 @@ fn check_runc_dev(out: &str) {
 #[test]
 fn runc_default_mounts_privileged() {
     let node = Node::new();
-    let out = run_in(&node, "devp", json!({"mounts": runc_mounts()}), SHOW);
+    // A device in a directory of its own (Proxmox passes it through below
+    // LXC's /dev) must be carried over too.
+    let out = run_in(
+        &node,
+        "devp",
+        json!({"mounts": runc_mounts(), "linux": {"devices": [
+            {"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 438}
+        ]}}),
+        &SHOW.replace("echo END", "test -c /dev/net/tun && echo tun=yes; echo END"),
+    );
+    assert!(out.lines().any(|l| l == "tun=yes"), "{out}");
     check_runc_dev(&out);
 }
 

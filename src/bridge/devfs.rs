@@ -179,6 +179,69 @@ fn make_target(target: &Path, dir: bool) -> std::io::Result<()> {
     }
 }
 
+/// Make again below `to` what `from` holds that is not a mount point (those
+/// have been moved already and left an empty file or directory behind).
+fn carry_over(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<(), String> {
+    let fail = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
+        format!("/dev: {what} {}: {e}", p.display())
+    };
+    let entries = std::fs::read_dir(from).map_err(|e| fail("read", from, &e))?;
+    for entry in entries.flatten() {
+        let src = from.join(entry.file_name());
+        let dst = to.join(entry.file_name());
+        if skip(&src) {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&src) else {
+            continue;
+        };
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            if std::fs::symlink_metadata(&dst).is_err() {
+                std::fs::create_dir(&dst).map_err(|e| fail("create", &dst, &e))?;
+                let perms = std::fs::Permissions::from_mode(meta.mode() & 0o7777);
+                std::fs::set_permissions(&dst, perms).map_err(|e| fail("chmod", &dst, &e))?;
+            }
+            carry_over(&src, &dst, skip)?;
+            continue;
+        }
+        if std::fs::symlink_metadata(&dst).is_ok() {
+            continue;
+        }
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(|e| fail("read", &src, &e))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(|e| fail("create", &dst, &e))?;
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let kind = if ft.is_char_device() {
+                SFlag::S_IFCHR
+            } else {
+                SFlag::S_IFBLK
+            };
+            let mode = Mode::from_bits_truncate(meta.mode() & 0o7777);
+            match mknod(&dst, kind, mode, meta.rdev()) {
+                Ok(()) => {
+                    std::os::unix::fs::chown(&dst, Some(meta.uid()), Some(meta.gid()))
+                        .map_err(|e| fail("chown", &dst, &e))?;
+                    // mknod applied the umask.
+                    let perms = std::fs::Permissions::from_mode(meta.mode() & 0o7777);
+                    std::fs::set_permissions(&dst, perms).map_err(|e| fail("chmod", &dst, &e))?;
+                }
+                // Where mknod is not allowed, the node is bound, as LXC
+                // binds devices into an unprivileged guest.
+                Err(nix::errno::Errno::EPERM) => {
+                    make_target(&dst, false).map_err(|e| fail("create", &dst, &e))?;
+                    mount(Some(&src), &dst, NONE, MsFlags::MS_BIND, NONE)
+                        .map_err(|e| fail("bind", &src, &e))?;
+                }
+                Err(e) => return Err(fail("mknod", &dst, &e)),
+            }
+        }
+        // Regular files (LXC's .lxc-boot-id, kept alive by its bind on
+        // /proc/sys/kernel/random/boot_id) are not needed.
+    }
+    Ok(())
+}
+
 /// Build the bundle's /dev in place of LXC's (see the module's comment).
 pub fn rebuild(dev: &InitDev) -> Result<(), String> {
     let old = Path::new("/dev");
@@ -230,55 +293,10 @@ pub fn rebuild(dev: &InitDev) -> Result<(), String> {
     }
 
     // What is left in the old /dev and not mounted: LXC's device nodes (a
-    // privileged guest's are made with mknod), symlinks and directories.
-    let entries = std::fs::read_dir(old).map_err(|e| fail("read", old, &e))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let from = old.join(&name);
-        let to = stage.join(&name);
-        if managed.contains(&from.as_path())
-            || from == Path::new("/dev/pts")
-            || std::fs::symlink_metadata(&to).is_ok()
-        {
-            continue;
-        }
-        let Ok(meta) = std::fs::symlink_metadata(&from) else {
-            continue;
-        };
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            let target = std::fs::read_link(&from).map_err(|e| fail("read", &from, &e))?;
-            std::os::unix::fs::symlink(&target, &to).map_err(|e| fail("create", &to, &e))?;
-        } else if ft.is_char_device() || ft.is_block_device() {
-            let kind = if ft.is_char_device() {
-                SFlag::S_IFCHR
-            } else {
-                SFlag::S_IFBLK
-            };
-            let mode = Mode::from_bits_truncate(meta.mode() & 0o7777);
-            match mknod(&to, kind, mode, meta.rdev()) {
-                Ok(()) => {
-                    std::os::unix::fs::chown(&to, Some(meta.uid()), Some(meta.gid()))
-                        .map_err(|e| fail("chown", &to, &e))?;
-                    // mknod applies the umask.
-                    let perms = std::fs::Permissions::from_mode(meta.mode() & 0o7777);
-                    std::fs::set_permissions(&to, perms).map_err(|e| fail("chmod", &to, &e))?;
-                }
-                // Where mknod is not allowed, the node is bound as LXC
-                // binds devices into an unprivileged guest.
-                Err(nix::errno::Errno::EPERM) => {
-                    make_target(&to, false).map_err(|e| fail("create", &to, &e))?;
-                    mount(Some(&from), &to, NONE, MsFlags::MS_BIND, NONE)
-                        .map_err(|e| fail("bind", &from, &e))?;
-                }
-                Err(e) => return Err(fail("mknod", &to, &e)),
-            }
-        } else if ft.is_dir() {
-            std::fs::create_dir(&to).map_err(|e| fail("create", &to, &e))?;
-        }
-        // Regular files (LXC's .lxc-boot-id, kept alive by its bind on
-        // /proc/sys/kernel/random/boot_id) are not needed.
-    }
+    // privileged guest's are made with mknod, as are those of Proxmox's
+    // autodev hook), symlinks and directories, at any depth.
+    let skip = |p: &Path| managed.contains(&p) || p == Path::new("/dev/pts");
+    carry_over(old, &stage, &skip)?;
 
     // The bundle's filesystems below /dev, in its order. LXC's devpts holds
     // the consoles and ttys; without a devpts in the bundle it still comes
