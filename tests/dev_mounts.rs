@@ -179,8 +179,24 @@ fn runc_default_mounts_privileged() {
 fn runc_default_mounts_unprivileged() {
     let node = Node::new();
     let mut patch = unprivileged();
-    merge(&mut patch, json!({"mounts": runc_mounts()}));
-    let out = run_in(&node, "devu", patch, SHOW);
+    // The read-only root is remounted after /dev is built; /dev stays
+    // writable.
+    merge(
+        &mut patch,
+        json!({"mounts": runc_mounts(), "root": {"readonly": true}}),
+    );
+    let out = run_in(
+        &node,
+        "devu",
+        patch,
+        &SHOW.replace(
+            "echo END",
+            "touch /dev/shm/x && echo shm-rw=yes; touch /x 2>/dev/null || echo root-ro=yes; echo END",
+        ),
+    );
+    for l in ["shm-rw=yes", "root-ro=yes"] {
+        assert!(out.lines().any(|x| x == l), "{l}: {out}");
+    }
     check_runc_dev(&out);
 }
 
