@@ -179,12 +179,13 @@ fn make_target(target: &Path, dir: bool) -> std::io::Result<()> {
     }
 }
 
+fn fail(what: &str, p: &Path, e: &dyn std::fmt::Display) -> String {
+    format!("/dev: {what} {}: {e}", p.display())
+}
+
 /// Make again below `to` what `from` holds that is not a mount point (those
 /// have been moved already and left an empty file or directory behind).
 fn carry_over(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<(), String> {
-    let fail = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
-        format!("/dev: {what} {}: {e}", p.display())
-    };
     let entries = std::fs::read_dir(from).map_err(|e| fail("read", from, &e))?;
     for entry in entries.flatten() {
         let src = from.join(entry.file_name());
@@ -246,9 +247,6 @@ fn carry_over(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()
 pub fn rebuild(dev: &InitDev) -> Result<(), String> {
     let old = Path::new("/dev");
     let stage = Path::new(MOUNT_POINT).join(STAGE_DIR);
-    let fail = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
-        format!("/dev: {what} {}: {e}", p.display())
-    };
     fs_mount(&dev.source, &stage, "tmpfs", &dev.options)
         .map_err(|e| fail("mount tmpfs on", &stage, &e))?;
 
