@@ -73,7 +73,13 @@ fn console_socket_gets_a_working_terminal_with_its_size() {
             "terminal": true,
             "consoleSize": {"height": 30, "width": 100},
             "args": ["sh", "-c", "tty; stty size; echo hello; read x; echo got-$x; exit 4"]
-        }}),
+        },
+        // As clients send them: the init builds /dev, the pty comes from
+        // its /dev/ptmx symlink to LXC's devpts.
+        "mounts": [
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts"}
+        ]}),
     );
     let sock = node.root().join("console.sock");
     let listener = UnixListener::bind(&sock).unwrap();

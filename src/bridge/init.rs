@@ -385,6 +385,12 @@ fn apply_linux_settings(path: &Path) -> Result<(), String> {
     if let Some(net) = &settings.net {
         configure_link(net)?;
     }
+    // Before any other mount: moves need parents that are not shared.
+    super::devfs::make_root_rslave()?;
+    match &settings.dev {
+        Some(dev) => super::devfs::rebuild(dev)?,
+        None => super::devfs::fix_lxc_dev()?,
+    }
     // Before readonlyPaths, which usually include /proc/sys.
     for (key, value) in &settings.sysctl {
         write_sysctl(key, value).map_err(|e| format!("sysctl {key}: {e}"))?;
@@ -427,6 +433,10 @@ fn apply_linux_settings(path: &Path) -> Result<(), String> {
         // their own flags, as with runc's readonly root.
         let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
         mount(none, "/", none, flags, none).map_err(|e| format!("root.readonly: {e}"))?;
+    }
+    // Last: an unbindable `/` would refuse the binds above.
+    if let Some(p) = &settings.root_propagation {
+        super::devfs::apply_root_propagation(p)?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! `/.nexcage`: sockets and fifos work on read-only mounts, so the container
 //! can use them but never replace them.
 
+pub mod devfs;
 pub mod guestns;
 pub mod init;
 pub mod monitor;
@@ -148,6 +149,13 @@ impl BridgeDir {
         let p = dir.join(PROCESS_FILE);
         fs::write(&p, json).map_err(io("write", &p))?;
         set_mode(&p, 0o644)?;
+
+        // Where the init builds the guest's /dev (src/bridge/devfs.rs).
+        let p = dir.join(devfs::STAGE_DIR);
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&p)
+            .map_err(io("create", &p))?;
 
         let p = dir.join(INIT_FILE);
         File::create(&p).map_err(io("create", &p))?;

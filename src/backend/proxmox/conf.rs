@@ -91,7 +91,14 @@ impl RawLine {
     /// host source. The fstab fields are blank-separated and the options
     /// comma-separated, so none of them may hold blanks, commas in an
     /// option, or anything but a plain relative target.
-    pub fn fs_mount(fstype: &str, target: &str, options: &[String]) -> Result<RawLine, ConfError> {
+    /// `source` is the name the guest's mount table shows (runc's default
+    /// spec names /dev/shm's tmpfs `shm`); it must be a plain word.
+    pub fn fs_mount(
+        fstype: &str,
+        source: &str,
+        target: &str,
+        options: &[String],
+    ) -> Result<RawLine, ConfError> {
         let key = "lxc.mount.entry";
         let bad = |reason| ConfError::BadValue {
             key: key.into(),
@@ -100,6 +107,9 @@ impl RawLine {
         if !matches!(fstype, "tmpfs" | "mqueue") {
             return Err(bad("only tmpfs and mqueue mounts have no host source"));
         }
+        if !is_plain_fs_source(source) {
+            return Err(bad("a tmpfs or mqueue source must be a plain name"));
+        }
         check_mount_target(target).map_err(bad)?;
         check_mount_options(options.iter().map(String::as_str)).map_err(bad)?;
         let opts = if options.is_empty() {
@@ -107,13 +117,22 @@ impl RawLine {
         } else {
             options.join(",")
         };
-        RawLine::new(key, &format!("{fstype} {target} {fstype} {opts} 0 0"))
+        RawLine::new(key, &format!("{source} {target} {fstype} {opts} 0 0"))
     }
 
     /// The line as Proxmox writes it in `<vmid>.conf`.
     pub fn render(&self) -> String {
         format!("{}: {}", self.key, self.value)
     }
+}
+
+/// A source name for a filesystem without a device (tmpfs, mqueue): one
+/// fstab field that neither LXC nor the kernel reads as a path or option.
+pub fn is_plain_fs_source(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && !s.starts_with(['-', '.'])
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
 }
 
 /// An fstab target: relative to the container root, one plain path whose
@@ -308,12 +327,28 @@ mod tests {
 
     #[test]
     fn kernel_fs_mount_lines_are_fixed_format() {
-        let l =
-            RawLine::fs_mount("tmpfs", "run", &["nosuid".into(), "size=65536k".into()]).unwrap();
+        let l = RawLine::fs_mount(
+            "tmpfs",
+            "tmpfs",
+            "run",
+            &["nosuid".into(), "size=65536k".into()],
+        )
+        .unwrap();
         assert_eq!(
             l.render(),
             "lxc.mount.entry: tmpfs run tmpfs nosuid,size=65536k 0 0"
         );
+        let shm = RawLine::fs_mount("tmpfs", "shm", "dev/shm", &[]).unwrap();
+        assert_eq!(
+            shm.render(),
+            "lxc.mount.entry: shm dev/shm tmpfs defaults 0 0"
+        );
+        for source in ["", "/dev/shm", "a b", "-o", "x,y", ".", "a\nb", "a=b"] {
+            assert!(
+                RawLine::fs_mount("tmpfs", source, "x", &[]).is_err(),
+                "{source:?}"
+            );
+        }
 
         for (t, d, o) in [
             ("proc", "x", ""),
@@ -324,7 +359,10 @@ mod tests {
             ("tmpfs", "x", "a\nlxc.hook.pre-start=/evil"),
         ] {
             let opts: Vec<String> = if o.is_empty() { vec![] } else { vec![o.into()] };
-            assert!(RawLine::fs_mount(t, d, &opts).is_err(), "{t} {d:?} {o:?}");
+            assert!(
+                RawLine::fs_mount(t, t, d, &opts).is_err(),
+                "{t} {d:?} {o:?}"
+            );
         }
     }
 

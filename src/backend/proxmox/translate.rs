@@ -130,6 +130,39 @@ pub struct InitSettings {
     /// no `host-managed` (set by the driver, which knows the node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<InitNet>,
+    /// The guest's /dev as the bundle's mounts describe it, rebuilt by the
+    /// init (src/bridge/devfs.rs) over LXC's autodev tmpfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<InitDev>,
+    /// linux.rootfsPropagation, applied by the init to the guest's `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_propagation: Option<String>,
+}
+
+/// A new tmpfs for /dev and the bundle's mounts below it, in bundle order.
+/// LXC's autodev /dev is mounted with source `none` before /proc, so the
+/// init replaces it with the bundle's own, keeping LXC's device nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitDev {
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<InitDevMount>,
+}
+
+/// One tmpfs, mqueue or devpts mount below /dev (devpts: LXC's instance,
+/// which holds the guest's console and ttys, bound there).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitDevMount {
+    pub destination: String,
+    #[serde(rename = "type")]
+    pub fstype: String,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
 
 /// What the init does to a link pct leaves down (ostype unmanaged without
@@ -795,14 +828,13 @@ impl Translator<'_> {
             .and_then(Value::as_str)
             .filter(|p| !p.is_empty())
         {
-            if !matches!(p, "private" | "rprivate" | "slave" | "rslave") {
+            if !ROOT_PROPAGATIONS.contains(&p) {
                 return Err(field(
                     "linux.rootfsPropagation",
-                    format!(
-                        "{p:?}: a Proxmox guest's root never propagates mounts back to the host"
-                    ),
+                    format!("{p:?} is not a mount propagation"),
                 ));
             }
+            self.plan.init.root_propagation = Some(p.to_string());
         }
         for (k, target) in [("maskedPaths", 0), ("readonlyPaths", 1)] {
             for (i, p) in l
@@ -1077,6 +1109,32 @@ impl Translator<'_> {
 
     fn mounts(&mut self, mounts: &[Value]) -> Result<(), TranslateError> {
         let mut mp = 0;
+        // A /dev tmpfs in the bundle means the init builds /dev, and with
+        // it every tmpfs, mqueue and devpts mount below it, in this order.
+        for (i, m) in mounts.iter().enumerate() {
+            let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("");
+            if s("destination") == "/dev" && s("type") == "tmpfs" {
+                let f = format!("mounts[{i}].options");
+                let opts: Vec<String> = m
+                    .get("options")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| o.as_str().map(str::to_string))
+                    .collect();
+                if opts.iter().any(|o| o == "bind" || o == "rbind") {
+                    continue;
+                }
+                for o in &opts {
+                    check_text(&f, o)?;
+                }
+                self.plan.init.dev = Some(InitDev {
+                    source: fs_source(s("source"), "tmpfs"),
+                    options: kernel_fs_options(&f, "tmpfs", &opts)?,
+                    mounts: Vec::new(),
+                });
+            }
+        }
         for (i, m) in mounts.iter().enumerate() {
             let f = format!("mounts[{i}]");
             let dst = m.get("destination").and_then(Value::as_str).unwrap_or("");
@@ -1105,6 +1163,16 @@ impl Translator<'_> {
             if !bind {
                 if let Some(handled) = system_mount(dst, typ) {
                     if handled {
+                        if dst == "/dev/pts" {
+                            if let Some(dev) = &mut self.plan.init.dev {
+                                dev.mounts.push(InitDevMount {
+                                    destination: dst.into(),
+                                    fstype: "devpts".into(),
+                                    source: "devpts".into(),
+                                    options: Vec::new(),
+                                });
+                            }
+                        }
                         continue;
                     }
                     return Err(field(
@@ -1125,8 +1193,24 @@ impl Translator<'_> {
                 mp += self.bind_mount(&f, m, dst, &opts, mp)?;
             } else if matches!(typ, "tmpfs" | "mqueue") {
                 let mut o = kernel_fs_options(&format!("{f}.options"), typ, &opts)?;
+                let source = fs_source(src, typ);
+                if let Some(dev) = self
+                    .plan
+                    .init
+                    .dev
+                    .as_mut()
+                    .filter(|_| dst.starts_with("/dev/"))
+                {
+                    dev.mounts.push(InitDevMount {
+                        destination: dst.into(),
+                        fstype: typ.into(),
+                        source,
+                        options: o,
+                    });
+                    continue;
+                }
                 o.push("create=dir".into());
-                let line = RawLine::fs_mount(typ, target, &o).map_err(conf_err(&f))?;
+                let line = RawLine::fs_mount(typ, &source, target, &o).map_err(conf_err(&f))?;
                 self.plan.raw_lines.push(line);
             } else {
                 return Err(field(format!("{f}.type"), format!("{typ:?} mounts are not supported (only bind, tmpfs, mqueue and the container's standard filesystems)")));
@@ -1323,6 +1407,29 @@ fn system_mount(dst: &str, typ: &str) -> Option<bool> {
         _ => return None,
     };
     Some(ok)
+}
+
+/// The values linux.rootfsPropagation may take (runc's).
+const ROOT_PROPAGATIONS: &[&str] = &[
+    "private",
+    "rprivate",
+    "slave",
+    "rslave",
+    "shared",
+    "rshared",
+    "unbindable",
+    "runbindable",
+];
+
+/// The source a tmpfs or mqueue mount shows in the guest's mount table: the
+/// bundle's when it is a plain name (`shm`, `tmpfs`, `mqueue`), otherwise
+/// the type's name, as there is no device behind it to name.
+fn fs_source(source: &str, typ: &str) -> String {
+    if super::conf::is_plain_fs_source(source) {
+        source.to_string()
+    } else {
+        typ.to_string()
+    }
 }
 
 /// Options a tmpfs/mqueue mount may carry, validated one by one.
@@ -2246,10 +2353,20 @@ mod doc_table {
                 V1,
                 Raw("lxc.mount.entry: mqueue dev/mqueue mqueue nosuid,create=dir 0 0"),
             ),
-            "`mounts` (proc, sysfs, cgroup, /dev, devpts)" => (
-                json!({"mounts": [{"destination": "/proc", "type": "proc"}, {"destination": "/sys", "type": "sysfs"}, {"destination": "/sys/fs/cgroup", "type": "cgroup"}, {"destination": "/dev", "type": "tmpfs"}, {"destination": "/dev/pts", "type": "devpts"}]}),
+            "`mounts` (proc, sysfs, cgroup, devpts)" => (
+                json!({"mounts": [{"destination": "/proc", "type": "proc"}, {"destination": "/sys", "type": "sysfs"}, {"destination": "/sys/fs/cgroup", "type": "cgroup"}, {"destination": "/dev/pts", "type": "devpts"}]}),
                 V1,
                 Accepted,
+            ),
+            "`mounts` (/dev tmpfs)" => (
+                json!({"mounts": [{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=65536k"]}]}),
+                V1,
+                Init("\"dev\":{\"source\":\"tmpfs\",\"options\":[\"nosuid\",\"size=65536k\"]}"),
+            ),
+            "`mounts` (below /dev)" => (
+                json!({"mounts": [{"destination": "/dev", "type": "tmpfs", "source": "tmpfs"}, {"destination": "/dev/pts", "type": "devpts", "source": "devpts"}, {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"}]}),
+                V1,
+                Init("\"mounts\":[{\"destination\":\"/dev/pts\",\"type\":\"devpts\",\"source\":\"devpts\"},{\"destination\":\"/dev/shm\",\"type\":\"tmpfs\",\"source\":\"shm\"}]"),
             ),
             "`mounts` (other types)" => (
                 json!({"mounts": [{"destination": "/mnt", "type": "nfs", "source": "h:/x"}]}),
@@ -2454,7 +2571,12 @@ mod doc_table {
             "`linux.rootfsPropagation`" => (
                 json!({"linux": {"rootfsPropagation": "rprivate"}}),
                 V1,
-                Accepted,
+                Init("\"rootPropagation\":\"rprivate\""),
+            ),
+            "`linux.rootfsPropagation` (other values)" => (
+                json!({"linux": {"rootfsPropagation": "sideways"}}),
+                V1,
+                Refused,
             ),
             "`linux.maskedPaths`" => (
                 json!({"linux": {"maskedPaths": ["/proc/kcore"]}}),
