@@ -272,9 +272,17 @@ fn ps_pause_resume_and_kill_all() {
     // kill --all reaches the exec'd process too.
     let out = node.run(["kill", "--all", "pp", "KILL"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // When lxc-attach exits first, the detached process is reparented to
+    // us, a subreaper as containerd's shim is, and as the shim we reap it:
+    // the guest's init cannot finish exiting while a process of its pid
+    // namespace is an unreaped zombie.
     wait_until("the exec'd sleep to die", || {
+        use nix::sys::wait::{waitpid, WaitPidFlag};
+        let _ = waitpid(
+            nix::unistd::Pid::from_raw(sleeper),
+            Some(WaitPidFlag::WNOHANG),
+        );
         !std::path::Path::new(&format!("/proc/{sleeper}")).exists()
-            || cmdline(sleeper) != "sleep 2000 "
     });
     node.wait_status("pp", "stopped");
     let out = node.run(["ps", "--format", "json", "pp"]);
