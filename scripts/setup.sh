@@ -3,7 +3,9 @@
 # lxc-usernsexec), a static busybox for test root filesystems, zstd for
 # templates, newuidmap/newgidmap, and root's subordinate id range for
 # unprivileged containers; the simulated node's own needs: ip (its network
-# namespace and vmbr0), mkfs.ext4, mount and losetup (its root volumes).
+# namespace and vmbr0), mkfs.ext4, mount and losetup (its root volumes);
+# libseccomp's static archive (libseccomp-dev), which nexcage links to
+# compile linux.seccomp profiles.
 # Idempotent and quiet; works from any directory.
 set -euo pipefail
 
@@ -15,7 +17,7 @@ fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 
 missing=()
-for pkg in lxc busybox-static zstd uidmap tar file util-linux mount e2fsprogs iproute2; do
+for pkg in lxc busybox-static zstd uidmap tar file util-linux mount e2fsprogs iproute2 libseccomp-dev; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
