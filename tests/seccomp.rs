@@ -205,3 +205,24 @@ fn a_notify_profile_is_refused_by_name_before_anything_is_made() {
     fails_with(&out, "linux.seccomp.listenerPath");
     assert_clean(&node);
 }
+
+/// In an unprivileged guest the init holds CAP_SYS_ADMIN only in the guest's
+/// user namespace, which is where the kernel looks when no_new_privs is off.
+#[test]
+fn an_unprivileged_guest_loads_the_filter_too() {
+    let node = Node::new();
+    let bundle = node.bundle(
+        "unpriv",
+        json!({"process": {"args": ["sh", "-c", "mkdir /tmp/x 2>/dev/null; echo mkdir=$? $(cat /proc/self/uid_map)"]},
+               "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "user"}, {"type": "mount"}],
+                         "seccomp": deny_mkdir()}}),
+    );
+    let out = node
+        .nexcage(["run", "--bundle"])
+        .arg(&bundle)
+        .arg("unpriv")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "mkdir=1 0 100000 65536\n");
+}

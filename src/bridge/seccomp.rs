@@ -34,6 +34,53 @@ const MAX_INSNS: usize = 4096;
 /// Syscalls take at most six arguments.
 const MAX_ARGS: usize = 6;
 
+/// What `nexcage features` reports, in runc's terms: every action but
+/// SCMP_ACT_NOTIFY, every operator, and libseccomp's little-endian
+/// architectures (it cannot mix byte orders in one filter, and a profile
+/// naming a big-endian ABI fails create on this x86_64 build).
+pub const ACTIONS: &[&str] = &[
+    "SCMP_ACT_ALLOW",
+    "SCMP_ACT_ERRNO",
+    "SCMP_ACT_KILL",
+    "SCMP_ACT_KILL_PROCESS",
+    "SCMP_ACT_KILL_THREAD",
+    "SCMP_ACT_LOG",
+    "SCMP_ACT_TRACE",
+    "SCMP_ACT_TRAP",
+];
+pub const OPERATORS: &[&str] = &[
+    "SCMP_CMP_EQ",
+    "SCMP_CMP_GE",
+    "SCMP_CMP_GT",
+    "SCMP_CMP_LE",
+    "SCMP_CMP_LT",
+    "SCMP_CMP_MASKED_EQ",
+    "SCMP_CMP_NE",
+];
+pub const ARCHS: &[&str] = &[
+    "SCMP_ARCH_AARCH64",
+    "SCMP_ARCH_ARM",
+    "SCMP_ARCH_MIPSEL",
+    "SCMP_ARCH_MIPSEL64",
+    "SCMP_ARCH_MIPSEL64N32",
+    "SCMP_ARCH_PPC64LE",
+    "SCMP_ARCH_RISCV64",
+    "SCMP_ARCH_X32",
+    "SCMP_ARCH_X86",
+    "SCMP_ARCH_X86_64",
+];
+pub const KNOWN_FLAGS: &[&str] = &[
+    "SECCOMP_FILTER_FLAG_TSYNC",
+    "SECCOMP_FILTER_FLAG_LOG",
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+    "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",
+];
+pub const SUPPORTED_FLAGS: &[&str] = &[
+    "SECCOMP_FILTER_FLAG_TSYNC",
+    "SECCOMP_FILTER_FLAG_LOG",
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     /// A profile field that cannot be applied; `field` is spelled as in config.json.
@@ -384,6 +431,38 @@ mod tests {
             assert_eq!(f.flags, 0, "{name}");
             // Hundreds of allowed calls over three architectures.
             assert!(f.program.len() > 100, "{name}: {}", f.program.len());
+        }
+    }
+
+    /// `nexcage features` claims only what compiles.
+    #[test]
+    fn every_feature_listed_compiles() {
+        for a in ACTIONS {
+            compile(&profile(json!({"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["getppid"], "action": a}]})))
+            .unwrap_or_else(|e| panic!("{a}: {e}"));
+        }
+        for op in OPERATORS {
+            compile(&profile(json!({"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_ERRNO",
+                              "args": [{"index": 0, "value": 1, "valueTwo": 1, "op": op}]}]})))
+            .unwrap_or_else(|e| panic!("{op}: {e}"));
+        }
+        let failed: Vec<_> = ARCHS
+            .iter()
+            .filter(|arch| {
+                compile(&profile(json!({"defaultAction": "SCMP_ACT_ALLOW",
+                    "architectures": [arch],
+                    "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_ERRNO"}]})))
+                .is_err()
+            })
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        for flag in SUPPORTED_FLAGS {
+            compile(&profile(
+                json!({"defaultAction": "SCMP_ACT_ALLOW", "flags": [flag]}),
+            ))
+            .unwrap_or_else(|e| panic!("{flag}: {e}"));
         }
     }
 
