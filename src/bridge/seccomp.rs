@@ -257,7 +257,8 @@ pub fn compile(p: &LinuxSeccomp) -> Result<Filter, SeccompError> {
             }
         }
     }
-    let program = export(&ctx).map_err(|m| refuse(F, m))?;
+    let mut program = enosys_stub(p);
+    program.extend(export(&ctx).map_err(|m| refuse(F, m))?);
     if program.len() > MAX_INSNS {
         return Err(refuse(
             F,
@@ -293,6 +294,125 @@ fn action(
         LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
         LinuxSeccompAction::ScmpActNotify => return Err(refuse(field, notify)),
     })
+}
+
+/// runc's -ENOSYS stub, for the x86 ABIs this host runs: a syscall numbered
+/// above every one the profile names for its ABI gets ENOSYS instead of the
+/// default action, so that libcs probing a syscall newer than the profile
+/// (clone3, fchmodat2...) fall back instead of failing. As in runc: only for
+/// a non-permissive default that is not already ENOSYS, and only for the
+/// architectures the profile lists. Prepended to libseccomp's program.
+fn enosys_stub(p: &LinuxSeccomp) -> Vec<(u16, u8, u8, u32)> {
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    const ENOSYS_RET: u32 = 0x0005_0000 | libc::ENOSYS as u32;
+    let permissive = matches!(
+        p.default_action(),
+        LinuxSeccompAction::ScmpActAllow
+            | LinuxSeccompAction::ScmpActLog
+            | LinuxSeccompAction::ScmpActTrace
+    );
+    if permissive || p.default_errno_ret() == Some(libc::ENOSYS as u32) {
+        return Vec::new();
+    }
+    let largest = |arch: ScmpArch| -> Option<u32> {
+        let listed = p
+            .architectures()
+            .iter()
+            .flatten()
+            .filter_map(|a| serde_json::to_value(a).ok()?.as_str().map(str::to_string))
+            .filter_map(|a| ScmpArch::from_str(&a).ok())
+            .any(|a| a == arch || (a == ScmpArch::Native && ScmpArch::native() == arch));
+        if !listed {
+            return None;
+        }
+        p.syscalls()
+            .iter()
+            .flatten()
+            .flat_map(|c| c.names())
+            .filter_map(|n| ScmpSyscall::from_name_by_arch(n, arch).ok())
+            .filter_map(|nr| u32::try_from(i32::from(nr)).ok())
+            .filter(|&nr| nr != 0)
+            .max()
+    };
+    let x86_64 = largest(ScmpArch::X8664);
+    let x32 = largest(ScmpArch::X32).map(|nr| nr | X32_SYSCALL_BIT);
+    let i386 = largest(ScmpArch::X86);
+    if x86_64.is_none() && x32.is_none() && i386.is_none() {
+        return Vec::new();
+    }
+    // Assembled with labels, then resolved to relative jumps (all short:
+    // the stub has at most 14 instructions).
+    #[derive(Clone, Copy, PartialEq)]
+    enum L {
+        X64,
+        X64Native,
+        X32,
+        I386,
+        Enosys,
+        Filter,
+    }
+    enum I {
+        Load(u32),
+        Jeq(u32, L, Option<L>),
+        Jgt(u32, L, L),
+        Jset(u32, L, L),
+        Ja(L),
+        Ret(u32),
+        Label(L),
+    }
+    let mut code = vec![I::Load(4)];
+    if x86_64.is_some() || x32.is_some() {
+        code.push(I::Jeq(AUDIT_ARCH_X86_64, L::X64, None));
+    }
+    if i386.is_some() {
+        code.push(I::Jeq(AUDIT_ARCH_I386, L::I386, None));
+    }
+    code.push(I::Ja(L::Filter));
+    let check = |max: Option<u32>| match max {
+        Some(m) => I::Jgt(m, L::Enosys, L::Filter),
+        None => I::Ja(L::Filter),
+    };
+    if x86_64.is_some() || x32.is_some() {
+        code.extend([
+            I::Label(L::X64),
+            I::Load(0),
+            I::Jset(X32_SYSCALL_BIT, L::X32, L::X64Native),
+            I::Label(L::X64Native),
+            check(x86_64),
+            I::Label(L::X32),
+            check(x32),
+        ]);
+    }
+    if i386.is_some() {
+        code.extend([I::Label(L::I386), I::Load(0), check(i386)]);
+    }
+    code.extend([I::Label(L::Enosys), I::Ret(ENOSYS_RET), I::Label(L::Filter)]);
+    let mut at = Vec::new();
+    let mut n = 0usize;
+    for i in &code {
+        match i {
+            I::Label(l) => at.push((*l, n)),
+            _ => n += 1,
+        }
+    }
+    let pos = |l: L| at.iter().find(|(x, _)| *x == l).expect("label placed").1;
+    let mut out = Vec::new();
+    for i in &code {
+        let here = out.len() + 1;
+        let rel = |l: L| u8::try_from(pos(l) - here).expect("short jump");
+        out.push(match *i {
+            I::Label(_) => continue,
+            I::Load(off) => (0x20, 0, 0, off),
+            I::Jeq(k, t, f) => (0x15, rel(t), f.map_or(0, rel), k),
+            I::Jgt(k, t, f) => (0x25, rel(t), rel(f), k),
+            I::Jset(k, t, f) => (0x45, rel(t), rel(f), k),
+            I::Ja(l) => (0x05, 0, 0, u32::from(rel(l))),
+            I::Ret(k) => (0x06, 0, 0, k),
+        });
+    }
+    out
 }
 
 /// libseccomp writes the program to a descriptor; a memfd keeps it off disk.
@@ -525,6 +645,66 @@ mod tests {
         assert_eq!(l.program.len(), f.program.len());
         std::fs::write(dir.path().join(FILE), b"{\"flags\":0,\"program\":[]}").unwrap();
         assert!(read(dir.path()).is_err());
+    }
+
+    /// Loads `f` in a forked child and returns what `probe` returns there.
+    fn in_child(f: &Filter, probe: fn() -> i32) -> i32 {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), f).unwrap();
+        let l = read(dir.path()).unwrap().unwrap();
+        // SAFETY: the child makes only raw syscalls and _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                if l.load().is_err() {
+                    libc::_exit(100);
+                }
+                libc::_exit(probe())
+            },
+            nix::unistd::ForkResult::Parent { child } => {
+                match nix::sys::wait::waitpid(child, None).unwrap() {
+                    nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    /// errno of syscall `nr` with null arguments, or 0 if it succeeded.
+    fn errno_of(nr: libc::c_long) -> i32 {
+        // SAFETY: called only in the forked child, with null arguments.
+        unsafe {
+            if libc::syscall(nr, 0, 0, 0) >= 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            }
+        }
+    }
+
+    /// As runc: with containerd's profile (default EPERM) a syscall above
+    /// every one it names gets ENOSYS, an unlisted older one EPERM.
+    #[test]
+    fn syscalls_newer_than_the_profile_get_enosys_as_with_runc() {
+        let f = compile(&golden("containerd-ctr-run-seccomp")).unwrap();
+        assert_eq!(in_child(&f, || errno_of(1000)), libc::ENOSYS);
+        assert_eq!(in_child(&f, || errno_of(libc::SYS_acct)), libc::EPERM);
+        assert_eq!(in_child(&f, || errno_of(libc::SYS_getppid)), 0);
+        // Without architectures runc adds no stub: the default applies.
+        let bare = compile(&profile(json!({"defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{"names": ["getppid", "exit_group", "exit"], "action": "SCMP_ACT_ALLOW"}]})))
+        .unwrap();
+        assert_eq!(in_child(&bare, || errno_of(1000)), libc::EPERM);
+        // A permissive default needs none either.
+        let allow = compile(&profile(json!({"defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"]})))
+        .unwrap();
+        assert_eq!(
+            allow.program,
+            compile(&profile(json!({"defaultAction": "SCMP_ACT_ALLOW"})))
+                .unwrap()
+                .program
+        );
     }
 
     /// The exported program does what the profile says once loaded: in a
