@@ -74,6 +74,14 @@ check "  its hooks ran at their stages with the state" \
   [ "$(tr '\n' , < "$W/hook.log")" = "createRuntime creating,poststart running,poststop stopped," ]
 check "  nothing left" eventually nothing_left
 
+# The client's default seccomp profile is loaded by nexcage's init: one filter
+# more than with it off (the node's LXC loads its own in both cases).
+filters='sed -n "s/^Seccomp_filters:\t//p" /proc/self/status'
+confined=$(podman_nx run --rm "$IMAGE" sh -c "$filters")
+unconfined=$(podman_nx run --rm --security-opt seccomp=unconfined "$IMAGE" sh -c "$filters")
+check "podman's default seccomp profile is applied" [ "$confined" = $((unconfined + 1)) ]
+check "  nothing left" eventually nothing_left
+
 podman_nx run --rm "$IMAGE" sh -c 'exit 7'
 check "podman run exits 7 when the process does" [ $? = 7 ]
 podman_nx run --rm "$IMAGE" sh -c 'kill -KILL $$'
@@ -121,6 +129,11 @@ tpl_first=$(templates)
 ctr_nx run "${R[@]}" --rm "$IMAGE" c1b true && ctr_nx run "${R[@]}" --rm "$IMAGE" c1c true
 check "three ctr runs of one image make at most one template" \
   [ "$(templates)" = "$tpl_first" -a "$tpl_first" -le $((tpl_before + 1)) ]
+check "  nothing left" nothing_left
+plain=$(ctr_nx run "${R[@]}" --rm "$IMAGE" c1s sh -c "$filters")
+confined=$(ctr_nx run "${R[@]}" --rm --seccomp "$IMAGE" c1s sh -c "$filters; echo hi")
+check "ctr run --seccomp runs under containerd's default profile" \
+  [ "$confined" = "$((plain + 1))"$'\n'hi ]
 check "  nothing left" nothing_left
 ctr_nx run "${R[@]}" --rm "$IMAGE" c2 sh -c 'exit 7'
 check "ctr run exits 7 when the process does" [ $? = 7 ]

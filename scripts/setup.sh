@@ -4,7 +4,9 @@
 # templates, newuidmap/newgidmap, and root's subordinate id range for
 # unprivileged containers; the simulated node's own needs: ip (its network
 # namespace and vmbr0), mkfs.ext4, mount and losetup (its root volumes);
-# the CNI reference plugins (/usr/lib/cni) that tests run as nerdctl does.
+# the CNI reference plugins (/usr/lib/cni) that tests run as nerdctl does;
+# libseccomp's static archive (libseccomp-dev), which nexcage links to
+# compile linux.seccomp profiles.
 # Idempotent and quiet; works from any directory.
 set -euo pipefail
 
@@ -17,7 +19,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok instal
 
 missing=()
 for pkg in lxc busybox-static zstd uidmap tar file util-linux mount e2fsprogs iproute2 \
-    containernetworking-plugins; do
+    containernetworking-plugins libseccomp-dev; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

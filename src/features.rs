@@ -48,7 +48,15 @@ pub fn document() -> Value {
             // Applied to the process by the in-container init.
             "capabilities": crate::bridge::init::capability_names(),
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
-            "seccomp": {"enabled": false},
+            // Compiled at create, loaded by the init (docs/translation.md).
+            "seccomp": {
+                "enabled": true,
+                "actions": crate::bridge::seccomp::ACTIONS,
+                "operators": crate::bridge::seccomp::OPERATORS,
+                "archs": crate::bridge::seccomp::ARCHS,
+                "knownFlags": crate::bridge::seccomp::KNOWN_FLAGS,
+                "supportedFlags": crate::bridge::seccomp::SUPPORTED_FLAGS
+            },
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
             "intelRdt": {"enabled": false}
@@ -76,7 +84,11 @@ mod tests {
                 "poststop"
             ])
         );
-        assert_eq!(d["linux"]["seccomp"]["enabled"], false);
+        assert_eq!(d["linux"]["seccomp"]["enabled"], true);
+        assert!(!d["linux"]["seccomp"]["actions"]
+            .as_array()
+            .unwrap()
+            .contains(&"SCMP_ACT_NOTIFY".into()));
         assert_eq!(d["ociVersionMin"], "1.0.0");
         assert_eq!(d["linux"]["apparmor"]["enabled"], false);
         assert_eq!(d["linux"]["capabilities"].as_array().unwrap().len(), 41);

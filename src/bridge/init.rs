@@ -239,6 +239,8 @@ struct Prepared {
     /// None: the process keeps the init's capabilities, as with runc.
     caps: Option<Caps>,
     oom_score_adj: Option<Vec<u8>>,
+    /// linux.seccomp, compiled by create; the same for `exec`, as with runc.
+    seccomp: Option<super::seccomp::Loadable>,
 }
 
 /// The five OCI capability sets as kernel numbers/bitmasks.
@@ -532,7 +534,10 @@ impl Prepared {
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let process: Process = serde_json::from_slice(&text)
             .map_err(|e| format!("invalid {}: {e}", path.display()))?;
-        Prepared::from_process(&process)
+        let mut prepared = Prepared::from_process(&process)?;
+        prepared.seccomp =
+            super::seccomp::read(Path::new(MOUNT_POINT)).map_err(|e| e.to_string())?;
+        Ok(prepared)
     }
 
     fn from_process(p: &Process) -> Result<Prepared, String> {
@@ -596,6 +601,7 @@ impl Prepared {
             },
             caps: Caps::from_process(p)?,
             oom_score_adj: p.oom_score_adj().map(|a| a.to_string().into_bytes()),
+            seccomp: None,
         })
     }
 }
@@ -840,8 +846,8 @@ fn run_start_hooks() -> Result<(), String> {
 }
 
 /// Drop to the OCI user and exec: cwd, rlimits, umask, oom_score_adj,
-/// capabilities, groups, gid, uid, no_new_privs, then execve with exactly the
-/// process's environment. Shared by the container process (after `start`)
+/// capabilities, groups, gid, uid, no_new_privs, seccomp, then execve with
+/// exactly the process's environment. Shared by the container process (after `start`)
 /// and by `exec` (already placed in the guest by lxc-attach).
 ///
 /// # Safety
@@ -852,6 +858,19 @@ unsafe fn become_process(p: &Prepared) -> ! {
     let last = || std::io::Error::last_os_error();
     // SAFETY: credential syscalls in a single-threaded process (the caller's contract).
     unsafe {
+        // Built first: after the seccomp filter, allocating may be denied.
+        let argv: Vec<*const libc::c_char> = p
+            .args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp: Vec<*const libc::c_char> = p
+            .env
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
         if libc::chdir(p.cwd.as_ptr()) != 0 {
             fail("chdir", last());
         }
@@ -874,6 +893,13 @@ unsafe fn become_process(p: &Prepared) -> ! {
                 fail("oom_score_adj", last());
             }
             libc::close(fd);
+        }
+        // Without no_new_privs the kernel wants CAP_SYS_ADMIN for a filter:
+        // load it while we still have it, as runc does (the profile must then
+        // allow what follows: setgroups, setuid, capset...).
+        if let Some(f) = p.seccomp.as_ref().filter(|_| !p.no_new_privileges) {
+            f.load()
+                .unwrap_or_else(|e| fail("load the seccomp filter", e));
         }
         if let Some(c) = &p.caps {
             // Dropping from the bounding set needs CAP_SETPCAP: before setuid.
@@ -902,18 +928,12 @@ unsafe fn become_process(p: &Prepared) -> ! {
         if p.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail("no_new_privs", last());
         }
-        let argv: Vec<*const libc::c_char> = p
-            .args
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let envp: Vec<*const libc::c_char> = p
-            .env
-            .iter()
-            .map(|e| e.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
+        // As close to execve as possible, so the profile governs the fewest
+        // of our own calls (runc's order).
+        if let Some(f) = p.seccomp.as_ref().filter(|_| p.no_new_privileges) {
+            f.load()
+                .unwrap_or_else(|e| fail("load the seccomp filter", e));
+        }
         libc::execve(p.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(&format!("exec {}", p.path.to_string_lossy()), last())
     }

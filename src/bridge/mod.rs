@@ -22,6 +22,7 @@ pub mod netlink;
 pub mod netns;
 pub mod proto;
 pub mod pty;
+pub mod seccomp;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader};

@@ -55,6 +55,8 @@ pub enum DriverError {
     NotSearchable(PathBuf),
     #[error("config.json: {0}")]
     Netns(#[from] crate::bridge::netns::NetnsError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::bridge::seccomp::SeccompError),
     #[error("cannot tell whether pct supports host-managed networks: pct create 0 answered {0:?}")]
     HostManagedProbe(String),
 }
@@ -347,6 +349,9 @@ impl Backend for Driver {
                     source: e,
                 },
             })?;
+        if let Some(filter) = &plan.seccomp {
+            crate::bridge::seccomp::write(req.bridge_dir, filter).map_err(DriverError::from)?;
+        }
         if plan.unprivileged {
             for p in [req.bridge_dir, req.init_binary] {
                 check_searchable(p)?;

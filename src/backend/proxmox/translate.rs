@@ -199,6 +199,9 @@ pub struct PctPlan {
     /// Root volume size in GiB (pct's format) when an annotation sets it.
     pub rootfs_size: Option<String>,
     pub init: InitSettings,
+    /// linux.seccomp compiled for the init (crate::bridge::seccomp), which
+    /// loads it last before exec; written beside the init settings.
+    pub seccomp: Option<crate::bridge::seccomp::Filter>,
 }
 
 impl PctPlan {
@@ -358,6 +361,7 @@ pub fn plan_bundle(
             storage: None,
             rootfs_size: None,
             init: InitSettings::default(),
+            seccomp: None,
         },
         settings,
         host,
@@ -819,10 +823,19 @@ impl Translator<'_> {
                 self.plan.init.sysctl.insert(k.clone(), val.to_string());
             }
         }
-        // Proxmox's LXC always runs its own seccomp policy for the guest; a
-        // profile in OCI's JSON form cannot be handed to LXC (which reads its
-        // own text format), so it is accepted and documented, not applied.
-        let _ = l.get("seccomp");
+        // Compiled here, on the host, so that a profile nexcage cannot apply
+        // fails create by name; the init stacks it on LXC's own policy.
+        if let Some(s) = l.get("seccomp").filter(|s| !s.is_null()) {
+            let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(s.clone())
+                .map_err(|e| field("linux.seccomp", e.to_string()))?;
+            let filter = crate::bridge::seccomp::compile(&profile).map_err(|e| match e {
+                crate::bridge::seccomp::SeccompError::Profile { field: f, message } => {
+                    field(f, message)
+                }
+                other => field("linux.seccomp", other.to_string()),
+            })?;
+            self.plan.seccomp = Some(filter);
+        }
         if let Some(p) = l
             .get("rootfsPropagation")
             .and_then(Value::as_str)
@@ -2207,6 +2220,8 @@ mod doc_table {
         Init(&'static str),
         /// Text in what the init prepares from process.json.
         Process(&'static str),
+        /// A compiled linux.seccomp filter for the init.
+        Seccomp,
         /// Provided by LXC or ignored: the plan succeeds.
         Accepted,
         /// Refused naming the field.
@@ -2566,7 +2581,13 @@ mod doc_table {
             "`linux.seccomp`" => (
                 json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO"}}}),
                 V1,
-                Accepted,
+                Seccomp,
+            ),
+            "`linux.seccomp.listenerPath`" => (
+                json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
+                                              "listenerPath": "/run/agent.sock"}}}),
+                V1,
+                Refused,
             ),
             "`linux.rootfsPropagation`" => (
                 json!({"linux": {"rootfsPropagation": "rprivate"}}),
@@ -2739,7 +2760,7 @@ mod doc_table {
                 }
                 (Accepted, "ignored" | "applied (lxc)" | "applied (pct)" | "applied (nexcage)") => {
                 }
-                (Arg(..) | Raw(_) | Init(_) | Process(_), _) if applied => {}
+                (Arg(..) | Raw(_) | Init(_) | Process(_) | Seccomp, _) if applied => {}
                 _ => panic!("{row}: status {status:?} does not match its test"),
             }
             let p = got.unwrap_or_else(|e| panic!("{row}: {e}"));
@@ -2766,6 +2787,7 @@ mod doc_table {
                         crate::bridge::init::prepared_debug(s.process().as_ref().unwrap()).unwrap();
                     assert!(dbg.contains(text), "{row}: {text} not in {dbg}");
                 }
+                Seccomp => assert!(p.seccomp.is_some(), "{row}: no filter"),
                 Accepted | Refused => {}
             }
         }
