@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,24 +46,7 @@ fn create_with(node: &Node, id: &str, patch: serde_json::Value) -> Created {
     });
     merge(&mut config, patch);
     let bundle = node.bundle(id, config);
-    let out = node.root().join(format!("{id}.out"));
-    let err = node.root().join(format!("{id}.err"));
-    let pid_file = node.root().join(format!("{id}.pid"));
-    let status = node
-        .nexcage(["create", "--bundle"])
-        .arg(&bundle)
-        .arg("--pid-file")
-        .arg(&pid_file)
-        .arg(id)
-        .stdout(File::create(&out).unwrap())
-        .stderr(File::create(&err).unwrap())
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "create {id}: {}",
-        std::fs::read_to_string(&err).unwrap()
-    );
+    let Logged { out, pid_file, .. } = node.create_logged(&bundle, id);
     assert_eq!(node.status(id), "created");
     let monitor = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
     Created {

@@ -42,18 +42,7 @@ fn run_in(node: &Node, name: &str, mut patch: serde_json::Value, script: &str) -
         json!({"process": {"args": ["sh", "-c", script]}}),
     );
     let bundle = node.bundle(name, patch);
-    let out_path = node.root().join(format!("{name}.out"));
-    let err_path = node.root().join(format!("{name}.err"));
-    let create = node
-        .nexcage(["create", "--bundle"])
-        .arg(&bundle)
-        .arg(name)
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .status()
-        .unwrap();
-    let err = std::fs::read_to_string(&err_path).unwrap();
-    assert!(create.success(), "create {name}: {err}");
+    let out_path = node.create_logged(&bundle, name).out;
     let start = node.run(["start", name]);
     assert!(start.status.success(), "start: {}", stderr(&start));
     let out = wait_for_file_content(&out_path, "END\n");

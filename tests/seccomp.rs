@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -30,22 +29,8 @@ fn golden(name: &str) -> Value {
 
 /// Create with stdout and stderr in files that the process keeps.
 fn create(node: &Node, bundle: &Path, id: &str) -> (PathBuf, PathBuf) {
-    let out = node.root().join(format!("{id}.out"));
-    let err = node.root().join(format!("{id}.err"));
-    let ok = node
-        .nexcage(["create", "--bundle"])
-        .arg(bundle)
-        .arg(id)
-        .stdout(File::create(&out).unwrap())
-        .stderr(File::create(&err).unwrap())
-        .status()
-        .unwrap();
-    assert!(
-        ok.success(),
-        "create {id}: {}",
-        std::fs::read_to_string(&err).unwrap()
-    );
-    (out, err)
+    let logged = node.create_logged(bundle, id);
+    (logged.out, logged.err)
 }
 
 #[test]

@@ -15,17 +15,7 @@ fn run_in(node: &Node, name: &str, patch: serde_json::Value, script: &str) -> St
         json!({"process": {"args": ["sh", "-c", script]}}),
     );
     let bundle = node.bundle(name, patch);
-    let out_path = node.root().join(format!("{name}.out"));
-    let create = node
-        .nexcage(["create", "--bundle"])
-        .arg(&bundle)
-        .arg(name)
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(node.root().join(format!("{name}.err"))).unwrap())
-        .status()
-        .unwrap();
-    let err = std::fs::read_to_string(node.root().join(format!("{name}.err"))).unwrap();
-    assert!(create.success(), "create {name}: {err}");
+    let out_path = node.create_logged(&bundle, name).out;
     let start = node.run(["start", name]);
     assert!(start.status.success(), "start: {}", stderr(&start));
     let out = wait_for_file_content(&out_path, "END\n");

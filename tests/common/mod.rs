@@ -49,6 +49,13 @@ pub fn become_subreaper() {
     ONCE.call_once(|| nix::sys::prctl::set_child_subreaper(true).unwrap());
 }
 
+/// Where [`Node::create_logged`] put the process's output and pid.
+pub struct Logged {
+    pub out: PathBuf,
+    pub err: PathBuf,
+    pub pid_file: PathBuf,
+}
+
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -178,6 +185,32 @@ impl Node {
         let mut cmd = Command::new(self.root().join("bin/pct"));
         self.env(&mut cmd);
         cmd.args(args).output().unwrap()
+    }
+
+    /// `nexcage create --pid-file` with the process's stdout and stderr in
+    /// files it keeps (`<root>/<id>.out|.err|.pid`); panics on failure.
+    pub fn create_logged(&self, bundle: &Path, id: &str) -> Logged {
+        let logged = Logged {
+            out: self.root().join(format!("{id}.out")),
+            err: self.root().join(format!("{id}.err")),
+            pid_file: self.root().join(format!("{id}.pid")),
+        };
+        let status = self
+            .nexcage(["create", "--bundle"])
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&logged.pid_file)
+            .arg(id)
+            .stdout(std::fs::File::create(&logged.out).unwrap())
+            .stderr(std::fs::File::create(&logged.err).unwrap())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "create {id}: {}",
+            std::fs::read_to_string(&logged.err).unwrap()
+        );
+        logged
     }
 
     /// VMIDs nexcage holds reserved under its state root (files named by
