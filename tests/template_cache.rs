@@ -168,7 +168,7 @@ fn a_template_a_container_was_created_from_is_kept_unless_all() {
     let out = json_of(&node, &["template", "prune", "--format", "json"]);
     assert_eq!(out["removed"], json!([]), "{out}");
     assert_eq!(out["kept"][0]["reason"], "in use", "{out}");
-    assert_eq!(node.templates(), [name.clone()]);
+    assert_eq!(node.templates(), std::slice::from_ref(&name));
     // The guest has its own copy of the root: --all may take the template.
     let out = json_of(&node, &["template", "prune", "--all", "--format", "json"]);
     assert_eq!(out["removed"][0]["name"], name.as_str(), "{out}");
@@ -189,7 +189,7 @@ fn a_template_a_create_is_using_is_never_removed() {
     let out = json_of(&node, &["template", "prune", "--all", "--format", "json"]);
     assert_eq!(out["removed"], json!([]), "{out}");
     assert_eq!(out["kept"][0]["reason"], "busy", "{out}");
-    assert_eq!(node.templates(), [name.clone()]);
+    assert_eq!(node.templates(), std::slice::from_ref(&name));
     drop(held);
     let out = json_of(&node, &["template", "prune", "--format", "json"]);
     assert_eq!(out["removed"][0]["name"], name.as_str(), "{out}");
@@ -290,4 +290,21 @@ fn a_zero_limit_is_refused() {
     let node = Node::with_config("template_cache_max_count = 0");
     let out = node.run(["template", "list"]);
     fails_with(&out, "template_cache_max_count");
+}
+
+#[test]
+fn a_failed_create_removes_the_template_it_made_through_pveam() {
+    let node = Node::new();
+    let log = log_pveam(&node);
+    // pct create refuses the storage after the template is converted.
+    let bundle = node.bundle(
+        "bad",
+        json!({"annotations": {"org.proxmox.storage": "nosuch"}}),
+    );
+    let out = node.create(&bundle, "bad", &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
+    assert!(node.templates().is_empty(), "{:?}", node.templates());
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(calls.contains("remove local:vztmpl/nexcage-"), "{calls}");
 }
