@@ -308,3 +308,30 @@ fn a_failed_create_removes_the_template_it_made_through_pveam() {
     let calls = std::fs::read_to_string(&log).unwrap();
     assert!(calls.contains("remove local:vztmpl/nexcage-"), "{calls}");
 }
+
+#[test]
+fn a_hit_counts_as_a_use_for_eviction() {
+    let node = Node::with_config("template_cache_max_count = 2");
+    let [a, b, c] = ["a", "b", "c"].map(|t| other_rootfs(&node, t));
+    create(&node, "a", Some(&a));
+    let ta = node.templates();
+    create(&node, "b", Some(&b));
+    let tb: Vec<String> = node
+        .templates()
+        .into_iter()
+        .filter(|n| !ta.contains(n))
+        .collect();
+    // A hit on a's template makes b's the least recently used.
+    create(&node, "a2", Some(&a));
+    create(&node, "c", Some(&c));
+    let now = node.templates();
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(
+        now.contains(&ta[0]),
+        "the template just hit was evicted: {now:?}"
+    );
+    assert!(!now.contains(&tb[0]), "{now:?}");
+    for id in ["a", "b", "a2", "c"] {
+        delete(&node, id);
+    }
+}
