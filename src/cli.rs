@@ -83,6 +83,9 @@ pub enum Command {
     Update(UpdateArgs),
     /// Print container events and statistics.
     Events(EventsArgs),
+    /// List or prune the templates nexcage converted on the template storage.
+    #[command(subcommand)]
+    Template(TemplateCommand),
     /// Internal: the process bridge's host side, started by create.
     #[command(hide = true)]
     Monitor(MonitorArgs),
@@ -303,6 +306,35 @@ pub struct EventsArgs {
     #[arg(long, default_value = "5s")]
     pub interval: String,
     pub id: String,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TemplateCommand {
+    /// nexcage's templates: size, last use, containers of this root created
+    /// from them, and whether a create is using one right now.
+    List(TemplateListArgs),
+    /// Remove templates through pveam. Default: those no container of this
+    /// root was created from; a template a create is using is never removed.
+    Prune(TemplatePruneArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TemplateListArgs {
+    #[arg(short = 'f', long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TemplatePruneArgs {
+    /// Also those containers of this root were created from (their guests
+    /// have their own copy of the root; only a re-create converts again).
+    #[arg(long)]
+    pub all: bool,
+    /// Only those last used longer ago than DURATION (7d, 12h, 30m, 45s, 2w).
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: Option<String>,
+    #[arg(short = 'f', long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
 }
 
 /// The hidden `init`: without a mode it is the guest's PID 1 (lxc.init.cmd);

@@ -85,6 +85,11 @@ pub struct ProxmoxSettings {
     pub command_timeout_secs: u64,
     /// How long create waits for the container's init to report ready.
     pub start_timeout_secs: u64,
+    /// Bounds on nexcage's converted templates: after a conversion adds
+    /// one, the least recently used are removed (pveam remove) until both
+    /// hold. Unset: unlimited.
+    pub template_cache_max_bytes: Option<u64>,
+    pub template_cache_max_count: Option<u32>,
 }
 
 impl Default for ProxmoxSettings {
@@ -108,6 +113,8 @@ impl Default for ProxmoxSettings {
             cgroup_version: CgroupVersion::Auto,
             command_timeout_secs: 300,
             start_timeout_secs: 60,
+            template_cache_max_bytes: None,
+            template_cache_max_count: None,
         }
     }
 }
@@ -144,6 +151,13 @@ impl Settings {
 }
 
 impl ProxmoxSettings {
+    pub fn template_cache_limits(&self) -> crate::backend::proxmox::cache::Limits {
+        crate::backend::proxmox::cache::Limits {
+            max_bytes: self.template_cache_max_bytes,
+            max_count: self.template_cache_max_count.map(|n| n as usize),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         for (key, value) in [
             ("template_storage", &self.template_storage),
@@ -166,6 +180,12 @@ impl ProxmoxSettings {
             if !(100..=999_999_999).contains(&v) {
                 return Err(format!("vmid {v} is outside 100..999999999"));
             }
+        }
+        if self.template_cache_max_bytes == Some(0) || self.template_cache_max_count == Some(0) {
+            return Err(
+                "template_cache_max_bytes/template_cache_max_count: 0 would evict every template; leave unset for no limit"
+                    .into(),
+            );
         }
         for p in &self.bind_allow {
             if !p.is_absolute() || p.components().any(|c| c.as_os_str() == "..") {
@@ -245,11 +265,27 @@ mod tests {
     }
 
     #[test]
+    fn template_cache_limits_are_unset_by_default() {
+        let s = Settings::parse("").unwrap();
+        assert_eq!(s.proxmox.template_cache_limits(), Default::default());
+        let s = Settings::parse(
+            "[proxmox]\ntemplate_cache_max_bytes = 1073741824\ntemplate_cache_max_count = 3\n",
+        )
+        .unwrap();
+        let l = s.proxmox.template_cache_limits();
+        assert_eq!((l.max_bytes, l.max_count), (Some(1 << 30), Some(3)));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(Settings::parse("[proxmox]\nbogus = 1\n").is_err());
         assert!(Settings::parse("[proxmox]\nbridge = \"vmbr0\\nlxc.x=1\"\n").is_err());
         assert!(Settings::parse("[proxmox]\nstorage = \"local:evil\"\n").is_err());
         assert!(Settings::parse("[proxmox]\nvmid_min = 50\n").is_err());
         assert!(Settings::parse("[proxmox]\nvmid_min = 900\nvmid_max = 800\n").is_err());
+        assert!(Settings::parse("[proxmox]\ntemplate_cache_max_count = 0\n").is_err());
+        assert!(Settings::parse("[proxmox]\ntemplate_cache_max_bytes = 0\n").is_err());
+        assert!(Settings::parse("[proxmox]\ntemplate_cache_max_bytes = -5\n").is_err());
+        assert!(Settings::parse("[proxmox]\ntemplate_cache_max_count = \"x\"\n").is_err());
     }
 }

@@ -127,6 +127,7 @@ pub fn create_with_console(
         process: None,
         systemd_cgroup: global.systemd_cgroup,
         new_template: None,
+        template: None,
         hooks,
         bridge_protocol: bridge::PROTOCOL,
     };

@@ -97,6 +97,10 @@ pub struct Record {
     /// A template this create converted (not reused): removed if create fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_template: Option<PathBuf>,
+    /// The volume id of the template the guest was created from, so that
+    /// `template list|prune` know which templates this root's guests use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     /// The bundle's OCI hooks as create read them: poststart and poststop
     /// run later, when config.json may have changed or be gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -350,6 +354,7 @@ mod tests {
             process: None,
             systemd_cgroup: false,
             new_template: None,
+            template: None,
             hooks: None,
             bridge_protocol: 0,
         }

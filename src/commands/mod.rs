@@ -15,6 +15,7 @@ pub mod run;
 pub mod spec;
 pub mod start;
 pub mod state;
+pub mod template;
 pub mod update;
 
 use crate::cli::{Command, GlobalOpts};
@@ -39,6 +40,7 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
         Command::Resume(a) => resume::run(global, &a.id),
         Command::Update(a) => update::run(global, &a),
         Command::Events(a) => events::run(global, &a),
+        Command::Template(c) => template::run(global, &c),
         Command::Monitor(_) | Command::Init(_) => unreachable!("dispatched in main"),
     }
 }

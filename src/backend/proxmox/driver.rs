@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use super::cache::{self, CacheError, Meta};
 use super::conf::{self, ConfError, RawLine};
 use super::pct::{PctError, Tools};
 use super::template::{self, TemplateError};
@@ -28,6 +29,8 @@ pub enum DriverError {
     Translate(#[from] TranslateError),
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error(transparent)]
     Vmid(#[from] VmidError),
     #[error(transparent)]
@@ -197,6 +200,36 @@ impl Driver {
         Ok(supported)
     }
 
+    /// The template storage, its directory and what this root keeps about
+    /// its templates, for `nexcage template`.
+    fn template_store(&self) -> Result<(String, PathBuf, Meta), DriverError> {
+        let storage = self.storage_for("template_storage", "vztmpl")?;
+        let dir = self.template_dir(&storage)?;
+        Ok((storage, dir, Meta::new(&self.state_root)))
+    }
+
+    /// nexcage's templates on the template storage, as pveam lists them.
+    pub fn templates(&self) -> Result<Vec<cache::Entry>, DriverError> {
+        let (storage, dir, meta) = self.template_store()?;
+        Ok(cache::list(&self.tools, &storage, &dir, &meta)?)
+    }
+
+    /// Whether a create holds `name` at this moment.
+    pub fn template_busy(&self, name: &str) -> Result<bool, DriverError> {
+        let meta = Meta::new(&self.state_root);
+        Ok(meta.try_lock_exclusive(name)?.is_none())
+    }
+
+    /// `pveam remove` under the template's exclusive lock; Ok(false) when
+    /// busy.
+    pub fn remove_template(&self, entry: &cache::Entry) -> Result<bool, DriverError> {
+        Ok(cache::remove(
+            &self.tools,
+            &Meta::new(&self.state_root),
+            entry,
+        )?)
+    }
+
     fn conf_path(&self, vmid: u32) -> PathBuf {
         self.settings.conf_dir.join(format!("{vmid}.conf"))
     }
@@ -364,11 +397,21 @@ impl Backend for Driver {
         };
         let template_storage = self.storage_for("template_storage", "vztmpl")?;
         let dir = self.template_dir(&template_storage)?;
-        let tpl = template::ensure(&req.bundle.rootfs, &dir).map_err(DriverError::from)?;
+        let meta = Meta::new(&self.state_root);
+        // Held until pct create has unpacked the archive (the end of
+        // provision): eviction and prune skip a template so held.
+        let (tpl, _in_use) =
+            template::ensure_with(&req.bundle.rootfs, &dir, |name| Ok(meta.lock_shared(name)?))
+                .map_err(DriverError::from)?;
+        if let Err(e) = meta.touch(&tpl.name, std::time::SystemTime::now()) {
+            // Only the LRU order suffers: it falls back to the archive's mtime.
+            tracing::warn!(error = %e, "template cache");
+        }
         if !tpl.reused {
             record.new_template = Some(tpl.path.clone());
         }
         let volid = format!("{template_storage}:vztmpl/{}", tpl.name);
+        record.template = Some(volid.clone());
         let gib = translate::root_volume_gib(tpl.data_bytes);
         let vmid = self
             .create_guest(
@@ -387,6 +430,17 @@ impl Backend for Driver {
             })?;
         conf::append(&self.conf_path(vmid), &self.settings.lock_dir, vmid, &lines)
             .map_err(|source| DriverError::Conf { vmid, source })?;
+        if !tpl.reused {
+            // Our own template is still held shared, so it is never the one
+            // evicted, even when it alone is over the limit.
+            cache::evict(
+                &self.tools,
+                &template_storage,
+                &dir,
+                &meta,
+                self.settings.template_cache_limits(),
+            );
+        }
         Ok(())
     }
 
@@ -416,9 +470,34 @@ impl Backend for Driver {
         Ok(())
     }
 
+    /// Through pveam like any removal, and only if no other create has
+    /// hit the new template meanwhile (it holds the lock shared).
     fn discard(&self, record: &Record) {
-        if let Some(path) = &record.new_template {
+        let Some(path) = &record.new_template else {
+            return;
+        };
+        let Some(volid) = &record.template else {
+            // A record from before templates were named in it.
             let _ = std::fs::remove_file(path);
+            return;
+        };
+        let Some(name) = volid.split_once(":vztmpl/").map(|(_, n)| n.to_string()) else {
+            return;
+        };
+        let Ok(st) = std::fs::metadata(path) else {
+            return;
+        };
+        let entry = cache::Entry {
+            name,
+            volid: volid.clone(),
+            bytes: st.len(),
+            last_used: std::time::SystemTime::now(),
+            recorded: true,
+        };
+        match cache::remove(&self.tools, &Meta::new(&self.state_root), &entry) {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(template = %volid, "kept: another create uses it"),
+            Err(e) => tracing::warn!(error = %e, "cannot discard the template this create made"),
         }
     }
 

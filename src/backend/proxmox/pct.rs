@@ -46,6 +46,7 @@ impl PctError {
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub pct: PathBuf,
+    pub pveam: PathBuf,
     pub pvesm: PathBuf,
     pub pvesh: PathBuf,
     pub timeout: Duration,
@@ -55,6 +56,7 @@ impl Tools {
     pub fn from_settings(s: &ProxmoxSettings) -> Tools {
         Tools {
             pct: s.pct.clone(),
+            pveam: s.pveam.clone(),
             pvesm: s.pvesm.clone(),
             pvesh: s.pvesh.clone(),
             timeout: Duration::from_secs(s.command_timeout_secs),
@@ -67,6 +69,14 @@ impl Tools {
         S: AsRef<OsStr>,
     {
         run(&self.pct, args, self.timeout)
+    }
+
+    pub fn pveam<I, S>(&self, args: I) -> Result<String, PctError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run(&self.pveam, args, self.timeout)
     }
 
     pub fn pvesm<I, S>(&self, args: I) -> Result<String, PctError>

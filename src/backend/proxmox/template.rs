@@ -84,6 +84,8 @@ pub enum TemplateError {
     /// A write to the caller's writer in [`write_archive`], which has no path.
     #[error("cannot write the archive of rootfs {}: {source}", rootfs.display())]
     Output { rootfs: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Cache(#[from] super::cache::CacheError),
 }
 
 /// A converted (or reused) template in the storage directory.
@@ -134,19 +136,35 @@ pub fn fingerprint(rootfs: &Path) -> Result<String, TemplateError> {
 }
 
 /// Make sure `cache_dir` holds the template for `rootfs`; convert only when new.
+#[cfg_attr(not(test), allow(dead_code, reason = "the driver locks: ensure_with"))]
 pub fn ensure(rootfs: &Path, cache_dir: &Path) -> Result<Template, TemplateError> {
+    ensure_with(rootfs, cache_dir, |_| Ok(())).map(|(t, ())| t)
+}
+
+/// [`ensure`], calling `hold` with the template's name once it is known and
+/// before the archive is looked for, so that what `hold` returns (a lock
+/// that keeps eviction away) covers both the hit and the conversion.
+pub fn ensure_with<H>(
+    rootfs: &Path,
+    cache_dir: &Path,
+    hold: impl FnOnce(&str) -> Result<H, TemplateError>,
+) -> Result<(Template, H), TemplateError> {
     let (fp, data_bytes) = walk(rootfs, &mut NoSink, None)?;
     let name = template_name(&fp);
+    let held = hold(&name)?;
     let path = cache_dir.join(&name);
     match fs::symlink_metadata(&path) {
         Ok(meta) if meta.is_file() => {
             tracing::debug!(template = %path.display(), "reusing template");
-            return Ok(Template {
-                name,
-                path,
-                reused: true,
-                data_bytes,
-            });
+            return Ok((
+                Template {
+                    name,
+                    path,
+                    reused: true,
+                    data_bytes,
+                },
+                held,
+            ));
         }
         Ok(_) => {
             return Err(TemplateError::Write {
@@ -158,12 +176,15 @@ pub fn ensure(rootfs: &Path, cache_dir: &Path) -> Result<Template, TemplateError
         Err(source) => return Err(TemplateError::Write { path, source }),
     }
     convert(rootfs, cache_dir, &fp)?;
-    Ok(Template {
-        name,
-        path,
-        reused: false,
-        data_bytes,
-    })
+    Ok((
+        Template {
+            name,
+            path,
+            reused: false,
+            data_bytes,
+        },
+        held,
+    ))
 }
 
 /// Write the template archive for `rootfs` to `out`: a zstd-compressed tar

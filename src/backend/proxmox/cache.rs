@@ -1,0 +1,548 @@
+//! The template cache kept in bounds: which of nexcage's templates exist
+//! (`pveam list`), when each was last used, which are being created from at
+//! this moment, and removal through `pveam remove` so that the storage
+//! layer stays the one that deletes volumes.
+//!
+//! Per template, under `<state root>/.cache/templates/`:
+//! * `<name>` holds the time of the last create that hit or made it, written
+//!   atomically (atime is not trusted: relatime and noatime mounts);
+//! * `<name>.lock` is flocked shared by every create from ensure until
+//!   `pct create` has unpacked the archive, and exclusively (non-blocking) by
+//!   eviction and prune, which skip a template whose lock is busy.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::libc;
+
+use super::pct::{PctError, Tools};
+use crate::state::write_atomic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot lock template {name} ({}): {source}", path.display())]
+    Lock {
+        name: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot record the use of template {name} in {}: {message}", path.display())]
+    Record {
+        name: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("cannot list the templates of storage {storage}: {source}")]
+    List { storage: String, source: PctError },
+    #[error("cannot remove template {volid}: {source}")]
+    Remove { volid: String, source: PctError },
+}
+
+/// `nexcage-<32 hex>.tar.zst`: only these are ever listed, evicted or
+/// pruned; an admin's own templates on the same storage are not ours.
+pub fn is_own_template(name: &str) -> bool {
+    name.strip_prefix("nexcage-")
+        .and_then(|r| r.strip_suffix(".tar.zst"))
+        .is_some_and(|fp| {
+            fp.len() == 32 && fp.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
+/// What is kept about templates under one state root.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    dir: PathBuf,
+}
+
+/// A held flock on a template's lock file; released on drop.
+#[derive(Debug)]
+pub struct TemplateLock {
+    _lock: Flock<File>,
+    path: PathBuf,
+}
+
+impl Meta {
+    pub fn new(state_root: &Path) -> Meta {
+        Meta {
+            dir: state_root.join(".cache").join("templates"),
+        }
+    }
+
+    fn lock_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.lock"))
+    }
+
+    fn used_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Held by a create for as long as it needs the archive; waits for an
+    /// eviction that is removing it (the create then converts anew).
+    pub fn lock_shared(&self, name: &str) -> Result<TemplateLock, CacheError> {
+        self.lock(name, FlockArg::LockSharedNonblock, true)
+            .map(|l| l.expect("a blocking lock is always taken"))
+    }
+
+    /// For removal: None while any create holds it.
+    pub fn try_lock_exclusive(&self, name: &str) -> Result<Option<TemplateLock>, CacheError> {
+        self.lock(name, FlockArg::LockExclusiveNonblock, false)
+    }
+
+    fn lock(
+        &self,
+        name: &str,
+        arg: FlockArg,
+        wait: bool,
+    ) -> Result<Option<TemplateLock>, CacheError> {
+        let path = self.lock_path(name);
+        let err = |source: io::Error| CacheError::Lock {
+            name: name.to_string(),
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(err)?;
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(err)?;
+            let held = if wait {
+                let blocking = match arg {
+                    FlockArg::LockSharedNonblock => FlockArg::LockShared,
+                    _ => FlockArg::LockExclusive,
+                };
+                Flock::lock(file, blocking).map_err(|(_, e)| err(e.into()))?
+            } else {
+                match Flock::lock(file, arg) {
+                    Ok(l) => l,
+                    Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                    Err((_, e)) => return Err(err(e.into())),
+                }
+            };
+            // A remover unlinks the lock file while holding it: a lock taken
+            // on that unlinked inode protects nothing, so take the new one.
+            let ours = held.metadata().map_err(err)?;
+            match std::fs::metadata(&path) {
+                Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {
+                    return Ok(Some(TemplateLock {
+                        _lock: held,
+                        path: path.clone(),
+                    }))
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
+
+    /// Record that a create hit or made `name` at `when`.
+    pub fn touch(&self, name: &str, when: SystemTime) -> Result<(), CacheError> {
+        let path = self.used_path(name);
+        let err = |message: String| CacheError::Record {
+            name: name.to_string(),
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(|e| err(e.to_string()))?;
+        let d = when.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let body = format!("{}.{:09}\n", d.as_secs(), d.subsec_nanos());
+        write_atomic(&path, body.as_bytes(), 0o600).map_err(|e| err(e.to_string()))
+    }
+
+    /// The recorded last use, if any (a template made under another state
+    /// root, or before nexcage kept these, has none).
+    pub fn last_used(&self, name: &str) -> Option<SystemTime> {
+        let text = std::fs::read_to_string(self.used_path(name)).ok()?;
+        let (secs, nanos) = text.trim().split_once('.')?;
+        let d = Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
+        UNIX_EPOCH.checked_add(d)
+    }
+
+    /// Drop what is kept about a removed template; `lock` is its exclusive
+    /// lock, so the lock file goes while no create can be relying on it.
+    pub fn forget(&self, name: &str, lock: TemplateLock) {
+        let _ = std::fs::remove_file(self.used_path(name));
+        let _ = std::fs::remove_file(&lock.path);
+        drop(lock);
+    }
+}
+
+/// One of nexcage's templates on the template storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub volid: String,
+    pub bytes: u64,
+    /// Last use recorded under this root, else the archive's mtime (when it
+    /// was made).
+    pub last_used: SystemTime,
+    /// Whether [`Meta`] had a record of it.
+    pub recorded: bool,
+}
+
+/// The volume ids `pveam list <storage>` prints: a `NAME SIZE` header, then
+/// one `<volid> <size>` row per template.
+pub fn parse_pveam_list(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|v| *v != "NAME")
+        .map(str::to_string)
+        .collect()
+}
+
+/// nexcage's templates on `storage` as pveam lists them, sized from the
+/// storage directory `dir` (pveam prints rounded MB).
+pub fn list(
+    tools: &Tools,
+    storage: &str,
+    dir: &Path,
+    meta: &Meta,
+) -> Result<Vec<Entry>, CacheError> {
+    let out = tools
+        .pveam(["list", storage])
+        .map_err(|source| CacheError::List {
+            storage: storage.to_string(),
+            source,
+        })?;
+    let prefix = format!("{storage}:vztmpl/");
+    let mut entries = Vec::new();
+    for volid in parse_pveam_list(&out) {
+        let Some(name) = volid.strip_prefix(&prefix) else {
+            continue;
+        };
+        if !is_own_template(name) {
+            continue;
+        }
+        // Removed between the listing and now: not there any more.
+        let Ok(st) = std::fs::metadata(dir.join(name)) else {
+            continue;
+        };
+        let recorded = meta.last_used(name);
+        entries.push(Entry {
+            name: name.to_string(),
+            volid: volid.clone(),
+            bytes: st.len(),
+            last_used: recorded
+                .or_else(|| st.modified().ok())
+                .unwrap_or(UNIX_EPOCH),
+            recorded: recorded.is_some(),
+        });
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
+/// `[proxmox] template_cache_max_*`: None is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max_bytes: Option<u64>,
+    pub max_count: Option<usize>,
+}
+
+/// Which templates to evict so that the rest fit `limits`: least recently
+/// used first, never one `busy` says is being created from. When only busy
+/// ones are left the cache may stay over its limit until they are free.
+pub fn choose_evictions<'a>(
+    entries: &'a [Entry],
+    limits: Limits,
+    busy: &dyn Fn(&Entry) -> bool,
+) -> Vec<&'a Entry> {
+    let mut count = entries.len();
+    let mut bytes: u64 = entries.iter().map(|e| e.bytes).sum();
+    let over = |count: usize, bytes: u64| {
+        limits.max_count.is_some_and(|m| count > m) || limits.max_bytes.is_some_and(|m| bytes > m)
+    };
+    let mut by_age: Vec<&Entry> = entries.iter().collect();
+    by_age.sort_by(|a, b| a.last_used.cmp(&b.last_used).then(a.name.cmp(&b.name)));
+    let mut out = Vec::new();
+    for e in by_age {
+        if !over(count, bytes) {
+            break;
+        }
+        if busy(e) {
+            continue;
+        }
+        count -= 1;
+        bytes -= e.bytes;
+        out.push(e);
+    }
+    out
+}
+
+/// Remove one template through pveam under its exclusive lock. Ok(false)
+/// when a create holds it.
+pub fn remove(tools: &Tools, meta: &Meta, entry: &Entry) -> Result<bool, CacheError> {
+    let Some(lock) = meta.try_lock_exclusive(&entry.name)? else {
+        return Ok(false);
+    };
+    match tools.pveam(["remove", &entry.volid]) {
+        Ok(_) => {}
+        // Gone already (another root's prune, an admin): what we wanted.
+        Err(e) if e.stderr().contains("No such file") => {}
+        Err(source) => {
+            return Err(CacheError::Remove {
+                volid: entry.volid.clone(),
+                source,
+            })
+        }
+    }
+    meta.forget(&entry.name, lock);
+    Ok(true)
+}
+
+/// Evict least recently used templates until `limits` hold; a failure is
+/// only logged, since the create that called it has succeeded.
+pub fn evict(tools: &Tools, storage: &str, dir: &Path, meta: &Meta, limits: Limits) {
+    if limits == Limits::default() {
+        return;
+    }
+    let entries = match list(tools, storage, dir, meta) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "template cache: cannot list for eviction");
+            return;
+        }
+    };
+    // A template whose lock is busy at choice time is skipped; one that
+    // becomes busy after is caught by remove's own try-lock.
+    let busy = |e: &Entry| !matches!(meta.try_lock_exclusive(&e.name), Ok(Some(_)));
+    for e in choose_evictions(&entries, limits, &busy) {
+        match remove(tools, meta, e) {
+            Ok(true) => {
+                tracing::info!(template = %e.volid, bytes = e.bytes, "evicted least recently used template")
+            }
+            Ok(false) => tracing::debug!(template = %e.volid, "busy, not evicted"),
+            Err(err) => tracing::warn!(error = %err, "template cache: eviction failed"),
+        }
+    }
+}
+
+/// What `template prune` asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PruneFilter {
+    /// Include templates containers of this root were created from.
+    pub all: bool,
+    /// Only those last used longer ago than this.
+    pub older_than: Option<Duration>,
+}
+
+/// Why prune leaves a template it was asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Containers of this root were created from it (without `--all`).
+    InUse,
+    /// Used more recently than `--older-than`.
+    Recent,
+}
+
+/// Whether prune should remove `e` (busy ones are found out at removal).
+pub fn prune_choice(
+    e: &Entry,
+    in_use: bool,
+    filter: PruneFilter,
+    now: SystemTime,
+) -> Result<(), Keep> {
+    if in_use && !filter.all {
+        return Err(Keep::InUse);
+    }
+    if let Some(age) = filter.older_than {
+        // A use "in the future" (clock stepped back) counts as recent.
+        let idle = now.duration_since(e.last_used).unwrap_or(Duration::ZERO);
+        if idle <= age {
+            return Err(Keep::Recent);
+        }
+    }
+    Ok(())
+}
+
+/// `7d`, `12h`, `30m`, `45s`, `2w`: a whole number and one unit.
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("invalid duration {text:?}: want a number and a unit (s, m, h, d, w), like 7d");
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .filter(|&i| i > 0)
+        .ok_or_else(bad)?;
+    let (num, unit) = text.split_at(unit_at);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, bytes: u64, age: u64) -> Entry {
+        Entry {
+            name: name.into(),
+            volid: format!("local:vztmpl/{name}"),
+            bytes,
+            last_used: UNIX_EPOCH + Duration::from_secs(1_000_000 - age),
+            recorded: true,
+        }
+    }
+
+    #[test]
+    fn only_nexcage_names_are_ours() {
+        let fp = "0123456789abcdef0123456789abcdef";
+        assert!(is_own_template(&format!("nexcage-{fp}.tar.zst")));
+        for bad in [
+            "debian-12-standard_12.7-1_amd64.tar.zst".to_string(),
+            format!("nexcage-{fp}.tar.gz"),
+            format!("nexcage-{}.tar.zst", &fp[1..]),
+            format!("nexcage-{}.tar.zst", fp.to_uppercase()),
+            "nexcage-probe.tar.zst".into(),
+        ] {
+            assert!(!is_own_template(&bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pveam_list_gives_volids() {
+        let out = "NAME                                                         SIZE  \nlocal:vztmpl/a.tar.zst   1.00MB\nlocal:vztmpl/b.tar.zst 0.01MB\n";
+        assert_eq!(
+            parse_pveam_list(out),
+            ["local:vztmpl/a.tar.zst", "local:vztmpl/b.tar.zst"]
+        );
+    }
+
+    #[test]
+    fn lru_evicts_oldest_until_within_limits_and_skips_busy() {
+        let es = vec![
+            entry("a", 100, 30),
+            entry("b", 100, 10),
+            entry("c", 100, 20),
+        ];
+        let names = |v: Vec<&Entry>| v.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+        let none = |_: &Entry| false;
+        let count1 = Limits {
+            max_count: Some(1),
+            ..Limits::default()
+        };
+        assert_eq!(names(choose_evictions(&es, count1, &none)), ["a", "c"]);
+        let bytes = Limits {
+            max_bytes: Some(250),
+            ..Limits::default()
+        };
+        assert_eq!(names(choose_evictions(&es, bytes, &none)), ["a"]);
+        // The oldest is being created from: the next oldest goes instead.
+        let a_busy = |e: &Entry| e.name == "a";
+        assert_eq!(names(choose_evictions(&es, bytes, &a_busy)), ["c"]);
+        assert!(choose_evictions(&es, Limits::default(), &none).is_empty());
+        // All busy: over the limit, but nothing is removed.
+        let all = |_: &Entry| true;
+        assert!(choose_evictions(&es, count1, &all).is_empty());
+    }
+
+    #[test]
+    fn prune_keeps_in_use_unless_all_and_recent_ones_with_older_than() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let old = entry("old", 1, 3 * 86_400);
+        let new = entry("new", 1, 3600);
+        let f = PruneFilter::default();
+        assert_eq!(prune_choice(&old, false, f, now), Ok(()));
+        assert_eq!(prune_choice(&old, true, f, now), Err(Keep::InUse));
+        let all = PruneFilter { all: true, ..f };
+        assert_eq!(prune_choice(&old, true, all, now), Ok(()));
+        let day = PruneFilter {
+            older_than: Some(Duration::from_secs(86_400)),
+            ..f
+        };
+        assert_eq!(prune_choice(&old, false, day, now), Ok(()));
+        assert_eq!(prune_choice(&new, false, day, now), Err(Keep::Recent));
+        assert_eq!(prune_choice(&old, true, day, now), Err(Keep::InUse));
+        let later = entry("x", 1, 0);
+        let past = UNIX_EPOCH + Duration::from_secs(10);
+        assert_eq!(prune_choice(&later, false, day, past), Err(Keep::Recent));
+    }
+
+    #[test]
+    fn ages_need_a_number_and_a_unit() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("0s"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "d",
+            "7",
+            "7x",
+            "-1d",
+            "1.5h",
+            "7 d",
+            "99999999999999999999w",
+        ] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shared_locks_coexist_and_keep_removal_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let meta = Meta::new(tmp.path());
+        let a = meta.lock_shared("t").unwrap();
+        let b = meta.lock_shared("t").unwrap();
+        assert!(meta.try_lock_exclusive("t").unwrap().is_none());
+        drop(a);
+        assert!(meta.try_lock_exclusive("t").unwrap().is_none());
+        drop(b);
+        let x = meta.try_lock_exclusive("t").unwrap().unwrap();
+        // While removal holds it, nobody else may remove it too.
+        assert!(meta.try_lock_exclusive("t").unwrap().is_none());
+        meta.forget("t", x);
+        assert!(!tmp.path().join(".cache/templates/t.lock").exists());
+        // A new lock after forget is a fresh file, and takes.
+        let _c = meta.lock_shared("t").unwrap();
+        assert!(meta.try_lock_exclusive("t").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_waiter_on_a_forgotten_lock_file_takes_the_new_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let meta = Meta::new(tmp.path());
+        let x = meta.try_lock_exclusive("t").unwrap().unwrap();
+        let m2 = meta.clone();
+        let waiter = std::thread::spawn(move || {
+            let l = m2.lock_shared("t").unwrap();
+            std::fs::metadata(&l.path).unwrap().ino()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        meta.forget("t", x);
+        let ino = waiter.join().unwrap();
+        // The waiter's lock is on the file now at the path, not the unlinked one.
+        assert_eq!(
+            std::fs::metadata(tmp.path().join(".cache/templates/t.lock"))
+                .unwrap()
+                .ino(),
+            ino
+        );
+    }
+
+    #[test]
+    fn use_times_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let meta = Meta::new(tmp.path());
+        assert_eq!(meta.last_used("t"), None);
+        let when = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        meta.touch("t", when).unwrap();
+        assert_eq!(meta.last_used("t"), Some(when));
+    }
+}
