@@ -141,6 +141,30 @@ fn capabilities_are_dropped_for_the_process() {
     assert_eq!(line(&out, "oom="), "333");
 }
 
+/// runc sets the effective, permitted and inheritable sets with one
+/// capset, whose checks see the sets from before the call: a root process
+/// may take an inheritable capability it is not permitted, since it still
+/// holds CAP_SETPCAP. The init sets them one by one (the caps crate's
+/// way) in an order that keeps those checks, inheritable first.
+#[test]
+fn root_process_gets_inheritable_capabilities_outside_permitted() {
+    let node = Node::new();
+    let out = run_in(
+        &node,
+        "rootcaps",
+        json!({"process": {"user": {"uid": 0, "gid": 0}, "capabilities": {
+            "bounding": ["CAP_CHOWN", "CAP_KILL"],
+            "effective": ["CAP_KILL"],
+            "permitted": ["CAP_KILL"],
+            "inheritable": ["CAP_CHOWN", "CAP_KILL"]
+        }}}),
+        "grep -E '^Cap(Inh|Bnd|Amb)' /proc/self/status | tr -d '\\t' | sed 's/:/=/'; echo END",
+    );
+    assert_eq!(line(&out, "CapInh="), "0000000000000021", "{out}");
+    assert_eq!(line(&out, "CapBnd="), "0000000000000021", "{out}");
+    assert_eq!(line(&out, "CapAmb="), "0000000000000000", "{out}");
+}
+
 #[test]
 fn hostile_values_are_refused_before_anything_exists() {
     let node = Node::new();

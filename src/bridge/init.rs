@@ -5,26 +5,146 @@
 //! and reports how the process ended. When it returns the container stops.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
+use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::{
-    kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
+    kill, sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
 };
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::stat::{umask, Mode};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
-use oci_spec::runtime::Process;
+use nix::unistd::{fork, setresgid, setresuid, setsid, ForkResult, Gid, Pid, Uid};
+use oci_spec::runtime::{PosixRlimitType, Process};
 
 use super::proto::{self, Message};
 use super::MOUNT_POINT;
 use crate::backend::proxmox::translate::{InitSettings, INIT_SETTINGS_FILE};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why the init could not set up or become the container's process. The
+/// texts reach `create`/`exec` callers verbatim; the `exec:` ones are runc's
+/// words, which clients match (docs/clients.md).
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("exec: {program:?}: executable file not found in $PATH")]
+    NotInPath { program: String },
+    #[error("exec: {program:?}: stat {}: {reason}", path.display())]
+    Stat {
+        program: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("exec: {program:?}: permission denied")]
+    NotExecutable { program: String },
+    #[error("cwd {cwd:?}: not a directory in the container")]
+    Cwd { cwd: String },
+    #[error("process.args is empty")]
+    NoArgs,
+    #[error("NUL byte in process settings")]
+    Nul,
+    #[error("process.consoleSize.{0} is too large")]
+    ConsoleSize(&'static str),
+    #[error("unknown capability {0}")]
+    UnknownCapability(String),
+    #[error(
+        "process.capabilities: {0} cannot be granted: this Proxmox guest's bounding set lacks them"
+    )]
+    CapabilitiesUnavailable(String),
+    /// A system call of a named step failed (the io::Error keeps the words
+    /// the caller has always seen: "No such file or directory (os error 2)").
+    #[error("{step}: {source}")]
+    Step {
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{step}: {source}")]
+    Capabilities {
+        step: &'static str,
+        source: caps::errors::CapsError,
+    },
+    #[error("exec {}: {source}", path.to_string_lossy())]
+    Execve {
+        path: CString,
+        source: std::io::Error,
+    },
+    #[error("cannot fork the container process: {0}")]
+    Fork(Errno),
+    #[error("signals: {0}")]
+    Signals(Errno),
+    #[error("maskedPaths: {path}: {source}")]
+    Mask { path: String, source: Errno },
+    #[error("readonlyPaths: {path}: {source}")]
+    ReadonlyPath { path: String, source: Errno },
+    #[error("root.readonly: {0}")]
+    ReadonlyRoot(Errno),
+    #[error("domainname: {0}")]
+    Domainname(std::io::Error),
+    #[error("sysctl {key}: {source}")]
+    Sysctl { key: String, source: std::io::Error },
+    #[error("network: {0}")]
+    Network(String),
+    #[error("{}: {source}", path.display())]
+    StartHooksFile {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    StartHooks(crate::hooks::HookError),
+    #[error("terminal: {0}")]
+    TerminalDup(std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] super::seccomp::SeccompError),
+    /// From the bridge's helpers (pty, devfs, netns, proto), which speak in
+    /// their own one-line messages.
+    #[error("{0}")]
+    Bridge(String),
+    #[error("the monitor sent no network namespace")]
+    NoNetns,
+    #[error("exec: nexcage exec sent no descriptors")]
+    ExecNoDescriptors,
+    #[error("exec: {0}")]
+    ExecReceive(String),
+    #[error("exec: unexpected message {0}")]
+    ExecUnexpected(String),
+}
+
+impl InitError {
+    fn step(step: &'static str) -> impl FnOnce(Errno) -> InitError {
+        move |e| InitError::Step {
+            step,
+            source: e.into(),
+        }
+    }
+
+    fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> InitError {
+        move |source| InitError::Step { step, source }
+    }
+
+    fn caps(step: &'static str) -> impl FnOnce(caps::errors::CapsError) -> InitError {
+        move |source| InitError::Capabilities { step, source }
+    }
+}
 
 pub fn run() -> ! {
     let code = match connect_monitor() {
@@ -35,21 +155,20 @@ pub fn run() -> ! {
     std::process::exit(code)
 }
 
-fn connect_monitor() -> Result<OwnedFd, String> {
+fn connect_monitor() -> nix::Result<OwnedFd> {
     let path = Path::new(MOUNT_POINT).join("sock");
-    let addr = UnixAddr::new(&path).map_err(|e| e.to_string())?;
+    let addr = UnixAddr::new(&path)?;
     let sock = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
         SockFlag::SOCK_CLOEXEC,
         None,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut last = String::new();
+    )?;
+    let mut last = Errno::UnknownErrno;
     for _ in 0..100 {
         match connect(sock.as_raw_fd(), &addr) {
             Ok(()) => return Ok(sock),
-            Err(e) => last = e.to_string(),
+            Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -60,28 +179,31 @@ fn serve(conn: &OwnedFd) -> i32 {
     let stdio = match receive_stdio(conn) {
         Ok(fds) => fds,
         Err(None) => return 1,
-        Err(Some(message)) => return fail_and_wait(conn, message),
+        Err(Some(err)) => return fail_and_wait(conn, err),
     };
     let prepared = match Prepared::load(&Path::new(MOUNT_POINT).join("process.json")) {
         Ok(p) => p,
-        Err(message) => return fail_and_wait(conn, message),
+        Err(err) => return fail_and_wait(conn, err),
     };
-    if let Err(message) = apply_linux_settings(&Path::new(MOUNT_POINT).join(INIT_SETTINGS_FILE)) {
-        return fail_and_wait(conn, message);
+    if let Err(err) = apply_linux_settings(&Path::new(MOUNT_POINT).join(INIT_SETTINGS_FILE)) {
+        return fail_and_wait(conn, err);
     }
     let stdio = match terminal_stdio(conn, &prepared, stdio) {
         Ok(fds) => fds,
-        Err(message) => return fail_and_wait(conn, message),
+        Err(err) => return fail_and_wait(conn, err),
     };
-    let mask = block_signals();
+    let mask = match block_signals() {
+        Ok(mask) => mask,
+        Err(err) => return fail_and_wait(conn, err),
+    };
     // SAFETY: this process is single-threaded; the child only execs or exits.
     match unsafe { fork() } {
         Err(e) => {
-            let message = format!("cannot fork the container process: {e}");
+            let message = InitError::Fork(e).to_string();
             let _ = proto::send(conn.as_fd(), &Message::Failed { message }, &[]);
             1
         }
-        Ok(ForkResult::Child) => child(&prepared, stdio),
+        Ok(ForkResult::Child) => die(child(&prepared, stdio)),
         Ok(ForkResult::Parent { child }) => {
             drop(stdio);
             if proto::send(conn.as_fd(), &Message::Ready, &[]).is_err() {
@@ -103,77 +225,90 @@ fn serve(conn: &OwnedFd) -> i32 {
 /// print one line on the caller's stderr and exit 127, as the container
 /// process does.
 pub fn exec(file: &Path) -> ! {
-    let fail = |message: String| -> ! {
-        eprintln!("nexcage: {message}");
-        std::process::exit(127)
-    };
     let (msg, fds) = match proto::recv(std::io::stdin().as_fd()) {
         Ok(Some(got)) => got,
-        Ok(None) => fail("exec: nexcage exec sent no descriptors".into()),
-        Err(e) => fail(format!("exec: {e}")),
+        Ok(None) => die(InitError::ExecNoDescriptors),
+        Err(e) => die(InitError::ExecReceive(e)),
     };
     let terminal = match (&msg, fds.len()) {
         (Message::ExecStdio, n) if n >= 3 => false,
         (Message::ExecTerminal, n) if n >= 2 => true,
-        _ => fail(format!("exec: unexpected message {msg:?}")),
+        _ => die(InitError::ExecUnexpected(format!("{msg:?}"))),
     };
     // From here on failures reach the caller's stderr.
     let stderr = if terminal { &fds[1] } else { &fds[2] };
-    // SAFETY: dup2 onto our own stderr; both descriptors are open.
-    unsafe { libc::dup2(stderr.as_raw_fd(), 2) };
-    let prepared = Prepared::load(file).unwrap_or_else(|m| fail(m));
+    if let Err(e) = nix::unistd::dup2_stderr(stderr) {
+        // Still lxc-attach's stderr: pct shows it.
+        die(InitError::step("set up stderr")(e))
+    }
+    let prepared = Prepared::load(file).unwrap_or_else(|e| die(e));
     let fds = if terminal {
-        let mut fds = fds.into_iter();
-        let console = fds.next().expect("checked above");
-        let _stderr = fds.next();
-        let pty = super::pty::open(prepared.console_size).unwrap_or_else(|m| fail(m));
-        super::pty::send_master(console.as_fd(), &pty.name, pty.master.as_fd())
-            .unwrap_or_else(|m| fail(m));
-        drop(console);
-        drop(pty.master);
-        let mut stdio = Vec::new();
-        for _ in 0..3 {
-            stdio.push(
-                pty.slave
-                    .try_clone()
-                    .unwrap_or_else(|e| fail(format!("terminal: {e}"))),
-            );
-        }
-        stdio.extend(fds);
-        stdio
+        exec_terminal(&prepared, fds).unwrap_or_else(|e| die(e))
     } else {
         fds
     };
-    // SAFETY: single-threaded (nothing spawned threads yet); only exec or
-    // _exit leave become_process.
-    unsafe {
-        if terminal {
-            // lxc-attach's child leads no process group, so it may start a
-            // session and take the pty as its controlling terminal.
-            libc::setsid();
+    if terminal {
+        // lxc-attach's child leads no process group, so it may start a
+        // session and take the pty as its controlling terminal.
+        if let Err(e) = setsid() {
+            die(InitError::step("start a session")(e))
         }
-        install_fds(fds);
-        if terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-            die(
-                "set the controlling terminal",
-                std::io::Error::last_os_error(),
-            );
-        }
-        become_process(&prepared)
     }
+    // SAFETY: single-threaded (nothing spawned threads yet), and this
+    // process only leaves by exec or _exit (die).
+    if let Err(e) = unsafe { install_fds(fds) } {
+        die(e)
+    }
+    if terminal {
+        if let Err(e) = take_controlling_terminal() {
+            die(e)
+        }
+    }
+    die(become_process(&prepared))
+}
+
+/// Terminal `exec`: a pty whose master goes to `nexcage exec` over the
+/// console socket it sent, and whose slave becomes stdio.
+fn exec_terminal(prepared: &Prepared, fds: Vec<OwnedFd>) -> Result<Vec<OwnedFd>, InitError> {
+    let mut fds = fds.into_iter();
+    let console = fds.next().expect("checked above");
+    let _stderr = fds.next();
+    let pty = super::pty::open(prepared.console_size).map_err(InitError::Bridge)?;
+    super::pty::send_master(console.as_fd(), &pty.name, pty.master.as_fd())
+        .map_err(InitError::Bridge)?;
+    drop(console);
+    drop(pty.master);
+    let mut stdio = Vec::new();
+    for _ in 0..3 {
+        stdio.push(pty.slave.try_clone().map_err(InitError::TerminalDup)?);
+    }
+    stdio.extend(fds);
+    Ok(stdio)
+}
+
+nix::ioctl_write_int_bad!(tiocsctty, libc::TIOCSCTTY);
+
+/// stdin (the pty's slave) becomes the controlling terminal of this
+/// session, whose leader we are (job control, ^C).
+fn take_controlling_terminal() -> Result<(), InitError> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal the
+    // terminal from another session), no pointer.
+    unsafe { tiocsctty(0, 0) }
+        .map(drop)
+        .map_err(InitError::step("set the controlling terminal"))
 }
 
 /// The caller's stdio from the monitor, after joining the network namespace
 /// it may send first (before the sysctls, which then apply to that
 /// namespace; `pct exec` joins the init's namespaces, so exec'd processes
 /// share it too). Err(None): nobody to tell.
-fn receive_stdio(conn: &OwnedFd) -> Result<Vec<OwnedFd>, Option<String>> {
+fn receive_stdio(conn: &OwnedFd) -> Result<Vec<OwnedFd>, Option<InitError>> {
     let mut msg = proto::recv(conn.as_fd());
     if let Ok(Some((Message::Netns, fds))) = &msg {
         let [ns] = &fds[..] else {
-            return Err(Some("the monitor sent no network namespace".into()));
+            return Err(Some(InitError::NoNetns));
         };
-        super::netns::join(ns.as_fd()).map_err(Some)?;
+        super::netns::join(ns.as_fd()).map_err(|e| Some(InitError::Bridge(e)))?;
         msg = proto::recv(conn.as_fd());
     }
     match msg {
@@ -190,21 +325,18 @@ fn terminal_stdio(
     conn: &OwnedFd,
     p: &Prepared,
     mut stdio: Vec<OwnedFd>,
-) -> Result<Vec<OwnedFd>, String> {
+) -> Result<Vec<OwnedFd>, InitError> {
     if !p.terminal {
         return Ok(stdio);
     }
-    let pty = super::pty::open(p.console_size)?;
+    let pty = super::pty::open(p.console_size).map_err(InitError::Bridge)?;
     let msg = Message::Console {
         pty: pty.name.clone(),
     };
-    proto::send(conn.as_fd(), &msg, &[pty.master.as_raw_fd()])?;
+    proto::send(conn.as_fd(), &msg, &[pty.master.as_raw_fd()]).map_err(InitError::Bridge)?;
     drop(pty.master);
     for fd in stdio.iter_mut().take(3) {
-        *fd = pty
-            .slave
-            .try_clone()
-            .map_err(|e| format!("terminal: {e}"))?;
+        *fd = pty.slave.try_clone().map_err(InitError::TerminalDup)?;
     }
     Ok(stdio)
 }
@@ -212,7 +344,8 @@ fn terminal_stdio(
 /// Report a set-up failure, then stay up until create has read it and tears
 /// the guest down: a guest that stopped at once would fail `pct start`
 /// instead, hiding the reason.
-fn fail_and_wait(conn: &OwnedFd, message: String) -> i32 {
+fn fail_and_wait(conn: &OwnedFd, err: InitError) -> i32 {
+    let message = err.to_string();
     let _ = proto::send(conn.as_fd(), &Message::Failed { message }, &[]);
     while let Ok(Some(_)) = proto::recv(conn.as_fd()) {}
     1
@@ -228,9 +361,9 @@ struct Prepared {
     cwd: CString,
     uid: u32,
     gid: u32,
-    groups: Vec<nix::unistd::Gid>,
+    groups: Vec<Gid>,
     umask: Option<u32>,
-    rlimits: Vec<(libc::c_int, u64, u64)>,
+    rlimits: Vec<(Resource, u64, u64)>,
     no_new_privileges: bool,
     /// process.terminal: the process runs on a pty opened in the guest.
     terminal: bool,
@@ -243,131 +376,92 @@ struct Prepared {
     seccomp: Option<super::seccomp::Loadable>,
 }
 
-/// The five OCI capability sets as kernel numbers/bitmasks.
+/// The five OCI capability sets, limited to what this kernel knows (others
+/// cannot be set, and runc skips them too). Built before fork so that
+/// applying them allocates nothing after a seccomp filter is loaded.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Caps {
-    /// Capabilities to drop from the bounding set (all known ones not listed).
-    drop_bounding: Vec<u32>,
-    effective: u64,
-    permitted: u64,
-    inheritable: u64,
-    ambient: Vec<u32>,
+    /// Capabilities to drop from the bounding set (all known ones not
+    /// listed), by number.
+    drop_bounding: Vec<Capability>,
+    effective: CapsHashSet,
+    permitted: CapsHashSet,
+    inheritable: CapsHashSet,
+    ambient: Vec<Capability>,
 }
 
-/// Kernel capability numbers (linux/capability.h), by OCI name.
-const CAP_NAMES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
-
-/// The capability names nexcage can apply (for `nexcage features`).
-pub fn capability_names() -> &'static [&'static str] {
-    CAP_NAMES
+/// The capability names nexcage can apply (for `nexcage features`), in
+/// kernel order.
+pub fn capability_names() -> Vec<String> {
+    let mut all: Vec<Capability> = caps::all().into_iter().collect();
+    all.sort_by_key(|c| c.index());
+    all.iter().map(|c| c.to_string()).collect()
 }
 
-fn cap_number(name: &str) -> Result<u32, String> {
-    CAP_NAMES
-        .iter()
-        .position(|n| *n == name)
-        .map(|i| i as u32)
-        .ok_or_else(|| format!("unknown capability {name}"))
-}
-
-/// The highest capability this kernel knows; others cannot be set.
-fn in_bounding_set(n: u32) -> bool {
-    // SAFETY: PR_CAPBSET_READ only reads this process's bounding set.
-    unsafe { libc::prctl(libc::PR_CAPBSET_READ, n as libc::c_ulong, 0, 0, 0) == 1 }
-}
-
-fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+fn cap_from_name(name: &str) -> Result<Capability, InitError> {
+    name.parse()
+        .map_err(|_| InitError::UnknownCapability(name.to_string()))
 }
 
 impl Caps {
-    fn from_process(p: &Process) -> Result<Option<Caps>, String> {
+    fn from_process(p: &Process) -> Result<Option<Caps>, InitError> {
         let Some(c) = p.capabilities() else {
             return Ok(None);
         };
+        // Those the kernel does not know (PR_CAPBSET_READ says EINVAL).
+        let supported = caps::runtime::thread_all_supported();
         // oci-spec's names are its serde names ("CAP_CHOWN").
-        let numbers = |set: &Option<oci_spec::runtime::Capabilities>| -> Result<Vec<u32>, String> {
-            let mut v: Vec<u32> = Vec::new();
+        let list = |set: &Option<oci_spec::runtime::Capabilities>| {
+            let mut v: Vec<Capability> = Vec::new();
             for cap in set.iter().flatten() {
-                let name = serde_json::to_value(cap).map_err(|e| e.to_string())?;
-                v.push(cap_number(name.as_str().unwrap_or(""))?);
+                let name = serde_json::to_value(cap)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let cap = cap_from_name(&name)?;
+                if supported.contains(&cap) {
+                    v.push(cap);
+                }
             }
-            v.sort_unstable();
+            v.sort_by_key(|c| c.index());
             v.dedup();
-            Ok(v)
+            Ok::<_, InitError>(v)
         };
-        let last = last_cap();
-        let known = |v: Vec<u32>| -> Vec<u32> { v.into_iter().filter(|&n| n <= last).collect() };
-        let mask = |v: &[u32]| v.iter().fold(0u64, |m, &n| m | 1 << n);
-        let bounding = known(numbers(c.bounding())?);
-        let wanted = mask(&known(numbers(c.permitted())?))
-            | mask(&known(numbers(c.effective())?))
-            | mask(&known(numbers(c.inheritable())?))
-            | mask(&known(numbers(c.ambient())?));
+        let set = |v: &[Capability]| v.iter().copied().collect::<CapsHashSet>();
+        let bounding = list(c.bounding())?;
+        let effective = list(c.effective())?;
+        let permitted = list(c.permitted())?;
+        let inheritable = list(c.inheritable())?;
+        let ambient = list(c.ambient())?;
         // The spec makes a capability that cannot be granted an error. A
         // guest never holds what Proxmox drops (lxc.cap.drop: sys_module,
         // sys_time, mac_*...), so say which, instead of capset's EPERM.
-        let missing: Vec<&str> = (0..=last)
-            .filter(|&n| wanted & (1 << n) != 0 && !in_bounding_set(n))
-            .map(|n| CAP_NAMES.get(n as usize).copied().unwrap_or("(unnamed)"))
+        let mut wanted: Vec<Capability> = [&effective, &permitted, &inheritable, &ambient]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        wanted.sort_by_key(|c| c.index());
+        wanted.dedup();
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|&&c| !caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false))
+            .map(|c| c.to_string())
             .collect();
         if !missing.is_empty() {
-            return Err(format!(
-                "process.capabilities: {} cannot be granted: this Proxmox guest's bounding set lacks them",
-                missing.join(", ")
-            ));
+            return Err(InitError::CapabilitiesUnavailable(missing.join(", ")));
         }
+        let mut drop_bounding: Vec<Capability> = supported
+            .into_iter()
+            .filter(|c| !bounding.contains(c))
+            .collect();
+        drop_bounding.sort_by_key(|c| c.index());
         Ok(Some(Caps {
-            drop_bounding: (0..=last).filter(|n| !bounding.contains(n)).collect(),
-            effective: mask(&known(numbers(c.effective())?)),
-            permitted: mask(&known(numbers(c.permitted())?)),
-            inheritable: mask(&known(numbers(c.inheritable())?)),
-            ambient: known(numbers(c.ambient())?),
+            drop_bounding,
+            effective: set(&effective),
+            permitted: set(&permitted),
+            inheritable: set(&inheritable),
+            ambient,
         }))
     }
 }
@@ -376,26 +470,35 @@ impl Caps {
 /// readonlyPaths, readonly root, domainname), applied in the init while it
 /// still has every capability, before the process is forked. A missing file
 /// means nothing to do.
-fn apply_linux_settings(path: &Path) -> Result<(), String> {
+fn apply_linux_settings(path: &Path) -> Result<(), InitError> {
     let settings: InitSettings = match std::fs::read(path) {
-        Ok(text) => {
-            serde_json::from_slice(&text).map_err(|e| format!("invalid {}: {e}", path.display()))?
-        }
+        Ok(text) => serde_json::from_slice(&text).map_err(|source| InitError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => {
+            return Err(InitError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     };
     if let Some(net) = &settings.net {
         configure_link(net)?;
     }
     // Before any other mount: moves need parents that are not shared.
-    super::devfs::make_root_rslave()?;
+    super::devfs::make_root_rslave().map_err(InitError::Bridge)?;
     match &settings.dev {
-        Some(dev) => super::devfs::rebuild(dev)?,
-        None => super::devfs::fix_lxc_dev()?,
+        Some(dev) => super::devfs::rebuild(dev).map_err(InitError::Bridge)?,
+        None => super::devfs::fix_lxc_dev().map_err(InitError::Bridge)?,
     }
     // Before readonlyPaths, which usually include /proc/sys.
     for (key, value) in &settings.sysctl {
-        write_sysctl(key, value).map_err(|e| format!("sysctl {key}: {e}"))?;
+        write_sysctl(key, value).map_err(|source| InitError::Sysctl {
+            key: key.clone(),
+            source,
+        })?;
     }
     use nix::mount::{mount, MsFlags};
     let none: Option<&str> = None;
@@ -416,38 +519,45 @@ fn apply_linux_settings(path: &Path) -> Result<(), String> {
         } else {
             mount(Some("/dev/null"), p.as_str(), none, MsFlags::MS_BIND, none)
         };
-        r.map_err(|e| format!("maskedPaths: {p}: {e}"))?;
+        r.map_err(|source| InitError::Mask {
+            path: p.clone(),
+            source,
+        })?;
     }
     for p in &settings.readonly_paths {
         if std::fs::symlink_metadata(p).is_err() {
             continue;
         }
-        readonly_bind(p).map_err(|e| format!("readonlyPaths: {p}: {e}"))?;
+        readonly_bind(p).map_err(|source| InitError::ReadonlyPath {
+            path: p.clone(),
+            source,
+        })?;
     }
     if let Some(d) = &settings.domainname {
-        // SAFETY: a plain syscall with a valid buffer and length.
+        // nix wraps sethostname but not setdomainname.
+        // SAFETY: the kernel reads d.len() bytes from d's own buffer.
         if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
-            return Err(format!("domainname: {}", std::io::Error::last_os_error()));
+            return Err(InitError::Domainname(std::io::Error::last_os_error()));
         }
     }
     if settings.readonly_root {
         // Only the root mount itself: /.nexcage and the mount points keep
         // their own flags, as with runc's readonly root.
         let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-        mount(none, "/", none, flags, none).map_err(|e| format!("root.readonly: {e}"))?;
+        mount(none, "/", none, flags, none).map_err(InitError::ReadonlyRoot)?;
     }
     // Last: an unbindable `/` would refuse the binds above.
     if let Some(p) = &settings.root_propagation {
-        super::devfs::apply_root_propagation(p)?;
+        super::devfs::apply_root_propagation(p).map_err(InitError::Bridge)?;
     }
     Ok(())
 }
 
 /// The guest's link as pct would have configured it with host-managed=1
 /// (and as LXC does then, lo comes up with it).
-fn configure_link(net: &crate::backend::proxmox::translate::InitNet) -> Result<(), String> {
+fn configure_link(net: &crate::backend::proxmox::translate::InitNet) -> Result<(), InitError> {
     use super::netlink;
-    let fail = |e: netlink::NetlinkError| format!("network: {e}");
+    let fail = |e: netlink::NetlinkError| InitError::Network(e.to_string());
     netlink::link_up("lo").map_err(fail)?;
     netlink::link_up(&net.link).map_err(fail)?;
     if let Some(cidr) = &net.address {
@@ -455,13 +565,13 @@ fn configure_link(net: &crate::backend::proxmox::translate::InitNet) -> Result<(
             .split_once('/')
             .and_then(|(ip, len)| Some((ip.parse().ok()?, len.parse::<u8>().ok()?)))
             .filter(|(_, len)| *len <= 32)
-            .ok_or_else(|| format!("network: {cidr:?} is not an IPv4 CIDR"))?;
+            .ok_or_else(|| InitError::Network(format!("{cidr:?} is not an IPv4 CIDR")))?;
         netlink::add_ipv4(&net.link, ip, len).map_err(fail)?;
     }
     if let Some(gw) = &net.gateway {
         let gw = gw
             .parse()
-            .map_err(|_| format!("network: {gw:?} is not an IPv4 address"))?;
+            .map_err(|_| InitError::Network(format!("{gw:?} is not an IPv4 address")))?;
         netlink::add_default_route(&net.link, gw).map_err(fail)?;
     }
     Ok(())
@@ -529,44 +639,40 @@ fn readonly_bind(p: &str) -> nix::Result<()> {
 }
 
 impl Prepared {
-    fn load(path: &Path) -> Result<Prepared, String> {
-        let text =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let process: Process = serde_json::from_slice(&text)
-            .map_err(|e| format!("invalid {}: {e}", path.display()))?;
+    fn load(path: &Path) -> Result<Prepared, InitError> {
+        let text = std::fs::read(path).map_err(|source| InitError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let process: Process =
+            serde_json::from_slice(&text).map_err(|source| InitError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let mut prepared = Prepared::from_process(&process)?;
-        prepared.seccomp =
-            super::seccomp::read(Path::new(MOUNT_POINT)).map_err(|e| e.to_string())?;
+        prepared.seccomp = super::seccomp::read(Path::new(MOUNT_POINT))?;
         Ok(prepared)
     }
 
-    fn from_process(p: &Process) -> Result<Prepared, String> {
-        let cstr =
-            |s: &[u8]| CString::new(s).map_err(|_| "NUL byte in process settings".to_string());
+    fn from_process(p: &Process) -> Result<Prepared, InitError> {
+        let cstr = |s: &[u8]| CString::new(s).map_err(|_| InitError::Nul);
         let args = p.args().clone().unwrap_or_default();
         let env = p.env().clone().unwrap_or_default();
         let cwd = p.cwd();
         if !cwd.is_dir() {
-            return Err(format!(
-                "cwd {:?}: not a directory in the container",
-                cwd.display().to_string()
-            ));
+            return Err(InitError::Cwd {
+                cwd: cwd.display().to_string(),
+            });
         }
-        let program = args.first().ok_or("process.args is empty")?;
+        let program = args.first().ok_or(InitError::NoArgs)?;
         let path = resolve(program, &env, cwd)?;
         let user = p.user();
         let rlimits = p
             .rlimits()
             .iter()
             .flatten()
-            .map(|r| {
-                Ok((
-                    rlimit_resource(&format!("{:?}", r.typ()))?,
-                    r.soft(),
-                    r.hard(),
-                ))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+            .map(|r| (rlimit_resource(r.typ()), r.soft(), r.hard()))
+            .collect();
         Ok(Prepared {
             path: cstr(path.as_os_str().as_bytes())?,
             args: args
@@ -584,7 +690,7 @@ impl Prepared {
                 .additional_gids()
                 .iter()
                 .flatten()
-                .map(|&g| nix::unistd::Gid::from_raw(g))
+                .map(|&g| Gid::from_raw(g))
                 .collect(),
             umask: user.umask(),
             rlimits,
@@ -592,10 +698,8 @@ impl Prepared {
             terminal: p.terminal().unwrap_or(false),
             console_size: match p.console_size() {
                 Some(b) => Some((
-                    u16::try_from(b.height())
-                        .map_err(|_| "process.consoleSize.height is too large")?,
-                    u16::try_from(b.width())
-                        .map_err(|_| "process.consoleSize.width is too large")?,
+                    u16::try_from(b.height()).map_err(|_| InitError::ConsoleSize("height"))?,
+                    u16::try_from(b.width()).map_err(|_| InitError::ConsoleSize("width"))?,
                 )),
                 None => None,
             },
@@ -609,11 +713,13 @@ impl Prepared {
 /// What the init would run for `p`, for the translation table's test.
 #[cfg(test)]
 pub(crate) fn prepared_debug(p: &Process) -> Result<String, String> {
-    Prepared::from_process(p).map(|p| format!("{p:?}"))
+    Prepared::from_process(p)
+        .map(|p| format!("{p:?}"))
+        .map_err(|e| e.to_string())
 }
 
 /// Find the program as exec would with the process's own PATH (not ours).
-fn resolve(program: &str, env: &[String], cwd: &Path) -> Result<PathBuf, String> {
+fn resolve(program: &str, env: &[String], cwd: &Path) -> Result<PathBuf, InitError> {
     let executable = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -624,17 +730,19 @@ fn resolve(program: &str, env: &[String], cwd: &Path) -> Result<PathBuf, String>
         // runc's words: podman tells "command not found" (127) from "cannot
         // run it" (126) by "no such file or directory" / "permission denied".
         return match std::fs::metadata(&p) {
-            Err(e) => Err(format!(
-                "exec: {program:?}: stat {}: {}",
-                p.display(),
-                if e.kind() == std::io::ErrorKind::NotFound {
+            Err(e) => Err(InitError::Stat {
+                program: program.to_string(),
+                reason: if e.kind() == std::io::ErrorKind::NotFound {
                     "no such file or directory".to_string()
                 } else {
                     e.to_string()
-                }
-            )),
+                },
+                path: p,
+            }),
             Ok(_) if executable(&p) => Ok(p),
-            Ok(_) => Err(format!("exec: {program:?}: permission denied")),
+            Ok(_) => Err(InitError::NotExecutable {
+                program: program.to_string(),
+            }),
         };
     }
     let path_var = env
@@ -649,42 +757,41 @@ fn resolve(program: &str, env: &[String], cwd: &Path) -> Result<PathBuf, String>
                 .join(program)
         })
         .find(|p| executable(p))
-        .ok_or_else(|| format!("exec: {program:?}: executable file not found in $PATH"))
+        .ok_or_else(|| InitError::NotInPath {
+            program: program.to_string(),
+        })
 }
 
-/// oci-spec's Debug names the variants RlimitNofile etc.; map them to libc.
-fn rlimit_resource(name: &str) -> Result<libc::c_int, String> {
-    let upper = name.to_ascii_uppercase();
-    let short = upper
-        .trim_start_matches("RLIMIT_")
-        .trim_start_matches("RLIMIT");
-    let r = match short {
-        "AS" => libc::RLIMIT_AS,
-        "CORE" => libc::RLIMIT_CORE,
-        "CPU" => libc::RLIMIT_CPU,
-        "DATA" => libc::RLIMIT_DATA,
-        "FSIZE" => libc::RLIMIT_FSIZE,
-        "LOCKS" => libc::RLIMIT_LOCKS,
-        "MEMLOCK" => libc::RLIMIT_MEMLOCK,
-        "MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
-        "NICE" => libc::RLIMIT_NICE,
-        "NOFILE" => libc::RLIMIT_NOFILE,
-        "NPROC" => libc::RLIMIT_NPROC,
-        "RSS" => libc::RLIMIT_RSS,
-        "RTPRIO" => libc::RLIMIT_RTPRIO,
-        "RTTIME" => libc::RLIMIT_RTTIME,
-        "SIGPENDING" => libc::RLIMIT_SIGPENDING,
-        "STACK" => libc::RLIMIT_STACK,
-        _ => return Err(format!("unknown rlimit {name}")),
-    } as libc::c_int;
-    Ok(r)
+/// Every rlimit the runtime spec names exists on Linux, so the mapping is
+/// total; a type oci-spec does not know already fails when create loads the
+/// bundle, and a variant a newer oci-spec adds fails this match at build.
+fn rlimit_resource(t: PosixRlimitType) -> Resource {
+    use PosixRlimitType as T;
+    match t {
+        T::RlimitCpu => Resource::RLIMIT_CPU,
+        T::RlimitFsize => Resource::RLIMIT_FSIZE,
+        T::RlimitData => Resource::RLIMIT_DATA,
+        T::RlimitStack => Resource::RLIMIT_STACK,
+        T::RlimitCore => Resource::RLIMIT_CORE,
+        T::RlimitRss => Resource::RLIMIT_RSS,
+        T::RlimitNproc => Resource::RLIMIT_NPROC,
+        T::RlimitNofile => Resource::RLIMIT_NOFILE,
+        T::RlimitMemlock => Resource::RLIMIT_MEMLOCK,
+        T::RlimitAs => Resource::RLIMIT_AS,
+        T::RlimitLocks => Resource::RLIMIT_LOCKS,
+        T::RlimitSigpending => Resource::RLIMIT_SIGPENDING,
+        T::RlimitMsgqueue => Resource::RLIMIT_MSGQUEUE,
+        T::RlimitNice => Resource::RLIMIT_NICE,
+        T::RlimitRtprio => Resource::RLIMIT_RTPRIO,
+        T::RlimitRttime => Resource::RLIMIT_RTTIME,
+    }
 }
 
 extern "C" fn ignore(_: libc::c_int) {}
 
 /// PID 1 gets no default signal actions; handle and block everything that
 /// can be, and take signals one at a time with sigwait.
-fn block_signals() -> SigSet {
+fn block_signals() -> Result<SigSet, InitError> {
     let mut mask = super::monitor::relayed_signals();
     mask.add(Signal::SIGCHLD);
     let handler = SigAction::new(
@@ -693,11 +800,12 @@ fn block_signals() -> SigSet {
         SigSet::empty(),
     );
     for sig in mask.iter() {
-        // SAFETY: the handler does nothing; signals are consumed by sigwait.
-        let _ = unsafe { sigaction(sig, &handler) };
+        // SAFETY: the handler does nothing, so it is async-signal-safe;
+        // signals are consumed by sigwait.
+        unsafe { sigaction(sig, &handler) }.map_err(InitError::Signals)?;
     }
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None);
-    mask
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(InitError::Signals)?;
+    Ok(mask)
 }
 
 /// In the forked process, undo block_signals' do-nothing handlers before
@@ -707,12 +815,16 @@ fn block_signals() -> SigSet {
 /// does, where the inherited handler would swallow it and restart the open.
 /// Signals ignored by default (WINCH, CHLD, URG, CONT) stay harmless, and
 /// one that arrived since fork is still pending and acts once unblocked.
-fn restore_default_signals() {
+fn restore_default_signals() -> Result<(), InitError> {
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for sig in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
-        // SAFETY: sigaction is async-signal-safe; no handler is installed.
-        let _ = unsafe { sigaction(sig, &dfl) };
+        // SAFETY: SIG_DFL installs no handler, so nothing runs in signal
+        // context.
+        unsafe { sigaction(sig, &dfl) }.map_err(InitError::Signals)?;
     }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(InitError::Signals)?;
+    Ok(())
 }
 
 /// Forward signals to the process; reap everything; return once the process ends.
@@ -734,6 +846,7 @@ fn supervise(child: Pid, mask: &SigSet) -> (Option<i32>, Option<i32>) {
                 }
             },
             // lxc-stop (pct shutdown) asks PID 1 to halt with SIGPWR.
+            // ESRCH (the process is just ending) is reported by SIGCHLD.
             Signal::SIGPWR => {
                 let _ = kill(child, Signal::SIGTERM);
             }
@@ -744,251 +857,272 @@ fn supervise(child: Pid, mask: &SigSet) -> (Option<i32>, Option<i32>) {
     }
 }
 
+/// A copy of `fd` numbered `min` or above, closed on exec.
+fn dup_at_least(fd: BorrowedFd, min: RawFd) -> nix::Result<OwnedFd> {
+    let new = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(min))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
 /// The caller's descriptors become 0..n, every other one is closed.
 ///
 /// # Safety
-/// Single-threaded, about to exec: descriptors are moved under the owners'
-/// feet (the OwnedFds are forgotten, their numbers reused).
-unsafe fn install_fds(fds: Vec<OwnedFd>) {
+/// Only in a single-threaded process that leaves by exec or _exit: the
+/// descriptors from n up are closed under their owners' feet (the monitor
+/// socket, held by frames that never return) and 0..n are replaced.
+unsafe fn install_fds(fds: Vec<OwnedFd>) -> Result<(), InitError> {
+    let n = fds.len() as RawFd;
+    // Park above n first so that no dup2 clobbers another.
+    let parked = fds
+        .iter()
+        .map(|fd| dup_at_least(fd.as_fd(), n + 3))
+        .collect::<nix::Result<Vec<_>>>()
+        .map_err(InitError::step("set up stdio"))?;
+    drop(fds);
+    for (i, fd) in parked.iter().enumerate() {
+        // nix's dup2 wants an OwnedFd for the target; 0..n are not owned
+        // by anything in this process once `fds` is gone.
+        // SAFETY: both descriptors are open numbers; the caller's contract
+        // makes replacing i harmless.
+        let r = unsafe { libc::dup2(fd.as_raw_fd(), i as RawFd) };
+        Errno::result(r).map_err(InitError::step("set up stdio"))?;
+    }
+    drop(parked);
     // SAFETY: the caller's contract.
-    unsafe {
-        // Park above n first so that no dup2 clobbers another.
-        let n = fds.len() as RawFd;
-        let parked: Vec<RawFd> = fds
-            .iter()
-            .map(|fd| libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, n + 3))
-            .collect();
-        for (i, fd) in parked.iter().enumerate() {
-            if *fd < 0 || libc::dup2(*fd, i as RawFd) < 0 {
-                die("set up stdio", std::io::Error::last_os_error());
+    unsafe { close_from(n as libc::c_uint) }
+}
+
+/// Close every descriptor from `first` up: close_range(2), or on kernels
+/// before 5.9 (ENOSYS) one by one as /proc/self/fd lists them.
+///
+/// # Safety
+/// As install_fds: nothing may use those descriptors afterwards.
+unsafe fn close_from(first: libc::c_uint) -> Result<(), InitError> {
+    // nix has no close_range.
+    // SAFETY: close_range takes three integers; the caller's contract.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
+    match Errno::result(r) {
+        Ok(_) => return Ok(()),
+        Err(Errno::ENOSYS) => {}
+        Err(e) => return Err(InitError::step("close inherited descriptors")(e)),
+    }
+    let fds = open_fds_from(Path::new("/proc/self/fd"), first as RawFd)
+        .map_err(InitError::io("close inherited descriptors"))?;
+    for fd in fds {
+        // Like close_range, per-descriptor errors are not reported: the
+        // number is released either way, and EBADF is the listing's own
+        // descriptor, gone with it.
+        // SAFETY: the caller's contract.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// The descriptor numbers from `first` up that `dir` (a /proc/PID/fd)
+/// lists.
+fn open_fds_from(dir: &Path, first: RawFd) -> std::io::Result<Vec<RawFd>> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<RawFd>().ok())
+        {
+            if fd >= first {
+                fds.push(fd);
             }
         }
-        std::mem::forget(fds);
-        libc::syscall(
-            libc::SYS_close_range,
-            n as libc::c_uint,
-            libc::c_uint::MAX,
-            0,
-        );
     }
+    fds.sort_unstable();
+    Ok(fds)
 }
 
 /// The process cannot become what process.json says: tell the caller on
 /// its own stderr and end as a shell does for a program it cannot run.
-fn die(what: &str, err: std::io::Error) -> ! {
-    let msg = format!("nexcage: {what}: {err}\n");
-    // SAFETY: writing to stderr (already the caller's) and exiting.
-    unsafe {
-        libc::write(2, msg.as_ptr().cast(), msg.len());
-        libc::_exit(127)
-    }
+fn die(err: InitError) -> ! {
+    // Nothing is left to tell if the caller's stderr is gone.
+    let _ = std::io::stderr().write_all(format!("nexcage: {err}\n").as_bytes());
+    // SAFETY: _exit has no preconditions; unlike exit it runs no atexit
+    // handlers that belong to the forking parent.
+    unsafe { libc::_exit(127) }
 }
 
-/// After fork: become the user's process. Only exec or _exit leave here.
-fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> ! {
-    let fail = die;
-    let last = || std::io::Error::last_os_error();
-    // SAFETY: raw descriptor and credential syscalls in a single-threaded child.
-    unsafe {
-        restore_default_signals();
-        let empty = SigSet::empty();
-        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&empty), None);
-        libc::setsid();
-
-        install_fds(stdio);
-        // Terminal mode: stdin is the pty's slave; as the new session's
-        // leader, make it our controlling terminal (job control, ^C).
-        if p.terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-            fail("set the controlling terminal", last());
-        }
-
-        // Wait here until `nexcage start` opens the other end.
-        let fifo = CString::new(format!("{MOUNT_POINT}/exec.fifo")).expect("no NUL");
-        let fd = libc::open(fifo.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            fail("wait for start", last());
-        }
-        // startContainer hooks run now, inside the guest, before the
-        // process; `start` reads '0', or '1' and why, and fails with it.
-        if let Err(reason) = run_start_hooks() {
-            let msg = format!("1{reason}");
-            libc::write(fd, msg.as_ptr().cast(), msg.len());
-            libc::_exit(1);
-        }
-        if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-            fail("wait for start", last());
-        }
-        libc::close(fd);
-
-        become_process(p)
+/// After fork: become the user's process. Returns only why it could not.
+fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> InitError {
+    if let Err(e) = restore_default_signals() {
+        return e;
     }
+    // Forked from the session's leader: cannot fail.
+    if let Err(e) = setsid() {
+        return InitError::step("start a session")(e);
+    }
+    // SAFETY: single-threaded child that leaves by exec or _exit (die).
+    if let Err(e) = unsafe { install_fds(stdio) } {
+        return e;
+    }
+    // Terminal mode: stdin is the pty's slave; as the new session's
+    // leader, make it our controlling terminal (job control, ^C).
+    if p.terminal {
+        if let Err(e) = take_controlling_terminal() {
+            return e;
+        }
+    }
+    if let Err(e) = wait_for_start() {
+        return e;
+    }
+    become_process(p)
+}
+
+/// Wait at exec.fifo until `nexcage start` opens the other end, run the
+/// startContainer hooks (inside the guest, before the process) and tell
+/// start '0', or '1' and why, which it fails with.
+fn wait_for_start() -> Result<(), InitError> {
+    let fifo = Path::new(MOUNT_POINT).join("exec.fifo");
+    // std opens with O_CLOEXEC.
+    let mut fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fifo)
+        .map_err(InitError::io("wait for start"))?;
+    if let Err(reason) = run_start_hooks() {
+        // start reports the reason; if it is gone there is nobody to tell.
+        let _ = fifo.write_all(format!("1{reason}").as_bytes());
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit(1) }
+    }
+    fifo.write_all(b"0")
+        .map_err(InitError::io("wait for start"))
 }
 
 /// The startContainer hooks create left in the bridge, if any.
-fn run_start_hooks() -> Result<(), String> {
+fn run_start_hooks() -> Result<(), InitError> {
     let path = Path::new(MOUNT_POINT).join(super::START_HOOKS_FILE);
     let text = match std::fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => return Err(InitError::Read { path, source }),
     };
     #[derive(serde::Deserialize)]
     struct StartHooks {
         hooks: Vec<oci_spec::runtime::Hook>,
         state: serde_json::Value,
     }
-    let doc: StartHooks =
-        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc: StartHooks = match serde_json::from_slice(&text) {
+        Ok(doc) => doc,
+        Err(source) => return Err(InitError::StartHooksFile { path, source }),
+    };
     let mut hooks = oci_spec::runtime::Hooks::default();
     hooks.set_start_container(Some(doc.hooks));
     let state = serde_json::to_vec(&doc.state).expect("state serializes");
-    crate::hooks::run(crate::hooks::Kind::StartContainer, &hooks, &state).map_err(|e| e.to_string())
+    crate::hooks::run(crate::hooks::Kind::StartContainer, &hooks, &state)
+        .map_err(InitError::StartHooks)
 }
 
 /// Drop to the OCI user and exec: cwd, rlimits, umask, oom_score_adj,
 /// capabilities, groups, gid, uid, no_new_privs, seccomp, then execve with
-/// exactly the process's environment. Shared by the container process (after `start`)
-/// and by `exec` (already placed in the guest by lxc-attach).
-///
-/// # Safety
-/// Only in a single-threaded process about to become `p`: only exec or
-/// _exit leave here.
-unsafe fn become_process(p: &Prepared) -> ! {
-    let fail = die;
-    let last = || std::io::Error::last_os_error();
-    // SAFETY: credential syscalls in a single-threaded process (the caller's contract).
-    unsafe {
-        // Built first: after the seccomp filter, allocating may be denied.
-        let argv: Vec<*const libc::c_char> = p
-            .args
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let envp: Vec<*const libc::c_char> = p
-            .env
-            .iter()
-            .map(|e| e.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        if libc::chdir(p.cwd.as_ptr()) != 0 {
-            fail("chdir", last());
-        }
-        for &(res, soft, hard) in &p.rlimits {
-            let lim = libc::rlimit {
-                rlim_cur: soft,
-                rlim_max: hard,
-            };
-            if libc::setrlimit(res as _, &lim) != 0 {
-                fail("setrlimit", last());
-            }
-        }
-        if let Some(m) = p.umask {
-            libc::umask(m as libc::mode_t);
-        }
-        if let Some(adj) = &p.oom_score_adj {
-            let path = b"/proc/self/oom_score_adj\0";
-            let fd = libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 || libc::write(fd, adj.as_ptr().cast(), adj.len()) != adj.len() as isize {
-                fail("oom_score_adj", last());
-            }
-            libc::close(fd);
-        }
-        // Without no_new_privs the kernel wants CAP_SYS_ADMIN for a filter:
-        // load it while we still have it, as runc does (the profile must then
-        // allow what follows: setgroups, setuid, capset...).
-        if let Some(f) = p.seccomp.as_ref().filter(|_| !p.no_new_privileges) {
-            f.load()
-                .unwrap_or_else(|e| fail("load the seccomp filter", e));
-        }
-        if let Some(c) = &p.caps {
-            // Dropping from the bounding set needs CAP_SETPCAP: before setuid.
-            for &n in &c.drop_bounding {
-                if libc::prctl(libc::PR_CAPBSET_DROP, n as libc::c_ulong, 0, 0, 0) != 0 {
-                    fail("drop bounding capability", last());
-                }
-            }
-            // Keep the permitted set across setuid; capset trims it after.
-            if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
-                fail("keep capabilities", last());
-            }
-        }
-        if nix::unistd::setgroups(&p.groups).is_err() && !p.groups.is_empty() {
-            fail("setgroups", last());
-        }
-        if libc::setgid(p.gid) != 0 {
-            fail("setgid", last());
-        }
-        if libc::setuid(p.uid) != 0 {
-            fail("setuid", last());
-        }
-        if let Some(c) = &p.caps {
-            set_caps(c).unwrap_or_else(|e| fail("set capabilities", e));
-        }
-        if p.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            fail("no_new_privs", last());
-        }
-        // As close to execve as possible, so the profile governs the fewest
-        // of our own calls (runc's order).
-        if let Some(f) = p.seccomp.as_ref().filter(|_| p.no_new_privileges) {
-            f.load()
-                .unwrap_or_else(|e| fail("load the seccomp filter", e));
-        }
-        libc::execve(p.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(&format!("exec {}", p.path.to_string_lossy()), last())
+/// exactly the process's environment. Shared by the container process
+/// (after `start`) and by `exec` (already placed in the guest by
+/// lxc-attach). Returns only why it could not; the caller must then _exit.
+fn become_process(p: &Prepared) -> InitError {
+    match drop_to_user(p) {
+        Ok(never) => match never {},
+        Err(e) => e,
     }
 }
 
-/// capset (version 3: two 32-bit words per set), then the ambient set,
-/// whose members must already be permitted and inheritable.
-fn set_caps(c: &Caps) -> Result<(), std::io::Error> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
+fn drop_to_user(p: &Prepared) -> Result<std::convert::Infallible, InitError> {
+    // Built first: after the seccomp filter, allocating may be denied.
+    let argv: Vec<*const libc::c_char> = p
+        .args
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = p
+        .env
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    nix::unistd::chdir(p.cwd.as_c_str()).map_err(InitError::step("chdir"))?;
+    for &(res, soft, hard) in &p.rlimits {
+        setrlimit(res, soft, hard).map_err(InitError::step("setrlimit"))?;
     }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
+    if let Some(m) = p.umask {
+        // OCI's umask is a mode_t: anything above 0o7777 is not one.
+        umask(Mode::from_bits_truncate(m as libc::mode_t));
     }
-    const VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let word = |m: u64, i: usize| (m >> (32 * i)) as u32;
-    let data: [Data; 2] = std::array::from_fn(|i| Data {
-        effective: word(c.effective, i),
-        permitted: word(c.permitted, i),
-        inheritable: word(c.inheritable, i),
-    });
-    // SAFETY: header and data are the layouts capset(2) documents.
-    unsafe {
-        if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error());
+    if let Some(adj) = &p.oom_score_adj {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/proc/self/oom_score_adj")
+            .and_then(|mut f| f.write_all(adj))
+            .map_err(InitError::io("oom_score_adj"))?;
+    }
+    // Without no_new_privs the kernel wants CAP_SYS_ADMIN for a filter:
+    // load it while we still have it, as runc does (the profile must then
+    // allow what follows: setgroups, setuid, capset...).
+    if let Some(f) = p.seccomp.as_ref().filter(|_| !p.no_new_privileges) {
+        f.load().map_err(InitError::io("load the seccomp filter"))?;
+    }
+    if let Some(c) = &p.caps {
+        // Dropping from the bounding set needs CAP_SETPCAP: before setuid.
+        for &cap in &c.drop_bounding {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(InitError::caps("drop bounding capability"))?;
         }
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        for &n in &c.ambient {
-            if libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                n as libc::c_ulong,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
+        // Keep the permitted set across setuid; the sets are trimmed after.
+        nix::sys::prctl::set_keepcaps(true).map_err(InitError::step("keep capabilities"))?;
+    }
+    if let Err(e) = nix::unistd::setgroups(&p.groups) {
+        // A guest that may not call setgroups still runs a process that
+        // asks for no supplementary groups.
+        if !p.groups.is_empty() {
+            return Err(InitError::step("setgroups")(e));
         }
+    }
+    let gid = Gid::from_raw(p.gid);
+    setresgid(gid, gid, gid).map_err(InitError::step("setgid"))?;
+    let uid = Uid::from_raw(p.uid);
+    setresuid(uid, uid, uid).map_err(InitError::step("setuid"))?;
+    if let Some(c) = &p.caps {
+        set_caps(c)?;
+    }
+    if p.no_new_privileges {
+        nix::sys::prctl::set_no_new_privs().map_err(InitError::step("no_new_privs"))?;
+    }
+    // As close to execve as possible, so the profile governs the fewest
+    // of our own calls (runc's order).
+    if let Some(f) = p.seccomp.as_ref().filter(|_| p.no_new_privileges) {
+        f.load().map_err(InitError::io("load the seccomp filter"))?;
+    }
+    // nix's execve builds its pointer arrays itself, which may allocate
+    // under the filter; ours were built above.
+    // SAFETY: argv and envp are NULL-terminated arrays of pointers into
+    // p's CStrings, which outlive the call.
+    unsafe { libc::execve(p.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Err(InitError::Execve {
+        path: p.path.clone(),
+        source: std::io::Error::last_os_error(),
+    })
+}
+
+/// The inheritable, effective and permitted sets, then the ambient set,
+/// whose members must already be permitted and inheritable. One capset per
+/// set (the caps crate's way), in the order that checks each against the
+/// same sets a single capset would: inheritable first, while the old
+/// permitted set (and, for root, CAP_SETPCAP) still stands; effective
+/// before permitted, so that effective stays within permitted throughout.
+fn set_caps(c: &Caps) -> Result<(), InitError> {
+    caps::set(None, CapSet::Inheritable, &c.inheritable)
+        .map_err(InitError::caps("set capabilities"))?;
+    caps::set(None, CapSet::Effective, &c.effective)
+        .map_err(InitError::caps("set capabilities"))?;
+    caps::set(None, CapSet::Permitted, &c.permitted)
+        .map_err(InitError::caps("set capabilities"))?;
+    caps::clear(None, CapSet::Ambient).map_err(InitError::caps("set capabilities"))?;
+    for &cap in &c.ambient {
+        caps::raise(None, CapSet::Ambient, cap).map_err(InitError::caps("set capabilities"))?;
     }
     Ok(())
 }
@@ -1008,14 +1142,17 @@ mod tests {
         let env = vec![format!("PATH={}", bin.display())];
         assert_eq!(resolve("hello", &env, Path::new("/")).unwrap(), prog);
         let err = resolve("hello", &["PATH=/nonexistent".into()], Path::new("/")).unwrap_err();
-        assert_eq!(err, "exec: \"hello\": executable file not found in $PATH");
+        assert_eq!(
+            err.to_string(),
+            "exec: \"hello\": executable file not found in $PATH"
+        );
         assert!(resolve("./bin/hello", &[], tmp.path()).is_ok());
         std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = resolve(prog.to_str().unwrap(), &[], Path::new("/")).unwrap_err();
-        assert!(err.ends_with(": permission denied"), "{err}");
+        assert!(err.to_string().ends_with(": permission denied"), "{err}");
         let err = resolve("/nonexistent", &[], Path::new("/")).unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             "exec: \"/nonexistent\": stat /nonexistent: no such file or directory"
         );
     }
@@ -1035,14 +1172,33 @@ mod tests {
         .unwrap();
         let prep = Prepared::from_process(&p).unwrap();
         let c = prep.caps.unwrap();
-        assert_eq!(c.effective, 1 << 0 | 1 << 5);
-        assert_eq!(c.permitted, 1 << 0 | 1 << 5 | 1 << 10);
-        assert_eq!(c.inheritable, 1 << 10);
-        assert_eq!(c.ambient, [10]);
-        assert!(!c.drop_bounding.contains(&0) && c.drop_bounding.contains(&21));
+        use Capability::*;
+        let set = |v: &[Capability]| v.iter().copied().collect::<CapsHashSet>();
+        assert_eq!(c.effective, set(&[CAP_CHOWN, CAP_KILL]));
+        assert_eq!(
+            c.permitted,
+            set(&[CAP_CHOWN, CAP_KILL, CAP_NET_BIND_SERVICE])
+        );
+        assert_eq!(c.inheritable, set(&[CAP_NET_BIND_SERVICE]));
+        assert_eq!(c.ambient, [CAP_NET_BIND_SERVICE]);
+        assert!(!c.drop_bounding.contains(&CAP_CHOWN) && c.drop_bounding.contains(&CAP_SYS_ADMIN));
+        assert!(c
+            .drop_bounding
+            .windows(2)
+            .all(|w| w[0].index() < w[1].index()));
         assert_eq!(prep.oom_score_adj.as_deref(), Some(&b"-17"[..]));
-        assert_eq!(cap_number("CAP_SYS_ADMIN").unwrap(), 21);
-        assert_eq!(cap_number("CAP_CHECKPOINT_RESTORE").unwrap(), 40);
+        assert_eq!(cap_from_name("CAP_SYS_ADMIN").unwrap().index(), 21);
+        assert_eq!(cap_from_name("CAP_CHECKPOINT_RESTORE").unwrap().index(), 40);
+        assert_eq!(
+            cap_from_name("CAP_BOGUS").unwrap_err().to_string(),
+            "unknown capability CAP_BOGUS"
+        );
+        let names = capability_names();
+        assert_eq!(names.len(), 41);
+        assert_eq!(
+            (names[0].as_str(), names[21].as_str()),
+            ("CAP_CHOWN", "CAP_SYS_ADMIN")
+        );
         let none: Process = serde_json::from_value(serde_json::json!({
             "cwd": "/", "args": ["sh"], "user": {"uid": 0, "gid": 0}
         }))
@@ -1056,16 +1212,115 @@ mod tests {
     }
 
     #[test]
-    fn rlimit_names_map_to_resources() {
+    fn every_oci_rlimit_maps_to_its_kernel_resource() {
+        // Through serde, as bundles name them, so a wrong arm shows.
+        for (name, res) in [
+            ("RLIMIT_CPU", libc::RLIMIT_CPU),
+            ("RLIMIT_FSIZE", libc::RLIMIT_FSIZE),
+            ("RLIMIT_DATA", libc::RLIMIT_DATA),
+            ("RLIMIT_STACK", libc::RLIMIT_STACK),
+            ("RLIMIT_CORE", libc::RLIMIT_CORE),
+            ("RLIMIT_RSS", libc::RLIMIT_RSS),
+            ("RLIMIT_NPROC", libc::RLIMIT_NPROC),
+            ("RLIMIT_NOFILE", libc::RLIMIT_NOFILE),
+            ("RLIMIT_MEMLOCK", libc::RLIMIT_MEMLOCK),
+            ("RLIMIT_AS", libc::RLIMIT_AS),
+            ("RLIMIT_LOCKS", libc::RLIMIT_LOCKS),
+            ("RLIMIT_SIGPENDING", libc::RLIMIT_SIGPENDING),
+            ("RLIMIT_MSGQUEUE", libc::RLIMIT_MSGQUEUE),
+            ("RLIMIT_NICE", libc::RLIMIT_NICE),
+            ("RLIMIT_RTPRIO", libc::RLIMIT_RTPRIO),
+            ("RLIMIT_RTTIME", libc::RLIMIT_RTTIME),
+        ] {
+            let t: PosixRlimitType = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(
+                rlimit_resource(t) as libc::c_int,
+                res as libc::c_int,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn descriptors_to_close_are_listed_from_proc() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = file.as_raw_fd();
+        let listed = open_fds_from(Path::new("/proc/self/fd"), 3).unwrap();
+        assert!(listed.contains(&fd), "{fd} not in {listed:?}");
+        assert!(listed.iter().all(|&n| n >= 3));
+        assert!(!open_fds_from(Path::new("/proc/self/fd"), fd + 1)
+            .unwrap()
+            .contains(&fd));
+        assert!(open_fds_from(Path::new("/nonexistent"), 0).is_err());
+    }
+
+    #[test]
+    fn close_from_falls_back_to_proc_without_close_range() {
+        use libseccomp::{ScmpAction, ScmpFilterContext, ScmpSyscall};
+        // A kernel before 5.9, as seen by the child: close_range is ENOSYS.
+        let mut filter = ScmpFilterContext::new(ScmpAction::Allow).unwrap();
+        let close_range = ScmpSyscall::from_name("close_range").unwrap();
+        filter
+            .add_rule(ScmpAction::Errno(libc::ENOSYS), close_range)
+            .unwrap();
+        let keep = std::fs::File::open("/dev/null").unwrap();
+        let gone = dup_at_least(keep.as_fd(), keep.as_raw_fd() + 1).unwrap();
+        let (keep, gone) = (keep.as_raw_fd(), gone.as_raw_fd());
+        // SAFETY: F_GETFD only asks whether the number is open.
+        let open =
+            |fd: RawFd| fcntl(unsafe { BorrowedFd::borrow_raw(fd) }, FcntlArg::F_GETFD).is_ok();
+        // SAFETY: the child only makes system calls and _exits; glibc's
+        // fork leaves malloc usable in it.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                // SAFETY: close_range on our own descriptor numbers; the
+                // child is single-threaded and ends by _exit.
+                let code = if filter.load().is_err() {
+                    2
+                } else if unsafe { libc::syscall(libc::SYS_close_range, gone, gone, 0) } != -1
+                    || Errno::last() != Errno::ENOSYS
+                {
+                    3
+                } else if unsafe { close_from(gone as libc::c_uint) }.is_err() {
+                    4
+                } else if !open(keep) || open(gone) {
+                    5
+                } else {
+                    0
+                };
+                // SAFETY: _exit has no preconditions.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+            }
+        }
+        assert!(open(gone), "the parent's descriptors stay open");
+    }
+
+    #[test]
+    fn init_errors_keep_the_words_callers_match() {
+        let e = InitError::step("chdir")(Errno::ENOENT);
         assert_eq!(
-            rlimit_resource("RlimitNofile").unwrap(),
-            libc::RLIMIT_NOFILE as libc::c_int
+            e.to_string(),
+            "chdir: No such file or directory (os error 2)"
+        );
+        let e = InitError::Execve {
+            path: CString::new("/bin/x").unwrap(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(
+            e.to_string(),
+            "exec /bin/x: Permission denied (os error 13)"
         );
         assert_eq!(
-            rlimit_resource("RLIMIT_NPROC").unwrap(),
-            libc::RLIMIT_NPROC as libc::c_int
+            InitError::Mask {
+                path: "/proc/kcore".into(),
+                source: Errno::EPERM
+            }
+            .to_string(),
+            "maskedPaths: /proc/kcore: EPERM: Operation not permitted"
         );
-        assert!(rlimit_resource("RlimitBogus").is_err());
     }
 
     #[test]
@@ -1074,7 +1329,10 @@ mod tests {
             "cwd": "/nonexistent-dir", "args": ["sh"], "user": {"uid": 0, "gid": 0}
         }))
         .unwrap();
-        assert!(Prepared::from_process(&p).unwrap_err().contains("cwd"));
+        assert_eq!(
+            Prepared::from_process(&p).unwrap_err().to_string(),
+            "cwd \"/nonexistent-dir\": not a directory in the container"
+        );
         let p: Process = serde_json::from_value(serde_json::json!({
             "cwd": "/", "args": ["sh"], "env": ["PATH=/bin:/usr/bin", "A=1"], "user": {"uid": 1000, "gid": 100, "umask": 18, "additionalGids": [5]},
             "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 20}], "noNewPrivileges": true
@@ -1082,10 +1340,7 @@ mod tests {
         .unwrap();
         let prep = Prepared::from_process(&p).unwrap();
         assert_eq!((prep.uid, prep.gid, prep.umask), (1000, 100, Some(18)));
-        assert_eq!(
-            prep.rlimits,
-            vec![(libc::RLIMIT_NOFILE as libc::c_int, 10, 20)]
-        );
+        assert_eq!(prep.rlimits, vec![(Resource::RLIMIT_NOFILE, 10, 20)]);
         assert!(prep.no_new_privileges);
         assert_eq!(prep.env.len(), 2);
     }

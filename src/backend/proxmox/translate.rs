@@ -2290,18 +2290,18 @@ mod doc_table {
             "`process.capabilities.bounding`" => (
                 caps("bounding"),
                 V1,
-                Process("drop_bounding: [0, 1, 2, 3, 4, 6,"),
+                Process("drop_bounding: [CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_SETGID,"),
             ),
             "`process.capabilities.effective`" => {
-                (caps("effective"), V1, Process("effective: 32,"))
+                (caps("effective"), V1, Process("effective: {CAP_KILL},"))
             }
             "`process.capabilities.permitted`" => {
-                (caps("permitted"), V1, Process("permitted: 32,"))
+                (caps("permitted"), V1, Process("permitted: {CAP_KILL},"))
             }
             "`process.capabilities.inheritable`" => {
-                (caps("inheritable"), V1, Process("inheritable: 32,"))
+                (caps("inheritable"), V1, Process("inheritable: {CAP_KILL},"))
             }
-            "`process.capabilities.ambient`" => (caps("ambient"), V1, Process("ambient: [5]")),
+            "`process.capabilities.ambient`" => (caps("ambient"), V1, Process("ambient: [CAP_KILL]")),
             "`process.rlimits`" => (
                 json!({"process": {"rlimits": [{"type": "RLIMIT_NOFILE", "soft": 5, "hard": 6}]}}),
                 V1,
