@@ -36,7 +36,7 @@ pub fn run(global: &GlobalOpts, args: &ListArgs) -> Result<i32> {
                 .collect();
             print!(
                 "{}",
-                table(
+                super::table(
                     &["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"],
                     &rows
                 )
@@ -46,38 +46,11 @@ pub fn run(global: &GlobalOpts, args: &ListArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Columns padded to their widest cell plus three, as runc's tabwriter does.
-fn table(header: &[&str; 6], rows: &[[String; 6]]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let last = cells.len() - 1;
-        for (i, c) in cells.iter().enumerate() {
-            if i == last {
-                out.push_str(c);
-            } else {
-                out.push_str(&format!("{c:<w$}", w = widths[i] + 3));
-            }
-        }
-        out.push('\n');
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn table_columns_line_up() {
-        let t = super::table(
+        let t = crate::commands::table(
             &["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"],
             &[[
                 "c1".into(),

@@ -49,3 +49,31 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
 pub fn context(global: &GlobalOpts) -> Result<(Settings, Store)> {
     Ok((Settings::load()?, Store::open(&global.root)?))
 }
+
+/// Columns padded to their widest cell plus three, as runc's tabwriter does
+/// (`list`, `template list`).
+pub(crate) fn table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r.as_ref()) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        for (i, c) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}", w = widths[i] + 3));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.as_ref().iter().map(String::as_str).collect());
+    }
+    out
+}

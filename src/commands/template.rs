@@ -111,7 +111,7 @@ fn list(
                 .collect();
             print!(
                 "{}",
-                table(
+                super::table(
                     &["VOLID", "BYTES", "LAST USED", "BUSY", "CONTAINERS"],
                     &body
                 )
@@ -177,7 +177,7 @@ fn prune(
                     format!("kept ({why})"),
                 ]
             }));
-            print!("{}", table(&["VOLID", "BYTES", "ACTION"], &body));
+            print!("{}", super::table(&["VOLID", "BYTES", "ACTION"], &body));
             println!("freed {freed} bytes");
         }
     }
@@ -185,31 +185,4 @@ fn prune(
         Some(e) => Err(e.into()),
         None => Ok(0),
     }
-}
-
-/// Columns padded to their widest cell plus three, like `list`.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let last = cells.len() - 1;
-        for (i, c) in cells.iter().enumerate() {
-            if i == last {
-                out.push_str(c);
-            } else {
-                out.push_str(&format!("{c:<w$}", w = widths[i] + 3));
-            }
-        }
-        out.push('\n');
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-    out
 }
