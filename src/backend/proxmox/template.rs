@@ -618,9 +618,10 @@ fn mount_id(dir: BorrowedFd<'_>, name: &CStr) -> Option<u64> {
     if name.is_empty() {
         flags |= libc::AT_EMPTY_PATH;
     }
-    // SAFETY: statx only writes into `stx`, which is plain data; `name` is a
-    // NUL-terminated string and `dir` a descriptor that outlives the call.
+    // SAFETY: statx is plain integers, for which all zeroes is valid.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx only writes into `stx`; `name` is NUL-terminated and
+    // `dir` a descriptor that outlives the call.
     let rc = unsafe {
         libc::statx(
             dir.as_raw_fd(),
