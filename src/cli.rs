@@ -368,3 +368,30 @@ pub struct MonitorArgs {
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
 }
+
+/// Parses the command line as [`Cli::parse`] does, except that a usage error
+/// is one line on stderr, as runc's: clap's own adds usage and tips over
+/// several lines, which clients that log stderr line by line split apart.
+pub fn parse() -> Cli {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+            _ => {
+                eprintln!("nexcage: {}", one_line(&e.to_string()));
+                std::process::exit(e.exit_code());
+            }
+        },
+    }
+}
+
+/// The error part of clap's rendering (up to its first blank line, before
+/// the tip and usage), on one line and without the `error: ` label.
+fn one_line(rendered: &str) -> String {
+    let head = rendered.split("\n\n").next().unwrap_or(rendered);
+    let head = head.strip_prefix("error: ").unwrap_or(head);
+    head.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -29,6 +29,11 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write pid file {}: {source}", path.display())]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]

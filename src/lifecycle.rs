@@ -229,8 +229,15 @@ pub fn write_pid_file(path: &Path, pid: u32) -> Result<()> {
             .map_err(|e| Error::io(".", e))?
             .join(path)
     };
-    state::write_atomic(&path, pid.to_string().as_bytes(), 0o644)?;
-    Ok(())
+    // write_atomic names whichever file failed, often its temp beside the
+    // pid file: the caller only knows the pid file.
+    state::write_atomic(&path, pid.to_string().as_bytes(), 0o644).map_err(|e| {
+        let source = match e {
+            state::StateError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        };
+        Error::PidFile { path, source }
+    })
 }
 
 pub fn start(store: &Store, settings: &Settings, id: &str) -> Result<()> {
@@ -494,5 +501,22 @@ mod tests {
         for bad in ["0", "99", "SIGNOPE", "", "-1"] {
             assert!(parse_signal(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn pid_file_errors_name_the_pid_file_not_its_temp() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pid_file = tmp.path().join("missing-dir/c1.pid");
+        let err = write_pid_file(&pid_file, 42).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot write pid file {}: No such file or directory (os error 2)",
+                pid_file.display()
+            )
+        );
+        let ok = tmp.path().join("c1.pid");
+        write_pid_file(&ok, 42).unwrap();
+        assert_eq!(std::fs::read_to_string(ok).unwrap(), "42");
     }
 }

@@ -19,12 +19,12 @@ mod router;
 mod state;
 mod terminal;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 
 use cli::{Cli, Command};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     if cli.global.version {
         println!("nexcage version {}", env!("CARGO_PKG_VERSION"));
         println!("commit: {}", env!("NEXCAGE_COMMIT"));

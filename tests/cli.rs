@@ -94,3 +94,30 @@ fn global_flags_come_before_the_subcommand_as_clients_send_them() {
     );
     assert!(out.stderr.is_empty());
 }
+
+#[test]
+fn usage_errors_are_one_line_even_after_double_dash() {
+    for args in [
+        &["create", "c1", "--", "-x"][..],
+        &["create", "--bogus", "c1"],
+        &["create"],
+        &["delete", "a", "b"],
+    ] {
+        let out = nexcage(args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("nexcage: "), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let out = nexcage(&["create", "c1", "--", "-x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'-x'"), "{err}");
+    let out = nexcage(&["create"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("<ID>"), "{err}");
+    // Help still prints whole, on stdout.
+    let out = nexcage(&["create", "--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).lines().count() > 3);
+}

@@ -47,7 +47,7 @@ fn json_of(node: &Node, args: &[&str]) -> Value {
 }
 
 fn list(node: &Node) -> Vec<Value> {
-    json_of(node, &["template", "list", "--format", "json"])
+    json_of(node, &["template", "list", "--format", "json"])["templates"]
         .as_array()
         .unwrap()
         .clone()

@@ -71,6 +71,7 @@ fn list(
     in_use: &BTreeMap<String, Vec<String>>,
     format: ListFormat,
 ) -> Result<i32> {
+    let temps = driver.template_temps()?;
     let none = Vec::new();
     let mut rows = Vec::new();
     for e in entries {
@@ -94,7 +95,16 @@ fn list(
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string(&v).expect("serializes"));
+            let out = json!({
+                "templates": v,
+                "temporaries": {
+                    "stale": temps.stale,
+                    "staleBytes": temps.stale_bytes,
+                    "other": temps.other,
+                    "otherBytes": temps.other_bytes,
+                },
+            });
+            println!("{out}");
         }
         ListFormat::Table => {
             let body: Vec<Vec<String>> = rows
@@ -115,6 +125,10 @@ fn list(
                     &["VOLID", "BYTES", "LAST USED", "BUSY", "CONTAINERS"],
                     &body
                 )
+            );
+            println!(
+                "temporaries: {} stale ({} bytes, removed by the next conversion), {} being written or another node's ({} bytes)",
+                temps.stale, temps.stale_bytes, temps.other, temps.other_bytes
             );
         }
     }

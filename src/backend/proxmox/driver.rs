@@ -214,6 +214,12 @@ impl Driver {
         Ok(cache::list(&self.tools, &storage, &dir, &meta)?)
     }
 
+    /// nexcage's temporary templates in the template directory.
+    pub fn template_temps(&self) -> Result<template::Temps, DriverError> {
+        let (_, dir, _) = self.template_store()?;
+        Ok(template::temps(&dir))
+    }
+
     /// Whether a create holds `name` at this moment.
     pub fn template_busy(&self, name: &str) -> Result<bool, DriverError> {
         let meta = Meta::new(&self.state_root);

@@ -207,6 +207,9 @@ fn template_name(fp: &str) -> String {
 fn convert(rootfs: &Path, cache_dir: &Path, fp: &str) -> Result<PathBuf, TemplateError> {
     let started = Instant::now();
     let final_path = cache_dir.join(template_name(fp));
+    // Before writing, not only after: temps of killed converters can fill
+    // the storage, and then no conversion would ever get to the sweep.
+    sweep_stale_temps(cache_dir);
     let (tmp, file) = create_temp(cache_dir, fp)?;
     let guard = TempGuard(Some(tmp.clone()));
     let write_err = |source| TemplateError::Write {
@@ -286,24 +289,47 @@ fn temp_host() -> String {
     }
 }
 
+/// `_` cannot occur in the host part, so one node's names never parse as
+/// another's whose host name it starts with.
 fn temp_prefix(host: &str) -> String {
+    format!(".tmp-{host}_")
+}
+
+/// Names before they carried a start time: `.tmp-<host>-<pid>-<n>`.
+fn legacy_temp_prefix(host: &str) -> String {
     format!(".tmp-{host}-")
 }
 
+/// When process `pid` started, in clock ticks after boot (field 22 of
+/// /proc/<pid>/stat): with the pid it names one process for the life of
+/// the boot, so a pid reused by another process is not taken for a writer.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; the
+    // fields after its closing parenthesis are plain.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `.nexcage-<fp>.tmp-<host>_<pid>_<start time>_<n>`: host, pid and start
+/// time name the writer, so that a sweep can prove it gone.
 fn create_temp(cache_dir: &Path, fp: &str) -> Result<(PathBuf, File), TemplateError> {
     let host = temp_host();
     let pid = std::process::id();
+    let start = start_time(pid).unwrap_or(0);
     loop {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = cache_dir.join(format!(
-            ".nexcage-{}{}{pid}-{n}",
+            ".nexcage-{}{}{pid}_{start}_{n}",
             &fp[..32],
             temp_prefix(&host)
         ));
+        // Root only: the archive holds every file of the image, its 0600
+        // keys and /etc/shadow too, and pct reads it as root.
         match OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
             .open(&tmp)
         {
@@ -315,37 +341,114 @@ fn create_temp(cache_dir: &Path, fp: &str) -> Result<(PathBuf, File), TemplateEr
     }
 }
 
+/// What a temporary template's name says of its writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Not one of nexcage's temps.
+    None,
+    /// This node's process that is provably gone: no such pid, or the pid
+    /// now belongs to a process started at another time.
+    Gone,
+    /// Alive, or not provably gone (another node's, or an older name
+    /// without a start time whose pid is in use).
+    Unknown,
+}
+
+fn temp_writer(name: &str, host: &str) -> Writer {
+    let Some(rest) = name.strip_prefix(".nexcage-") else {
+        return Writer::None;
+    };
+    if !rest.contains(".tmp-") {
+        return Writer::None;
+    }
+    let ids = |marker: String, sep: char| {
+        rest.split_once(&marker)
+            .map(|(_, ids)| ids.split(sep).map(str::to_owned).collect::<Vec<_>>())
+    };
+    let (pid, start) = if let Some(f) = ids(temp_prefix(host), '_') {
+        match &f[..] {
+            [pid, start, _n] => (pid.parse::<i32>().ok(), start.parse::<u64>().ok()),
+            _ => (None, None),
+        }
+    } else if let Some(f) = ids(legacy_temp_prefix(host), '-') {
+        match &f[..] {
+            [pid, _n] => (pid.parse::<i32>().ok(), None),
+            _ => (None, None),
+        }
+    } else {
+        return Writer::Unknown;
+    };
+    let Some(pid) = pid.filter(|&p| p > 0) else {
+        return Writer::Unknown;
+    };
+    // Signal 0 only asks whether the pid exists; EPERM means it does.
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
+        return Writer::Gone;
+    }
+    match (start, start_time(pid as u32)) {
+        (Some(want), Some(now)) if want != 0 && want != now => Writer::Gone,
+        _ => Writer::Unknown,
+    }
+}
+
+/// nexcage's temporary templates in a template directory, counted by
+/// whether their writer is provably gone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Temps {
+    /// Left by converters that are gone: the next conversion removes them.
+    pub stale: u64,
+    pub stale_bytes: u64,
+    /// Being written, or written by another node sharing the storage.
+    pub other: u64,
+    pub other_bytes: u64,
+}
+
+/// Counts the temps in `cache_dir` without touching them.
+pub fn temps(cache_dir: &Path) -> Temps {
+    let host = temp_host();
+    let mut t = Temps::default();
+    let Ok(dir) = fs::read_dir(cache_dir) else {
+        return t;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let writer = temp_writer(name, &host);
+        if writer == Writer::None {
+            continue;
+        }
+        let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        if writer == Writer::Gone {
+            t.stale += 1;
+            t.stale_bytes += bytes;
+        } else {
+            t.other += 1;
+            t.other_bytes += bytes;
+        }
+    }
+    t
+}
+
 /// Removes temp files this node's converters left behind when they were
 /// killed outright (SIGKILL, power loss), where no guard could run.
 fn sweep_stale_temps(cache_dir: &Path) {
-    let marker = temp_prefix(&temp_host());
+    let host = temp_host();
     let Ok(dir) = fs::read_dir(cache_dir) else {
         return;
     };
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if !name.starts_with(".nexcage-") {
+        if temp_writer(name, &host) != Writer::Gone {
             continue;
         }
-        let Some((_, rest)) = name.split_once(&marker) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        // Signal 0 only asks whether the pid exists; EPERM means it does.
-        let dead = pid > 0
-            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH);
-        if dead {
-            let path = entry.path();
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    tracing::info!(path = %path.display(), "removed stale temporary template")
-                }
-                Err(e) => {
-                    tracing::debug!(path = %path.display(), error = %e, "cannot remove stale temporary template")
-                }
+        let path = entry.path();
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed stale temporary template")
+            }
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot remove stale temporary template")
             }
         }
     }
@@ -483,6 +586,52 @@ struct Walker<'a> {
     out_path: Option<&'a Path>,
     /// Sum of [`data_bytes`] over the entries emitted so far.
     bytes: u64,
+    /// The mount the rootfs directory is on; entries on another are mount
+    /// points and are not descended into.
+    root_mount: Mount,
+}
+
+/// Which mount an entry is on: the mount id where the kernel tells it
+/// (statx, Linux 5.8), else only the device, as tar --one-file-system uses.
+#[derive(Debug, Clone, Copy)]
+struct Mount {
+    id: Option<u64>,
+    dev: u64,
+}
+
+impl Mount {
+    /// `other` is on a different mount than `self`. Without mount ids only
+    /// directories are compared: overlayfs reports the lower layers' devices
+    /// for non-directories, so a device alone does not mark a file mount.
+    fn differs(self, other: Mount, is_dir: bool) -> bool {
+        match (self.id, other.id) {
+            (Some(a), Some(b)) => a != b,
+            _ => is_dir && self.dev != other.dev,
+        }
+    }
+}
+
+/// The mount id of `name` in `dir` (the directory itself when `name` is
+/// empty), not following a final symlink.
+fn mount_id(dir: BorrowedFd<'_>, name: &CStr) -> Option<u64> {
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: statx is plain integers, for which all zeroes is valid.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx only writes into `stx`; `name` is NUL-terminated and
+    // `dir` a descriptor that outlives the call.
+    let rc = unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    (rc == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
 }
 
 /// Walks the tree into `sink`: its fingerprint and its [`data_bytes`].
@@ -497,6 +646,7 @@ fn walk(
         links: HashMap::new(),
         out_path,
         bytes: 0,
+        root_mount: Mount { id: None, dev: 0 },
     };
     w.hasher.update(FORMAT_TAG);
 
@@ -515,6 +665,11 @@ fn walk(
             source: e.into(),
         },
     })?;
+    let root_st = fstat(&root).map_err(|e| w.read_err(b"./", e))?;
+    w.root_mount = Mount {
+        id: mount_id(root.as_fd(), c""),
+        dev: root_st.st_dev,
+    };
     let mut name: Vec<u8> = b"./".to_vec();
     let root_frame = w.enter_dir(sink, root, &name)?;
     let mut stack = vec![root_frame];
@@ -627,6 +782,34 @@ impl Walker<'_> {
         let st = fstatat(dir, child, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(|e| self.stat_err(name, e))?;
         let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        let here = Mount {
+            id: mount_id(dir, child),
+            dev: st.st_dev,
+        };
+        if self.root_mount.differs(here, fmt == SFlag::S_IFDIR) {
+            // A mount inside the rootfs is not part of the image: its
+            // mount point is kept as an empty directory (the mounted root's
+            // metadata, as tar --one-file-system stores it), a file mounted
+            // over a file is left out.
+            if fmt != SFlag::S_IFDIR {
+                tracing::debug!(path = %self.abs(name).display(), "skipping a file mount inside the rootfs");
+                return Ok(None);
+            }
+            tracing::debug!(path = %self.abs(name).display(), "not descending into a mount inside the rootfs");
+            name.push(b'/');
+            self.emit(
+                sink,
+                &Node {
+                    name,
+                    kind: Kind::Dir,
+                    st: &st,
+                    link: b"",
+                    xattrs: &[],
+                    file: None,
+                },
+            )?;
+            return Ok(None);
+        }
         let kind = match fmt {
             SFlag::S_IFDIR => {
                 let fd = openat(
@@ -1737,7 +1920,7 @@ mod tests {
             "no temp left"
         );
         let m1 = fs::metadata(&first.path).unwrap();
-        assert_eq!(m1.mode() & 0o777, 0o644 & !current_umask());
+        assert_eq!(m1.mode() & 0o777, 0o600);
 
         let second = ensure(&root, &cache).unwrap();
         assert!(second.reused);
@@ -1756,12 +1939,6 @@ mod tests {
         assert!(!third.reused);
         assert_ne!(third.name, first.name);
         assert_eq!(fs::read_dir(&cache).unwrap().count(), 2);
-    }
-
-    fn current_umask() -> u32 {
-        let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
-        nix::sys::stat::umask(old);
-        old.bits()
     }
 
     #[test]
@@ -1833,28 +2010,182 @@ mod tests {
         let cache = base.path().join("cache");
         fs::create_dir(&cache).unwrap();
         let host = temp_host();
+        let me = std::process::id();
+        let my_start = start_time(me).unwrap();
+        let temp = |fp: char, ids: String| {
+            cache.join(format!(
+                ".nexcage-{}.tmp-{host}{ids}",
+                fp.to_string().repeat(32)
+            ))
+        };
         // pid_max is at most 2^22, so this pid cannot be alive.
-        let dead = cache.join(format!(
-            ".nexcage-{}{}2147483000-0",
-            "a".repeat(32),
-            temp_prefix(&host)
-        ));
-        let live = cache.join(format!(
-            ".nexcage-{}{}{}-0",
-            "b".repeat(32),
-            temp_prefix(&host),
-            std::process::id()
-        ));
+        let dead = temp('a', "_2147483000_5_0".to_string());
+        let legacy_dead = temp('d', "-2147483000-0".to_string());
+        // A live pid that another process had when it wrote the temp.
+        let reused = temp('e', format!("_{me}_{}_0", my_start + 1));
+        let live = temp('b', format!("_{me}_{my_start}_0"));
+        let legacy_live = temp('f', format!("-{me}-0"));
         let other_host = cache.join(format!(
-            ".nexcage-{}.tmp-elsewhere-2147483000-0",
+            ".nexcage-{}.tmp-elsewhere_2147483000_5_0",
             "c".repeat(32)
         ));
-        for p in [&dead, &live, &other_host] {
+        // A host whose name starts with ours is not ours.
+        let longer_host = cache.join(format!(
+            ".nexcage-{}.tmp-{host}-x_2147483000_5_0",
+            "c".repeat(32)
+        ));
+        for p in [
+            &dead,
+            &legacy_dead,
+            &reused,
+            &live,
+            &legacy_live,
+            &other_host,
+            &longer_host,
+        ] {
             fs::write(p, b"partial").unwrap();
         }
-        ensure(&root, &cache).unwrap();
-        assert!(!dead.exists());
-        assert!(live.exists() && other_host.exists());
+        assert_eq!(
+            temps(&cache),
+            Temps {
+                stale: 3,
+                stale_bytes: 21,
+                other: 4,
+                other_bytes: 28
+            }
+        );
+        // Swept before converting: a conversion that fails still sweeps.
+        let e = convert(&root, &cache, &"0".repeat(64)).unwrap_err();
+        assert!(matches!(e, TemplateError::Changed(_)), "{e}");
+        for p in [&dead, &legacy_dead, &reused] {
+            assert!(!p.exists(), "{} left", p.display());
+        }
+        for p in [&live, &legacy_live, &other_host, &longer_host] {
+            assert!(p.exists(), "{} swept", p.display());
+        }
+        assert_eq!(temps(&cache).stale, 0);
+    }
+
+    #[test]
+    fn templates_and_their_temps_are_readable_by_root_only() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("rootfs");
+        fs::create_dir(&root).unwrap();
+        fs::write(root.join("shadow"), b"secret").unwrap();
+        fs::set_permissions(root.join("shadow"), fs::Permissions::from_mode(0o600)).unwrap();
+        let cache = base.path().join("cache");
+        fs::create_dir(&cache).unwrap();
+        let (tmp, _f) = create_temp(&cache, &"1".repeat(64)).unwrap();
+        assert_eq!(fs::metadata(&tmp).unwrap().mode() & 0o777, 0o600);
+        fs::remove_file(&tmp).unwrap();
+        let t = ensure(&root, &cache).unwrap();
+        assert_eq!(fs::metadata(&t.path).unwrap().mode() & 0o777, 0o600);
+    }
+
+    struct Unmount(Vec<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for p in self.0.iter().rev() {
+                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+
+    fn bind(src: &Path, dst: &Path) {
+        nix::mount::mount(
+            Some(src),
+            dst,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn mounts_inside_the_rootfs_are_not_part_of_the_template() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("rootfs");
+        for d in ["etc", "mnt/host", "proc", "keep"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("etc/hosts"), b"image").unwrap();
+        fs::write(root.join("keep/file"), b"image").unwrap();
+        fs::write(root.join("mnt/host/hidden"), b"under the mount").unwrap();
+        let host = base.path().join("host");
+        fs::create_dir(&host).unwrap();
+        fs::write(host.join("secret"), b"HOST-SECRET").unwrap();
+        fs::write(base.path().join("host-hosts"), b"HOST-SECRET").unwrap();
+        let before = fingerprint(&root).unwrap();
+
+        let mut mounts = Unmount(Vec::new());
+        bind(&host, &root.join("mnt/host"));
+        mounts.0.push(root.join("mnt/host"));
+        nix::mount::mount(
+            Some("proc"),
+            &root.join("proc"),
+            Some("proc"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        mounts.0.push(root.join("proc"));
+        bind(&base.path().join("host-hosts"), &root.join("etc/hosts"));
+        mounts.0.push(root.join("etc/hosts"));
+
+        let cache = base.path().join("cache");
+        fs::create_dir(&cache).unwrap();
+        let t = ensure(&root, &cache).unwrap();
+        let names: Vec<String> = entries(&t.path)
+            .into_iter()
+            .map(|(n, _, _)| String::from_utf8(n).unwrap())
+            .collect();
+        for want in ["./mnt/", "./mnt/host/", "./proc/", "./etc/", "./keep/file"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        for gone in ["./mnt/host/secret", "./mnt/host/hidden", "./etc/hosts"] {
+            assert!(!names.iter().any(|n| n == gone), "{gone} stored: {names:?}");
+        }
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("./proc/") && n != "./proc/"),
+            "proc's contents stored: {names:?}"
+        );
+        assert!(!contains(&decompressed(&t.path), b"HOST-SECRET"));
+        drop(mounts);
+        assert_eq!(
+            fingerprint(&root).unwrap(),
+            before,
+            "unmounted: the image again"
+        );
+    }
+
+    #[test]
+    fn without_mount_ids_only_directories_on_other_devices_are_mounts() {
+        let root = Mount { id: None, dev: 1 };
+        // overlayfs reports lower layers' devices for files.
+        assert!(!root.differs(Mount { id: None, dev: 2 }, false));
+        assert!(root.differs(Mount { id: None, dev: 2 }, true));
+        assert!(!root.differs(Mount { id: None, dev: 1 }, true));
+        let root = Mount {
+            id: Some(7),
+            dev: 1,
+        };
+        assert!(root.differs(
+            Mount {
+                id: Some(8),
+                dev: 1
+            },
+            false
+        ));
+        assert!(!root.differs(
+            Mount {
+                id: Some(7),
+                dev: 2
+            },
+            true
+        ));
     }
 
     fn vm_hwm_kib() -> u64 {

@@ -1618,6 +1618,16 @@ fn libc_minor(dev: u64) -> u64 {
 /// OCI gives bytes (and -1 or nothing for "no limit"); pct takes MiB, at
 /// least 16. Without a limit the container may use what the host has.
 fn memory_mib(mem: &Map<String, Value>, host: HostFacts) -> Result<(u64, u64), TranslateError> {
+    // runc writes -1 as "max" and any other negative through to the kernel,
+    // which refuses it: a -5 is a mistake, not "unlimited".
+    for key in ["limit", "reservation", "swap"] {
+        if let Some(v) = mem.get(key).and_then(Value::as_i64).filter(|&v| v < -1) {
+            return Err(field(
+                format!("linux.resources.memory.{key}"),
+                format!("{v} is not a limit (of negatives, only -1 means no limit)"),
+            ));
+        }
+    }
     let limit = mem.get("limit").and_then(Value::as_i64).filter(|&l| l > 0);
     let Some(limit) = limit else {
         return Ok((host.mem_total_mib, host.swap_total_mib));
@@ -2060,6 +2070,29 @@ mod tests {
             serde_json::json!({"linux": {"resources": {"memory": {"limit": 100_000_000, "swap": 10}}}}),
         );
         assert!(plan(&s, &ProxmoxSettings::default(), HOST).is_err());
+    }
+
+    #[test]
+    fn negative_memory_values_other_than_minus_one_are_refused() {
+        for key in ["limit", "reservation", "swap"] {
+            let s = spec(serde_json::json!({"linux": {"resources": {"memory": {key: -5}}}}));
+            let err = plan(&s, &ProxmoxSettings::default(), HOST)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("linux.resources.memory.{key}")) && err.contains("-5"),
+                "{err}"
+            );
+        }
+        // -1 is runc's "no limit": the host's memory and swap.
+        let s = spec(
+            serde_json::json!({"linux": {"resources": {"memory": {"limit": -1, "swap": -1, "reservation": -1}}}}),
+        );
+        let p = plan(&s, &ProxmoxSettings::default(), HOST).unwrap();
+        assert_eq!(
+            opt(&p, "memory"),
+            Some(HOST.mem_total_mib.to_string().as_str())
+        );
     }
 
     #[test]

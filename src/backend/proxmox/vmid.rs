@@ -212,7 +212,14 @@ impl<'a> Allocator<'a> {
         for _ in 0..2 {
             match OpenOptions::new().write(true).create_new(true).open(path) {
                 Ok(mut f) => {
-                    f.write_all(owner.as_bytes())?;
+                    // An empty reservation names no container, so nothing
+                    // would ever free it: a failed write (ENOSPC) takes the
+                    // file back out.
+                    if let Err(e) = f.write_all(owner.as_bytes()) {
+                        drop(f);
+                        let _ = fs::remove_file(path);
+                        return Err(e);
+                    }
                     return Ok(true);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -329,6 +336,45 @@ mod tests {
         fs::create_dir_all(root.join("new")).unwrap();
         let alloc = Allocator::new(&s, &tools, &root);
         assert_eq!(alloc.reserve("new", &BTreeSet::new()).unwrap().vmid, 100);
+    }
+
+    #[test]
+    fn a_reservation_that_cannot_be_written_is_not_left_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = settings(tmp.path());
+        fs::write(&s.vmlist, r#"{"version":1,"ids":{}}"#).unwrap();
+        let tools = Tools::from_settings(&s);
+        let root = tmp.path().join("state");
+        fs::create_dir(&root).unwrap();
+        // A full file system: a tiny tmpfs, filled up once .vmids exists.
+        nix::mount::mount(
+            Some("tmpfs"),
+            &root,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64k"),
+        )
+        .unwrap();
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _unmount = Unmount(&root);
+        fs::create_dir(root.join(".vmids")).unwrap();
+        fs::create_dir(root.join("c1")).unwrap();
+        let mut fill = fs::File::create(root.join("fill")).unwrap();
+        while fill.write_all(&[0u8; 4096]).is_ok() {}
+        drop(fill);
+
+        let alloc = Allocator::new(&s, &tools, &root);
+        let e = alloc.reserve("c1", &BTreeSet::new()).unwrap_err();
+        assert!(e.to_string().contains("No space left"), "{e}");
+        assert!(
+            !root.join(".vmids/100").exists(),
+            "an empty reservation was left"
+        );
     }
 
     #[test]
