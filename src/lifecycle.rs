@@ -40,6 +40,12 @@ pub fn status(store: &Store, record: &Record) -> Status {
     if !record.process.is_some_and(|p| p.is_alive()) {
         return Status::Stopped;
     }
+    // The monitor's pid is the container's for clients: once it is gone,
+    // whoever reaped it has seen the container end, and the init is
+    // already ending the process (bridge/init.rs supervise).
+    if record.monitor.is_some_and(|m| !m.is_alive()) {
+        return Status::Stopped;
+    }
     if BridgeDir::of(&store.dir(&record.id)).is_created() {
         return Status::Created;
     }

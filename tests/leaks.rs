@@ -7,6 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::json;
 
 /// True while `pid` exists and has not exited (a zombie has).
@@ -35,6 +37,11 @@ fn pids(node: &Node, id: &str) -> (i32, i32) {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let pid = |k: &str| v[k]["pid"].as_i64().unwrap() as i32;
     (pid("monitor"), pid("process"))
+}
+
+fn guest_status(node: &Node, vmid: u32) -> String {
+    let out = node.pct(["status", &vmid.to_string()]);
+    stdout(&out).trim().to_string()
 }
 
 #[test]
@@ -189,5 +196,42 @@ fn own_files_move_out_of_the_id_namespace_on_an_upgraded_node() {
         .is_file());
     assert!(node.run(["delete", "--force", "old"]).status.success());
     let _ = reap(monitor, Duration::from_secs(10));
+    assert_clean(&node);
+}
+
+/// SIGKILL of the monitor ends the process and stops the guest; `state`
+/// says stopped at once, and a plain delete works.
+fn monitor_killed(node: &Node, id: &str) {
+    let vmid = *node.vmids().iter().max().unwrap();
+    let (monitor, process) = pids(node, id);
+    assert!(alive(process));
+    kill(Pid::from_raw(monitor), Signal::SIGKILL).unwrap();
+    let _ = reap(monitor, Duration::from_secs(10));
+    assert_eq!(node.status(id), "stopped", "{id}");
+    assert_eq!(node.state(id)["pid"], 0, "{id}");
+    wait_dead(process, &format!("{id}: the process of a dead monitor"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while guest_status(node, vmid) != "status: stopped" {
+        assert!(
+            Instant::now() < deadline,
+            "{id}: guest {vmid}: {}",
+            guest_status(node, vmid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fails_with(&node.run(["kill", id]), "container not running");
+    let out = node.run(["delete", id]);
+    assert!(out.status.success(), "{id}: {}", stderr(&out));
+}
+
+#[test]
+fn a_dead_monitor_takes_its_process_and_guest_with_it() {
+    let node = Node::new();
+    start_running(&node, "running", json!(["sleep", "1000"]));
+    monitor_killed(&node, "running");
+    let bundle = node.bundle("created", json!({"process": {"args": ["sleep", "1000"]}}));
+    assert!(node.create(&bundle, "created", &[]).status.success());
+    assert_eq!(node.status("created"), "created");
+    monitor_killed(&node, "created");
     assert_clean(&node);
 }
