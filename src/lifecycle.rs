@@ -398,10 +398,12 @@ pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Resu
         // Left for `delete --force`, which finds the rest.
         Ok(None) if !force => return Err(Error::NotFound(id.to_string())),
         Err(e) if !force => return Err(e.into()),
-        Ok(None) | Err(_) => {
-            if let Err(e) = store.load(id) {
-                tracing::debug!("{e}; removing what is left of {id}");
-            }
+        Ok(None) => {
+            tracing::debug!("{id} has no state file; removing what is left of it");
+            return delete_leftovers(store, settings, id, lock);
+        }
+        Err(e) => {
+            tracing::debug!("{e}; removing what is left of {id}");
             return delete_leftovers(store, settings, id, lock);
         }
     };
