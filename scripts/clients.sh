@@ -24,7 +24,7 @@ guests() { pct list | awk 'NR > 1 {print $1}'; }
 # Nothing left: no guest on the node, no state under either runtime root.
 nothing_left() {
   local state
-  state=$(ls -A "$W/nexcage-podman" /run/containerd/runc/"$CTR_NS" 2>/dev/null | grep -v -e '^\.' -e ':$' -e '^$')
+  state=$(ls -A "$W/nexcage-podman" /run/containerd/runc/"$CTR_NS" 2>/dev/null | grep -v -e '^~nexcage$' -e ':$' -e '^$')
   [ -z "$(guests)" ] && [ -z "$state" ]
 }
 quiet() { "$@" >/dev/null; }

@@ -40,6 +40,12 @@ pub fn status(store: &Store, record: &Record) -> Status {
     if !record.process.is_some_and(|p| p.is_alive()) {
         return Status::Stopped;
     }
+    // The monitor's pid is the container's for clients: once it is gone,
+    // whoever reaped it has seen the container end, and the init is
+    // already ending the process (bridge/init.rs supervise).
+    if record.monitor.is_some_and(|m| !m.is_alive()) {
+        return Status::Stopped;
+    }
     if BridgeDir::of(&store.dir(&record.id)).is_created() {
         return Status::Created;
     }
@@ -383,20 +389,30 @@ pub fn guest_pids(store: &Store, record: &Record) -> Result<Vec<i32>> {
 
 pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Result<()> {
     check_id(id)?;
-    let Some(lock) = store.lock(id)? else {
-        return if force {
-            Ok(())
-        } else {
-            Err(Error::NotFound(id.to_string()))
-        };
+    let lock = match store.lock(id)? {
+        Some(lock) => lock,
+        None if !force => return Err(Error::NotFound(id.to_string())),
+        // No directory: still look for what a lost one leaves (a guest,
+        // its monitor, a reservation), holding the id so that no create of
+        // it starts meanwhile.
+        None => match store.claim(id)? {
+            Some(lock) => lock,
+            None => return delete(store, settings, id, force),
+        },
     };
-    let Some(record) = store.load(id)? else {
-        store.remove(lock)?;
-        return if force {
-            Ok(())
-        } else {
-            Err(Error::NotFound(id.to_string()))
-        };
+    let record = match store.load(id) {
+        Ok(Some(record)) => record,
+        // Left for `delete --force`, which finds the rest.
+        Ok(None) if !force => return Err(Error::NotFound(id.to_string())),
+        Err(e) if !force => return Err(e.into()),
+        Ok(None) => {
+            tracing::debug!("{id} has no state file; removing what is left of it");
+            return delete_leftovers(store, settings, id, lock);
+        }
+        Err(e) => {
+            tracing::debug!("{e}; removing what is left of {id}");
+            return delete_leftovers(store, settings, id, lock);
+        }
     };
     let st = status(store, &record);
     if matches!(st, Status::Running | Status::Paused | Status::Creating) && !force {
@@ -420,6 +436,62 @@ pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Resu
     }
     store.remove(lock)?;
     Ok(())
+}
+
+/// `delete --force` of a container without a readable record: find its
+/// monitor by its command line, its guests by their reservations, and
+/// remove them and the directory. Nothing found is not an error (runc's
+/// force delete of a missing container succeeds).
+fn delete_leftovers(
+    store: &Store,
+    settings: &Settings,
+    id: &str,
+    lock: ContainerLock,
+) -> Result<()> {
+    let bridge = BridgeDir::of(&store.dir(id));
+    // The init ends the process and itself when its monitor goes, which
+    // stops the guest before pct destroys it.
+    for monitor in find_monitors(bridge.path()) {
+        let _ = monitor.signal(Signal::SIGKILL);
+        wait_gone(Some(monitor), Duration::from_secs(5));
+        tracing::debug!(pid = monitor.pid, "removed the monitor of {id}");
+    }
+    for name in router::BACKENDS {
+        let backend = router::by_name(name, settings, store.root())?;
+        for what in backend.destroy_leftovers(id, bridge.path())? {
+            tracing::debug!("removed {what} of {id}");
+        }
+    }
+    let had_dir = store.dir(id).join("state.json").exists() || bridge.path().exists();
+    store.remove(lock)?;
+    if had_dir {
+        tracing::debug!("removed the state directory of {id}");
+    }
+    Ok(())
+}
+
+/// Monitors serving `bridge_dir`: processes whose command line is
+/// `... monitor ID --bridge-dir BRIDGE_DIR ...` (the path is absolute, see
+/// `Store::open`). Each is named by its start time as well, and its command
+/// line is read again after that, so a pid reused meanwhile is not taken.
+fn find_monitors(bridge_dir: &Path) -> Vec<ProcRef> {
+    let serves = |pid: i32| {
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let args: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+        let want = bridge_dir.as_os_str().as_encoded_bytes();
+        args.iter().any(|a| *a == b"monitor")
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"--bridge-dir" && w[1] == want)
+    };
+    let me = std::process::id() as i32;
+    procfs::all_pids()
+        .into_iter()
+        .filter(|&pid| pid != me && serves(pid))
+        .filter_map(|pid| ProcRef::of(pid).filter(|_| serves(pid)))
+        .collect()
 }
 
 /// The monitor exits by itself once the container is gone; don't leave it

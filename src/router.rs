@@ -38,6 +38,12 @@ pub trait Backend {
     fn boot(&self, record: &Record) -> Result<()>;
     /// Remove the guest, stopping it first if needed. Idempotent.
     fn destroy(&self, record: &Record) -> Result<()>;
+    /// `delete --force` without a readable record: remove what this backend
+    /// still holds for container `id` (whose bridge directory, mounted into
+    /// its guest, is `bridge_dir`) and say what was removed.
+    fn destroy_leftovers(&self, _id: &str, _bridge_dir: &Path) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// Undo what `provision` made that outlives the guest (e.g. a template
     /// converted for this create), after a failed create.
     fn discard(&self, _record: &Record) {}

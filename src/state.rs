@@ -16,6 +16,16 @@ use serde::{Deserialize, Serialize};
 use crate::procfs::ProcRef;
 
 const STATE_FILE: &str = "state.json";
+/// nexcage's own files under the state root (VMID reservations, caches). The
+/// `~` is outside runc's id alphabet, so no container id can name or shadow
+/// it, as `.vmids` and `.cache` once could.
+pub const OWN_DIR: &str = "~nexcage";
+/// Where a migration from the old locations gathers them before it renames
+/// this into `OWN_DIR`, so that a crash midway never leaves a half-filled
+/// `OWN_DIR` that later runs would take as done.
+const OWN_DIR_STAGING: &str = "~nexcage.new";
+/// The old homes of nexcage's own files, and their names below `OWN_DIR`.
+const LEGACY_DIRS: [(&str, &str); 2] = [(".vmids", "vmids"), (".cache", "cache")];
 const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +136,31 @@ pub struct OciState {
 }
 
 impl Record {
+    /// What `delete --force` knows of a container whose state file is lost:
+    /// its id, its backend, and a VMID its reservation names.
+    pub fn for_leftovers(id: &str, backend: &str, vmid: u32) -> Record {
+        Record {
+            oci_version: String::new(),
+            id: id.to_string(),
+            status: Status::Stopped,
+            bundle: PathBuf::new(),
+            rootfs: PathBuf::new(),
+            annotations: BTreeMap::new(),
+            created: String::new(),
+            owner: String::new(),
+            backend: backend.to_string(),
+            vmid: Some(vmid),
+            monitor: None,
+            init: None,
+            process: None,
+            systemd_cgroup: false,
+            new_template: None,
+            template: None,
+            hooks: None,
+            bridge_protocol: 0,
+        }
+    }
+
     pub fn oci_state(&self, status: Status) -> OciState {
         let pid = match status {
             Status::Stopped => 0,
@@ -180,15 +215,19 @@ impl Store {
     /// The root is searchable but not listable (0711, as runc's): state files
     /// stay private (0600), while an unprivileged container's root user can
     /// still reach its bridge directory below it.
+    ///
+    /// The root is made absolute: the monitor's command line and the guest's
+    /// bridge mount name paths below it, and `delete --force` recognises
+    /// them by those paths when the state file is lost.
     pub fn open(root: &Path) -> Result<Store, StateError> {
+        let root = std::path::absolute(root).map_err(io("resolve", root))?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o711)
-            .create(root)
-            .map_err(io("create state root", root))?;
-        Ok(Store {
-            root: root.to_path_buf(),
-        })
+            .create(&root)
+            .map_err(io("create state root", &root))?;
+        migrate_own_files(&root)?;
+        Ok(Store { root })
     }
 
     pub fn root(&self) -> &Path {
@@ -258,12 +297,12 @@ impl Store {
     /// always sees a whole document. None when the container does not exist.
     pub fn load(&self, id: &str) -> Result<Option<Record>, StateError> {
         let path = self.state_path(id);
-        let text = match fs::read_to_string(&path) {
+        let text = match fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("read", &path)(e)),
         };
-        serde_json::from_str(&text)
+        serde_json::from_slice(&text)
             .map(Some)
             .map_err(|e| StateError::Corrupt {
                 path,
@@ -300,6 +339,47 @@ impl Store {
         ids.sort();
         Ok(ids)
     }
+}
+
+/// `<root>/~nexcage/<name>`: nexcage's own files, out of the id namespace.
+pub fn own_path(root: &Path, name: &str) -> PathBuf {
+    root.join(OWN_DIR).join(name)
+}
+
+/// Move `.vmids` and `.cache` of an older nexcage below `OWN_DIR`, once,
+/// under an exclusive flock on the root so that concurrent commands of an
+/// upgraded node wait for it instead of seeing reservations vanish. A
+/// directory holding a state file is a container (an older nexcage let
+/// `create .vmids` take the name on a fresh root) and stays where it is.
+fn migrate_own_files(root: &Path) -> Result<(), StateError> {
+    let own = root.join(OWN_DIR);
+    if own.is_dir() {
+        return Ok(());
+    }
+    let file = File::open(root).map_err(io("open", root))?;
+    let _lock =
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io("lock", root)(e.into()))?;
+    if own.is_dir() {
+        return Ok(());
+    }
+    let staging = root.join(OWN_DIR_STAGING);
+    match fs::DirBuilder::new().mode(0o700).create(&staging) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("create", &staging)(e)),
+    }
+    for (old, new) in LEGACY_DIRS {
+        let from = root.join(old);
+        let to = staging.join(new);
+        if !from.is_dir() || from.join(STATE_FILE).exists() || to.exists() {
+            continue;
+        }
+        fs::rename(&from, &to).map_err(io("move into place", &to))?;
+        tracing::debug!(from = %from.display(), to = %to.display(), "moved nexcage's own files out of the id namespace");
+    }
+    fs::rename(&staging, &own).map_err(io("move into place", &own))?;
+    let d = File::open(root).map_err(io("open", root))?;
+    nix::unistd::fsync(d.as_fd()).map_err(|e| io("sync", root)(e.into()))
 }
 
 /// Write `body` to `path` so that readers see either the old or the new file:
@@ -396,6 +476,48 @@ mod tests {
         store.remove(lock).unwrap();
         assert!(store.load("c1").unwrap().is_none());
         assert!(store.lock("c1").unwrap().is_none());
+    }
+
+    #[test]
+    fn own_files_of_an_older_nexcage_move_out_of_the_id_namespace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join(".vmids")).unwrap();
+        fs::write(root.join(".vmids/100"), "c1").unwrap();
+        fs::create_dir_all(root.join(".cache/templates")).unwrap();
+        fs::write(root.join(".cache/storage.rootdir"), "local").unwrap();
+        let store = Store::open(root).unwrap();
+        assert_eq!(
+            fs::read_to_string(own_path(root, "vmids").join("100")).unwrap(),
+            "c1"
+        );
+        assert!(own_path(root, "cache").join("storage.rootdir").is_file());
+        assert!(!root.join(".vmids").exists() && !root.join(".cache").exists());
+        assert!(!root.join(OWN_DIR_STAGING).exists());
+        assert!(store.ids().unwrap().is_empty(), "{OWN_DIR} is no container");
+        // Once done, a container of that name is left alone.
+        let lock = store.claim(".vmids").unwrap().expect("an ordinary id");
+        store.save(&lock, &record(".vmids")).unwrap();
+        Store::open(root).unwrap();
+        assert_eq!(store.ids().unwrap(), vec![".vmids".to_string()]);
+    }
+
+    #[test]
+    fn a_container_that_took_an_old_own_name_is_not_migrated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join(".cache")).unwrap();
+        fs::write(root.join(".cache/state.json"), "{}").unwrap();
+        Store::open(root).unwrap();
+        assert!(root.join(".cache/state.json").is_file());
+        assert!(root.join(OWN_DIR).is_dir());
+    }
+
+    #[test]
+    fn a_relative_root_is_made_absolute() {
+        let store = Store::open(Path::new("target/state-test-root")).unwrap();
+        assert!(store.root().is_absolute());
+        let _ = fs::remove_dir_all(store.root());
     }
 
     #[test]

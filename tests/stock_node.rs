@@ -61,7 +61,7 @@ fn a_vmid_lost_to_another_node_at_write_time_is_retried_with_the_next() {
     assert_eq!(ids["101"]["node"], "pve-race", "{ids}");
     assert_eq!(ids["102"]["node"], "pve", "{ids}");
     assert!(node.run(["delete", "--force", "raced"]).status.success());
-    assert!(!node.state_root().join(".vmids/102").exists());
+    assert!(!node.state_root().join("~nexcage/vmids/102").exists());
 }
 
 #[test]

@@ -28,7 +28,7 @@ fn without_storage_keys_root_volumes_go_to_the_nodes_rootdir_storage() {
     // Templates went to `local`, the node's vztmpl storage.
     assert_eq!(node.templates().len(), 1);
     // pvesm was asked once; the answers are remembered.
-    let cache = node.state_root().join(".cache");
+    let cache = node.state_root().join("~nexcage/cache");
     assert_eq!(
         std::fs::read_to_string(cache.join("storage.rootdir")).unwrap(),
         "local-lvm"

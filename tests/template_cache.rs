@@ -83,7 +83,7 @@ fn delete(node: &Node, id: &str) {
 }
 
 fn hold_shared(node: &Node, name: &str) -> Flock<File> {
-    let dir = node.state_root().join(".cache/templates");
+    let dir = node.state_root().join("~nexcage/cache/templates");
     std::fs::create_dir_all(&dir).unwrap();
     let f = File::options()
         .read(true)
@@ -155,7 +155,7 @@ fn prune_removes_unused_templates_through_pveam_and_never_the_admins() {
         "{calls}"
     );
     // What was kept about it under the state root is gone with it.
-    let meta = node.state_root().join(".cache/templates");
+    let meta = node.state_root().join("~nexcage/cache/templates");
     assert!(!meta.join(&name).exists());
     assert!(!meta.join(format!("{name}.lock")).exists());
 }

@@ -16,10 +16,12 @@ use caps::{CapSet, Capability, CapsHashSet};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::{
     kill, sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
 };
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::sys::stat::{umask, Mode};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -209,7 +211,7 @@ fn serve(conn: &OwnedFd) -> i32 {
             if proto::send(conn.as_fd(), &Message::Ready, &[]).is_err() {
                 let _ = kill(child, Signal::SIGKILL);
             }
-            let (code, signal) = supervise(child, &mask);
+            let (code, signal) = supervise(child, &mask, conn);
             let _ = proto::send(conn.as_fd(), &Message::Exited { code, signal }, &[]);
             code.unwrap_or_else(|| 128 + signal.unwrap_or(9))
         }
@@ -827,12 +829,46 @@ fn restore_default_signals() -> Result<(), InitError> {
     Ok(())
 }
 
-/// Forward signals to the process; reap everything; return once the process ends.
-fn supervise(child: Pid, mask: &SigSet) -> (Option<i32>, Option<i32>) {
+/// Forward signals to the process; reap everything; return once the process
+/// ends. The monitor stands for the process on the host (its pid is the one
+/// clients wait for), so when its end of the connection closes, the process
+/// is killed: nothing runs on that nobody can wait for, and our own exit then
+/// stops the guest.
+fn supervise(child: Pid, mask: &SigSet, conn: &OwnedFd) -> (Option<i32>, Option<i32>) {
+    // Without a signalfd the monitor cannot be watched; sigwait still works.
+    let signals = SignalFd::with_flags(mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
+    let mut monitor_up = true;
     loop {
-        let sig = match mask.wait() {
-            Ok(s) => s,
-            Err(_) => continue,
+        let sig = match &signals {
+            None => match mask.wait() {
+                Ok(s) => s,
+                Err(_) => continue,
+            },
+            Some(sfd) => {
+                if let Some(sig) = sfd
+                    .read_signal()
+                    .ok()
+                    .flatten()
+                    .and_then(|i| Signal::try_from(i.ssi_signo as i32).ok())
+                {
+                    sig
+                } else {
+                    let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+                    if monitor_up {
+                        fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
+                    }
+                    let _ = poll(&mut fds, PollTimeout::NONE);
+                    let conn_ready = fds
+                        .get(1)
+                        .and_then(|f| f.revents())
+                        .is_some_and(|r| !r.is_empty());
+                    if conn_ready && monitor_gone(conn) {
+                        monitor_up = false;
+                        let _ = kill(child, Signal::SIGKILL);
+                    }
+                    continue;
+                }
+            }
         };
         match sig {
             Signal::SIGCHLD => loop {
@@ -855,6 +891,12 @@ fn supervise(child: Pid, mask: &SigSet) -> (Option<i32>, Option<i32>) {
             }
         }
     }
+}
+
+/// The monitor sends nothing after set-up: a readable connection is its
+/// end (EOF, or an error once its socket is gone).
+fn monitor_gone(conn: &OwnedFd) -> bool {
+    !matches!(proto::recv(conn.as_fd()), Ok(Some(_)))
 }
 
 /// A copy of `fd` numbered `min` or above, closed on exec.

@@ -216,7 +216,7 @@ impl Node {
     /// VMIDs nexcage holds reserved under its state root (files named by
     /// their VMID; the allocator's cursor is not one).
     pub fn reservations(&self) -> Vec<String> {
-        std::fs::read_dir(self.state_root().join(".vmids"))
+        std::fs::read_dir(self.state_root().join("~nexcage/vmids"))
             .map(|rd| {
                 rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
                     .filter(|n| n.parse::<u32>().is_ok())
@@ -495,7 +495,7 @@ pub fn assert_clean(node: &Node) {
     let left: Vec<String> = std::fs::read_dir(node.state_root())
         .map(|rd| {
             rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| !n.starts_with('.'))
+                .filter(|n| n != "~nexcage")
                 .collect()
         })
         .unwrap_or_default();

@@ -3,7 +3,7 @@
 //! this moment, and removal through `pveam remove` so that the storage
 //! layer stays the one that deletes volumes.
 //!
-//! Per template, under `<state root>/.cache/templates/`:
+//! Per template, under `<state root>/~nexcage/cache/templates/`:
 //! * `<name>` holds the time of the last create that hit or made it, written
 //!   atomically (atime is not trusted: relatime and noatime mounts);
 //! * `<name>.lock` is flocked shared by every create from ensure until
@@ -68,7 +68,7 @@ pub struct TemplateLock {
 impl Meta {
     pub fn new(state_root: &Path) -> Meta {
         Meta {
-            dir: state_root.join(".cache").join("templates"),
+            dir: crate::state::own_path(state_root, "cache").join("templates"),
         }
     }
 
@@ -508,7 +508,7 @@ mod tests {
         // While removal holds it, nobody else may remove it too.
         assert!(meta.try_lock_exclusive("t").unwrap().is_none());
         meta.forget("t", x);
-        assert!(!tmp.path().join(".cache/templates/t.lock").exists());
+        assert!(!tmp.path().join("~nexcage/cache/templates/t.lock").exists());
         // A new lock after forget is a fresh file, and takes.
         let _c = meta.lock_shared("t").unwrap();
         assert!(meta.try_lock_exclusive("t").unwrap().is_none());
@@ -529,7 +529,7 @@ mod tests {
         let ino = waiter.join().unwrap();
         // The waiter's lock is on the file now at the path, not the unlinked one.
         assert_eq!(
-            std::fs::metadata(tmp.path().join(".cache/templates/t.lock"))
+            std::fs::metadata(tmp.path().join("~nexcage/cache/templates/t.lock"))
                 .unwrap()
                 .ino(),
             ino

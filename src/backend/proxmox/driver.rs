@@ -14,7 +14,7 @@ use super::conf::{self, ConfError, RawLine};
 use super::pct::{PctError, Tools};
 use super::template::{self, TemplateError};
 use super::translate::{self, HostFacts, TranslateError};
-use super::vmid::{Allocator, VmidError};
+use super::vmid::{self, Allocator, VmidError};
 use crate::bridge::{BridgeDir, INIT_CMD, MOUNT_POINT, MOUNT_TARGET};
 use crate::cgroup;
 use crate::config::ProxmoxSettings;
@@ -62,6 +62,12 @@ pub enum DriverError {
     Seccomp(#[from] crate::bridge::seccomp::SeccompError),
     #[error("cannot tell whether pct supports host-managed networks: pct create 0 answered {0:?}")]
     HostManagedProbe(String),
+    #[error("cannot read the configuration of CT {vmid} ({}): {source}", path.display())]
+    ReadConf {
+        vmid: u32,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// How often a VMID may turn out taken (by another node) before giving up.
@@ -91,7 +97,7 @@ impl Driver {
     /// A fact about the node remembered under the state root, so that
     /// `pvesm` runs once per node rather than once per container.
     fn cache_file(&self, name: &str) -> PathBuf {
-        self.state_root.join(".cache").join(name)
+        crate::state::own_path(&self.state_root, "cache").join(name)
     }
 
     fn remember(&self, cache: &Path, value: &[u8]) {
@@ -177,7 +183,7 @@ impl Driver {
     /// the schema lacks it; remembered under the state root like the
     /// template directory.
     fn host_managed(&self) -> Result<bool, DriverError> {
-        let cache = self.state_root.join(".cache").join("host-managed");
+        let cache = self.cache_file("host-managed");
         match std::fs::read_to_string(&cache).as_deref().map(str::trim) {
             Ok("1") => return Ok(true),
             Ok("0") => return Ok(false),
@@ -337,6 +343,17 @@ fn probe_says_host_managed(stderr: &str) -> Option<bool> {
     }
 }
 
+/// Whether a guest configuration bind-mounts `bridge_dir` (the first field
+/// of an `lxc.mount.entry`, as `bridge_lines` writes it).
+fn mounts_bridge(conf: &str, bridge_dir: &Path) -> bool {
+    let Some(want) = bridge_dir.to_str() else {
+        return false;
+    };
+    conf.lines()
+        .filter_map(|l| l.strip_prefix("lxc.mount.entry:"))
+        .any(|v| v.split_whitespace().next() == Some(want))
+}
+
 /// pct's words for "somebody else has this VMID". The last is pmxcfs
 /// refusing our new config because another node's create of the same id
 /// reached the cluster file system first (PVE::File::file_set_contents).
@@ -474,6 +491,41 @@ impl Backend for Driver {
         }
         self.allocator().release(vmid);
         Ok(())
+    }
+
+    /// The reservations name their container, so its guests are found
+    /// without the record. A VMID is Proxmox's to hand out again once a
+    /// crash lost it, so a guest is destroyed only if its configuration
+    /// mounts this container's bridge directory: another's guest that took
+    /// the id keeps running and only the reservation goes.
+    fn destroy_leftovers(&self, id: &str, bridge_dir: &Path) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for vmid in vmid::reserved_for(&self.state_root, id) {
+            let conf = self.conf_path(vmid);
+            match std::fs::read_to_string(&conf) {
+                Ok(text) if mounts_bridge(&text, bridge_dir) => {
+                    let record = Record::for_leftovers(id, Self::NAME, vmid);
+                    self.destroy(&record)?;
+                    removed.push(format!("guest {vmid} and its VMID reservation"));
+                    continue;
+                }
+                Ok(_) => {
+                    tracing::debug!(vmid, "guest {vmid} is not container {id}'s: kept");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(DriverError::ReadConf {
+                        vmid,
+                        path: conf,
+                        source: e,
+                    }
+                    .into())
+                }
+            }
+            self.allocator().release(vmid);
+            removed.push(format!("VMID reservation {vmid}"));
+        }
+        Ok(removed)
     }
 
     /// Through pveam like any removal, and only if no other create has
@@ -702,6 +754,18 @@ impl UpdateRequest {
 #[cfg(test)]
 mod update_tests {
     use super::*;
+
+    #[test]
+    fn a_guest_is_known_by_the_bridge_its_configuration_mounts() {
+        let conf = "arch: amd64\nlxc.mount.entry: /run/nexcage/a/bridge .nexcage none bind,ro,create=dir 0 0\n";
+        assert!(mounts_bridge(conf, Path::new("/run/nexcage/a/bridge")));
+        assert!(!mounts_bridge(conf, Path::new("/run/nexcage/b/bridge")));
+        assert!(!mounts_bridge(conf, Path::new("/run/nexcage/a")));
+        assert!(!mounts_bridge(
+            "description: lxc.mount.entry: /run/nexcage/b/bridge\n",
+            Path::new("/run/nexcage/b/bridge")
+        ));
+    }
 
     #[test]
     fn the_host_managed_probe_reads_pcts_verification_errors() {

@@ -17,7 +17,7 @@ use crate::state::write_atomic;
 /// Proxmox's own bounds for a guest id.
 pub const MIN: u32 = 100;
 pub const MAX: u32 = 999_999_999;
-/// The file under `.vmids` that holds the last id handed out; not a number,
+/// The file among the reservations that holds the last id handed out; not a number,
 /// so never mistaken for a reservation.
 const CURSOR_FILE: &str = "cursor";
 /// The datacenter default for `next-id: upper=` (exclusive).
@@ -86,7 +86,8 @@ pub fn used_ids(vmlist: &Path) -> Result<BTreeSet<u32>, VmidError> {
         .unwrap_or_default())
 }
 
-/// A VMID held by one nexcage container: `<root>/.vmids/<vmid>` names it.
+/// A VMID held by one nexcage container: `<root>/~nexcage/vmids/<vmid>`
+/// names it.
 /// Dropped without `keep`, the reservation is released.
 #[derive(Debug)]
 pub struct Reservation {
@@ -111,6 +112,29 @@ impl Drop for Reservation {
     }
 }
 
+/// Where the reservations are, out of the container id namespace.
+pub fn reservations_dir(state_root: &Path) -> PathBuf {
+    crate::state::own_path(state_root, "vmids")
+}
+
+/// The VMIDs reserved for container `id`: normally one; more only if
+/// something went wrong between reserving and recording.
+pub fn reserved_for(state_root: &Path, id: &str) -> Vec<u32> {
+    let dir = reservations_dir(state_root);
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = rd
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let vmid: u32 = e.file_name().to_str()?.parse().ok()?;
+            (fs::read(e.path()).ok()? == id.as_bytes()).then_some(vmid)
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 pub struct Allocator<'a> {
     settings: &'a ProxmoxSettings,
     tools: &'a Tools,
@@ -123,7 +147,7 @@ impl<'a> Allocator<'a> {
         Allocator {
             settings,
             tools,
-            dir: state_root.join(".vmids"),
+            dir: reservations_dir(state_root),
             state_root: state_root.to_path_buf(),
         }
     }
@@ -293,7 +317,7 @@ mod tests {
             "a freed id is not handed out next"
         );
         // A cursor outside the range (the range was changed) starts over.
-        fs::write(root.join(".vmids/cursor"), "999").unwrap();
+        fs::write(reservations_dir(&root).join("cursor"), "999").unwrap();
         assert_eq!(alloc.reserve("c", &BTreeSet::new()).unwrap().vmid, 300);
     }
 
@@ -319,9 +343,9 @@ mod tests {
         assert_eq!(c.vmid, 106, "ids pct refused are skipped");
         drop(c);
         let kept = a.keep();
-        assert!(root.join(".vmids/102").exists());
+        assert!(reservations_dir(&root).join("102").exists());
         alloc.release(kept);
-        assert!(!root.join(".vmids/102").exists());
+        assert!(!reservations_dir(&root).join("102").exists());
     }
 
     #[test]
@@ -331,8 +355,8 @@ mod tests {
         fs::write(&s.vmlist, r#"{"version":1,"ids":{}}"#).unwrap();
         let tools = Tools::from_settings(&s);
         let root = tmp.path().join("state");
-        fs::create_dir_all(root.join(".vmids")).unwrap();
-        fs::write(root.join(".vmids/100"), "gone").unwrap();
+        fs::create_dir_all(reservations_dir(&root)).unwrap();
+        fs::write(reservations_dir(&root).join("100"), "gone").unwrap();
         fs::create_dir_all(root.join("new")).unwrap();
         let alloc = Allocator::new(&s, &tools, &root);
         assert_eq!(alloc.reserve("new", &BTreeSet::new()).unwrap().vmid, 100);
@@ -362,7 +386,7 @@ mod tests {
             }
         }
         let _unmount = Unmount(&root);
-        fs::create_dir(root.join(".vmids")).unwrap();
+        fs::create_dir_all(reservations_dir(&root)).unwrap();
         fs::create_dir(root.join("c1")).unwrap();
         let mut fill = fs::File::create(root.join("fill")).unwrap();
         while fill.write_all(&[0u8; 4096]).is_ok() {}
@@ -372,9 +396,22 @@ mod tests {
         let e = alloc.reserve("c1", &BTreeSet::new()).unwrap_err();
         assert!(e.to_string().contains("No space left"), "{e}");
         assert!(
-            !root.join(".vmids/100").exists(),
+            !reservations_dir(&root).join("100").exists(),
             "an empty reservation was left"
         );
+    }
+
+    #[test]
+    fn reservations_are_found_by_the_container_they_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = reservations_dir(tmp.path());
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("100"), "a").unwrap();
+        fs::write(dir.join("101"), "ab").unwrap();
+        fs::write(dir.join("102"), "a").unwrap();
+        fs::write(dir.join(CURSOR_FILE), "a").unwrap();
+        assert_eq!(reserved_for(tmp.path(), "a"), [100, 102]);
+        assert!(reserved_for(tmp.path(), "b").is_empty());
     }
 
     #[test]
