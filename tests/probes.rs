@@ -181,7 +181,9 @@ fn monitor_pid(node: &Node, id: &str) -> i32 {
 /// Kill create while it holds in a gated tool call, let the call finish
 /// (as a real node's would: the tool does not die with its caller), then
 /// `delete --force`.
-fn kill_inside_gate(node: &Node, tool: &str, sub: &str, id: &str) {
+/// `left` checks what the killed create left behind for `delete --force`
+/// to remove, so that each probe proves it cleaned something.
+fn kill_inside_gate(node: &Node, tool: &str, sub: &str, id: &str, left: impl Fn(&Node)) {
     let dir = gate(node, tool, sub);
     let bundle = node.bundle(id, serde_json::json!({"process": {"args": ["true"]}}));
     let mut child = spawn_create(node, &bundle, id);
@@ -193,6 +195,11 @@ fn kill_inside_gate(node: &Node, tool: &str, sub: &str, id: &str) {
     wait_until("the gated call's end", Duration::from_secs(30), || {
         dir.join("done").exists()
     });
+    assert!(
+        node.state_root().join(id).join("state.json").exists(),
+        "create was killed before it claimed {id}"
+    );
+    left(node);
     delete_force(node, id);
     assert_nothing_left(node);
 }
@@ -206,19 +213,24 @@ fn sigkill_while_loading_the_bundle_leaves_nothing() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let mut child = spawn_create(&node, &dir, "bundle-phase");
     // A non-blocking open for writing succeeds only once a reader is there:
-    // create is then inside bundle loading.
+    // create is then inside bundle loading. The writer stays open and
+    // silent, so create stays blocked in its read until the kill (closing
+    // it would hand create an empty config.json to refuse).
+    let mut writer = None;
     wait_until(
         "create to open config.json",
         Duration::from_secs(30),
         || {
-            std::fs::OpenOptions::new()
+            writer = std::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags_nonblock()
                 .open(&fifo)
-                .is_ok()
+                .ok();
+            writer.is_some()
         },
     );
     sigkill(&mut child);
+    drop(writer);
     delete_force(&node, "bundle-phase");
     assert_nothing_left(&node);
 }
@@ -240,7 +252,9 @@ impl NonBlock for std::fs::OpenOptions {
 #[test]
 fn sigkill_after_the_translation_leaves_nothing() {
     let node = Node::new();
-    kill_inside_gate(&node, "pvesm", "status", "translate-phase");
+    kill_inside_gate(&node, "pvesm", "status", "translate-phase", |node| {
+        assert!(node.vmids().is_empty());
+    });
 }
 
 #[test]
@@ -272,6 +286,14 @@ fn sigkill_during_template_conversion_leaves_nothing_but_a_dead_writers_temp() {
         !temps(&node).is_empty()
     });
     sigkill(&mut child);
+    assert_eq!(
+        temps(&node)
+            .iter()
+            .map(|t| writer_pid(t))
+            .collect::<Vec<_>>(),
+        vec![child.id() as i32],
+        "the temp is the killed create's"
+    );
     delete_force(&node, id);
     assert_nothing_left(&node);
     // The dead writer's temp does not outlive the next conversion.
@@ -287,14 +309,21 @@ fn sigkill_during_template_conversion_leaves_nothing_but_a_dead_writers_temp() {
 #[test]
 fn sigkill_during_pct_create_leaves_nothing() {
     let node = Node::new();
-    kill_inside_gate(&node, "pct", "create", "pct-create-phase");
+    kill_inside_gate(&node, "pct", "create", "pct-create-phase", |node| {
+        assert_eq!(node.vmids().len(), 1, "no guest to leak");
+        assert_eq!(node.reservations().len(), 1, "no reservation to leak");
+    });
 }
 
-/// Killed while `pct start` runs; the guest comes up with its monitor.
+/// Killed while `pct start` runs, which then boots the guest.
 #[test]
 fn sigkill_during_pct_start_leaves_nothing() {
     let node = Node::new();
-    kill_inside_gate(&node, "pct", "start", "pct-start-phase");
+    // The monitor gives up once create is gone, and the init after it
+    // (its connect retries run out): the guest may be running or stopped.
+    kill_inside_gate(&node, "pct", "start", "pct-start-phase", |node| {
+        assert_eq!(node.vmids().len(), 1, "no guest to leak");
+    });
 }
 
 /// Killed while waiting for the init: the monitor is held stopped until
