@@ -65,9 +65,26 @@ pub fn format_line(format: LogFormat, level: &str, msg: &str, time: &str) -> Str
     }
 }
 
+/// An error message as one printable line. Messages quote the input they
+/// refuse (serde echoes an unknown enum value whole): a newline would split
+/// the line clients read, a CR or an escape sequence would rewrite what a
+/// terminal shows. Newlines become blanks as before; other controls are
+/// shown escaped.
+pub fn one_line(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for c in msg.chars() {
+        match c {
+            '\n' => out.push(' '),
+            c if c.is_control() => out.extend(c.escape_debug()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A failed command: `nexcage: <msg>` on stderr, and one line in --log.
 pub fn report_error(global: &GlobalOpts, msg: &str) {
-    let msg = msg.replace('\n', " ");
+    let msg = one_line(msg);
     eprintln!("nexcage: {msg}");
     if let Some(path) = &global.log {
         if let Some(mut f) = open(path) {
@@ -142,6 +159,17 @@ mod tests {
         assert_eq!(v["msg"], "container does not exist: x");
         assert_eq!(v["time"], "2026-01-01T00:00:00Z");
         assert_eq!(v.as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn error_messages_print_as_one_line_without_terminal_controls() {
+        let got = one_line("unknown variant `p\nid\r\u{1b}[31m\0\u{85}`, expected");
+        assert_eq!(
+            got,
+            "unknown variant `p id\\r\\u{1b}[31m\\0\\u{85}`, expected"
+        );
+        assert!(!got.chars().any(char::is_control));
+        assert_eq!(one_line("plain: ok"), "plain: ok");
     }
 
     #[test]

@@ -4,6 +4,8 @@ pub mod apparmor;
 pub mod cache;
 pub mod conf;
 pub mod driver;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod pct;
 pub mod template;
 pub mod translate;
