@@ -151,22 +151,17 @@ fn temps(node: &Node) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The writer's pid in a temp's name (`...<host-part><pid>-<n>`).
+/// The writer's pid in a temp's name
+/// (`.nexcage-<fp>.tmp-<host>_<pid>_<start time>_<n>`; a host name has no `_`).
 fn writer_pid(temp: &str) -> i32 {
-    let mut parts = temp.rsplit('-');
-    parts.next();
-    let field = parts.next().unwrap();
-    let digits: String = field
-        .chars()
-        .rev()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    digits
-        .parse()
-        .unwrap_or_else(|_| panic!("no pid in {temp}"))
+    let (_, writer) = temp
+        .rsplit_once(".tmp-")
+        .unwrap_or_else(|| panic!("not a temp: {temp}"));
+    writer
+        .split('_')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {temp}"))
 }
 
 fn monitor_pid(node: &Node, id: &str) -> i32 {
@@ -514,10 +509,10 @@ fn two_state_roots_on_one_node_keep_to_their_own() {
     let left: Vec<_> = std::fs::read_dir(&other)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.'))
+        .filter(|n| n != "~nexcage")
         .collect();
     assert!(left.is_empty(), "other root's state left: {left:?}");
-    let reserved: Vec<_> = std::fs::read_dir(other.join(".vmids"))
+    let reserved: Vec<_> = std::fs::read_dir(other.join("~nexcage/vmids"))
         .map(|rd| {
             rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
                 .filter(|n| n.parse::<u32>().is_ok())
