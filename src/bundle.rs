@@ -82,6 +82,23 @@ fn read_bounded(path: &Path) -> Result<String, BundleError> {
     Ok(text)
 }
 
+/// config.json as oci-spec's Spec; a refusal names the field it is about
+/// (`process.user.uid: invalid type: ...`), which serde alone leaves to a
+/// line and column.
+fn parse_spec(text: &str) -> Result<Spec, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let spec: Spec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        if field == "." {
+            e.inner().to_string()
+        } else {
+            format!("{field}: {}", e.inner())
+        }
+    })?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
 pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
     let dir = std::fs::canonicalize(dir).map_err(|source| BundleError::Dir {
         path: dir.to_path_buf(),
@@ -89,9 +106,9 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
     })?;
     let config_path = dir.join("config.json");
     let text = read_bounded(&config_path)?;
-    let spec: Spec = serde_json::from_str(&text).map_err(|e| BundleError::Parse {
+    let spec = parse_spec(&text).map_err(|message| BundleError::Parse {
         path: config_path.clone(),
-        message: e.to_string(),
+        message,
     })?;
     let field = |field: &'static str, message: String| BundleError::Field {
         path: config_path.clone(),
@@ -236,6 +253,16 @@ fn refuse_host_paths(rootfs: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_naming_its_field() {
+        let mut v: serde_json::Value = serde_json::from_str(&minimal("1.0.0")).unwrap();
+        v["process"]["user"]["uid"] = serde_json::json!("0");
+        let e = parse_spec(&v.to_string()).unwrap_err();
+        assert!(e.starts_with("process.user.uid: invalid type"), "{e}");
+        let e = parse_spec(&format!("{} x", minimal("1.0.0"))).unwrap_err();
+        assert!(e.contains("trailing characters"), "{e}");
+    }
 
     const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bundles/reference");
 

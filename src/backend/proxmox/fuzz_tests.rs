@@ -294,6 +294,23 @@ fn check_refusal(e: &BundleError) -> Result<(), TestCaseError> {
                 message.contains(" line ") && message.contains(" column "),
                 "{text}"
             );
+            // A value of the wrong type or out of range names its field
+            // (`process.user.uid: invalid type: ...`); only a document that
+            // is not a Spec at all is left to the line and column.
+            let about_a_value = [
+                "invalid type",
+                "invalid value",
+                "unknown variant",
+                "invalid length",
+            ]
+            .iter()
+            .any(|k| message.contains(k));
+            let field = message.split(": ").next().unwrap_or("");
+            let names_field = !field.is_empty() && !field.contains(' ');
+            prop_assert!(
+                !about_a_value || names_field || message.contains("struct Spec"),
+                "{text}"
+            );
         }
         // The whole file is refused unread: no field to name.
         BundleError::TooLarge { .. } => {}
