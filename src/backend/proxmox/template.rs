@@ -31,13 +31,13 @@
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
@@ -490,17 +490,95 @@ fn archive_into<W: Write>(
         .map_err(write_err)?;
     // Headers are 512-byte writes; batching them keeps zstd's per-call cost low.
     let buffered = BufWriter::with_capacity(CHUNK, encoder);
+    let progress = Progress::new(buffered, rootfs, std::io::stderr().is_terminal());
     let mut sink = ArchiveSink {
-        builder: tar::Builder::new(buffered),
+        builder: tar::Builder::new(progress),
         chunk: vec![0; CHUNK],
     };
     let (fp, _) = walk(rootfs, &mut sink, out_path)?;
-    let buffered = sink.builder.into_inner().map_err(write_err)?;
-    let encoder = buffered
+    let progress = sink.builder.into_inner().map_err(write_err)?;
+    let encoder = progress
+        .finish()
         .into_inner()
         .map_err(|e| write_err(e.into_error()))?;
     let out = encoder.finish().map_err(write_err)?;
     Ok((fp, out))
+}
+
+/// A conversion that runs this long shows its progress on a terminal.
+const PROGRESS_AFTER: Duration = Duration::from_secs(2);
+
+/// Counts the tar stream on its way to the compressor and, when stderr is a
+/// terminal and the conversion runs long, keeps one line there up to date:
+/// someone running `nexcage create` by hand on a large image sees it work.
+/// Not a log (it never goes to `--log`); clients never see it, their
+/// stderr is no terminal.
+struct Progress<W: Write> {
+    inner: W,
+    bytes: u64,
+    started: Instant,
+    shown_at: Option<Instant>,
+    label: String,
+    terminal: bool,
+}
+
+impl<W: Write> Progress<W> {
+    fn new(inner: W, rootfs: &Path, terminal: bool) -> Self {
+        Progress {
+            inner,
+            bytes: 0,
+            started: Instant::now(),
+            shown_at: None,
+            label: rootfs.display().to_string(),
+            terminal,
+        }
+    }
+
+    /// The line to show now, if any: none before PROGRESS_AFTER, then at
+    /// most four a second.
+    fn due(&mut self, now: Instant) -> Option<String> {
+        if !self.terminal || now.duration_since(self.started) < PROGRESS_AFTER {
+            return None;
+        }
+        if self
+            .shown_at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(250))
+        {
+            return None;
+        }
+        self.shown_at = Some(now);
+        Some(progress_line(&self.label, self.bytes, now - self.started))
+    }
+
+    /// Ends the line if one was shown.
+    fn finish(self) -> W {
+        if self.shown_at.is_some() {
+            let line = progress_line(&self.label, self.bytes, self.started.elapsed());
+            eprintln!("\r{line}");
+        }
+        self.inner
+    }
+}
+
+fn progress_line(label: &str, bytes: u64, elapsed: Duration) -> String {
+    let mb = bytes as f64 / 1e6;
+    let rate = mb / elapsed.as_secs_f64().max(0.001);
+    format!("nexcage: converting {label} to a template: {mb:.0} MB, {rate:.0} MB/s")
+}
+
+impl<W: Write> Write for Progress<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        if let Some(line) = self.due(Instant::now()) {
+            eprint!("\r{line}");
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Input bytes per zstd worker job (see archive_into).
@@ -2192,6 +2270,28 @@ mod tests {
         let status = fs::read_to_string("/proc/self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn progress_shows_on_a_terminal_only_after_a_while_and_not_too_often() {
+        let root = Path::new("/r");
+        let mut quiet = Progress::new(Vec::new(), root, false);
+        quiet.write_all(b"abc").unwrap();
+        assert_eq!(quiet.due(Instant::now() + Duration::from_secs(60)), None);
+
+        let mut p = Progress::new(Vec::new(), root, true);
+        p.write_all(&[0; 1000]).unwrap();
+        let t0 = p.started;
+        assert_eq!(p.due(t0 + Duration::from_secs(1)), None, "too early");
+        let line = p.due(t0 + Duration::from_secs(3)).unwrap();
+        assert!(
+            line.contains("converting /r") && line.contains(" MB"),
+            "{line}"
+        );
+        assert_eq!(p.due(t0 + Duration::from_millis(3100)), None, "too often");
+        assert!(p.due(t0 + Duration::from_millis(3300)).is_some());
+        assert_eq!(p.bytes, 1000);
+        assert_eq!(p.finish().len(), 1000, "the stream passes through whole");
     }
 
     #[test]
