@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/clients.sh and scripts/bench.sh (sourced, not run):
 # real OCI clients - podman (+ conmon) and a private containerd - set up to
 # use nexcage as their runtime on the node `pct` reaches, with everything
@@ -78,10 +79,11 @@ podman_runc() { podman_any --runtime runc "$@"; }
 ctr_nx() { ctr --address "$W/containerd/containerd.sock" --namespace "$CTR_NS" "$@"; }
 
 # The busybox image: no registry here, so a rootfs imported by podman, and
-# the same image handed to containerd as an OCI archive.
+# the same image handed to containerd as an OCI archive. A second argument
+# imports another rootfs under that name instead (bench.sh's Debian image).
 clients_image() {
-  local rootfs=$1
-  tar -C "$rootfs" -c . | podman_any import -q - "$IMAGE" >/dev/null
+  local rootfs=$1 name=${2:-$IMAGE}
+  tar -C "$rootfs" -c . | podman_any import -q - "$name" >/dev/null
 }
 
 clients_containerd() {
