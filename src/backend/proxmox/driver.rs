@@ -104,7 +104,7 @@ impl Driver {
         if let Some(parent) = cache.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
-        // Only a shortcut: if it cannot be written, pvesm is asked again.
+        // Only a shortcut: if it cannot be written, the node is asked again.
         let _ = write_atomic(cache, value, 0o600);
     }
 
@@ -199,10 +199,7 @@ impl Driver {
         let stderr = err.stderr();
         let supported = probe_says_host_managed(stderr)
             .ok_or_else(|| DriverError::HostManagedProbe(stderr.trim().to_string()))?;
-        if let Some(parent) = cache.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        let _ = write_atomic(&cache, if supported { b"1" } else { b"0" }, 0o600);
+        self.remember(&cache, if supported { b"1" } else { b"0" });
         Ok(supported)
     }
 
