@@ -1529,7 +1529,12 @@ mod tests {
     }
 
     fn set_mtime(path: &Path, secs: i64) {
-        set_times(path, TimeSpec::UTIME_OMIT, TimeSpec::new(secs, 0));
+        set_mtime_ns(path, secs, 0);
+    }
+
+    /// The mtime alone (of the link itself for a symlink), to the nanosecond.
+    fn set_mtime_ns(path: &Path, secs: i64, nsec: i64) {
+        set_times(path, TimeSpec::UTIME_OMIT, TimeSpec::new(secs, nsec));
     }
 
     /// What GNU tar must reproduce of every entry, keyed by relative path.
@@ -1890,17 +1895,9 @@ mod tests {
             assert!(!seen.contains(&fp), "{what} did not change the fingerprint");
             seen.push(fp);
         };
-        set_times(
-            &hosts,
-            TimeSpec::UTIME_OMIT,
-            TimeSpec::new(1_500_000_000, 7),
-        );
+        set_mtime_ns(&hosts, 1_500_000_000, 7);
         changed("mtime");
-        set_times(
-            &hosts,
-            TimeSpec::UTIME_OMIT,
-            TimeSpec::new(1_500_000_000, 8),
-        );
+        set_mtime_ns(&hosts, 1_500_000_000, 8);
         changed("mtime nanoseconds");
         fs::set_permissions(&hosts, fs::Permissions::from_mode(0o600)).unwrap();
         changed("chmod");
@@ -1916,20 +1913,12 @@ mod tests {
         symlink("other", root.join("etc/link")).unwrap();
         // Same-second symlink replacement: the target alone must tell.
         let link_m = fs::symlink_metadata(root.join("etc/link")).unwrap();
-        set_times(
-            &root.join("etc/link"),
-            TimeSpec::UTIME_OMIT,
-            TimeSpec::new(link_m.mtime(), 0),
-        );
+        set_mtime(&root.join("etc/link"), link_m.mtime());
         changed("symlink target");
         let etc_m = fs::metadata(root.join("etc")).unwrap();
         fs::write(root.join("etc/new"), b"").unwrap();
         // Undo the directory mtime change: the new name alone must tell.
-        set_times(
-            &root.join("etc"),
-            TimeSpec::UTIME_OMIT,
-            TimeSpec::new(etc_m.mtime(), etc_m.mtime_nsec()),
-        );
+        set_mtime_ns(&root.join("etc"), etc_m.mtime(), etc_m.mtime_nsec());
         changed("new file");
         fs::hard_link(&hosts, root.join("etc/zz-link")).unwrap();
         changed("new hard link");
@@ -1948,11 +1937,7 @@ mod tests {
         for (path, secs) in [("", 1_700_000_000), ("etc", 1_700_000_001)] {
             set_mtime(&root.join(path), secs);
         }
-        set_times(
-            &root.join("etc/mtab"),
-            TimeSpec::UTIME_OMIT,
-            TimeSpec::new(1_700_000_002, 0),
-        );
+        set_mtime(&root.join("etc/mtab"), 1_700_000_002);
         assert_eq!(fingerprint(&root).unwrap(), fp);
         // A regular file's time still counts (it is what tar and make see).
         set_mtime(&root.join("etc/hosts"), 1_700_000_003);
