@@ -111,13 +111,14 @@ impl Driver {
     /// The storage for `key` in config.toml: the configured one, else the
     /// node's only enabled storage with `content` (as
     /// `pvesm status --content C --enabled 1` lists them), remembered.
-    fn storage_for(&self, key: &'static str, content: &'static str) -> Result<String, DriverError> {
-        let configured = match key {
-            "storage" => &self.settings.storage,
-            _ => &self.settings.template_storage,
-        };
+    fn storage_for(
+        &self,
+        key: &'static str,
+        configured: Option<&str>,
+        content: &'static str,
+    ) -> Result<String, DriverError> {
         if let Some(id) = configured {
-            return Ok(id.clone());
+            return Ok(id.to_string());
         }
         let cache = self.cache_file(&format!("storage.{content}"));
         if let Ok(id) = std::fs::read_to_string(&cache) {
@@ -147,6 +148,17 @@ impl Driver {
                 candidates,
             }),
         }
+    }
+
+    /// Where converted templates go (`template_storage`).
+    fn template_storage(&self) -> Result<String, DriverError> {
+        let configured = self.settings.template_storage.as_deref();
+        self.storage_for("template_storage", configured, "vztmpl")
+    }
+
+    /// Where root volumes go (`storage`).
+    fn root_storage(&self) -> Result<String, DriverError> {
+        self.storage_for("storage", self.settings.storage.as_deref(), "rootdir")
     }
 
     /// The template storage's directory, asked of `pvesm` once and then
@@ -206,7 +218,7 @@ impl Driver {
     /// The template storage, its directory and what this root keeps about
     /// its templates, for `nexcage template`.
     fn template_store(&self) -> Result<(String, PathBuf, Meta), DriverError> {
-        let storage = self.storage_for("template_storage", "vztmpl")?;
+        let storage = self.template_storage()?;
         let dir = self.template_dir(&storage)?;
         Ok((storage, dir, Meta::new(&self.state_root)))
     }
@@ -413,9 +425,9 @@ impl Backend for Driver {
         // An annotation naming the storage needs no discovery.
         let storage = match &plan.storage {
             Some(s) => s.clone(),
-            None => self.storage_for("storage", "rootdir")?,
+            None => self.root_storage()?,
         };
-        let template_storage = self.storage_for("template_storage", "vztmpl")?;
+        let template_storage = self.template_storage()?;
         let dir = self.template_dir(&template_storage)?;
         let meta = Meta::new(&self.state_root);
         // Held until pct create has unpacked the archive (the end of
