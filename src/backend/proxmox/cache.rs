@@ -279,24 +279,24 @@ pub fn choose_evictions<'a>(
     out
 }
 
-/// Remove one template through pveam under its exclusive lock. Ok(false)
-/// when a create holds it.
-pub fn remove(tools: &Tools, meta: &Meta, entry: &Entry) -> Result<bool, CacheError> {
-    let Some(lock) = meta.try_lock_exclusive(&entry.name)? else {
+/// Remove template `name` (volume `volid`) through pveam under its
+/// exclusive lock. Ok(false) when a create holds it.
+pub fn remove(tools: &Tools, meta: &Meta, name: &str, volid: &str) -> Result<bool, CacheError> {
+    let Some(lock) = meta.try_lock_exclusive(name)? else {
         return Ok(false);
     };
-    match tools.pveam(["remove", &entry.volid]) {
+    match tools.pveam(["remove", volid]) {
         Ok(_) => {}
         // Gone already (another root's prune, an admin): what we wanted.
         Err(e) if e.stderr().contains("No such file") => {}
         Err(source) => {
             return Err(CacheError::Remove {
-                volid: entry.volid.clone(),
+                volid: volid.to_string(),
                 source,
             })
         }
     }
-    meta.forget(&entry.name, lock);
+    meta.forget(name, lock);
     Ok(true)
 }
 
@@ -317,7 +317,7 @@ pub fn evict(tools: &Tools, storage: &str, dir: &Path, meta: &Meta, limits: Limi
     // becomes busy after is caught by remove's own try-lock.
     let busy = |e: &Entry| !matches!(meta.try_lock_exclusive(&e.name), Ok(Some(_)));
     for e in choose_evictions(&entries, limits, &busy) {
-        match remove(tools, meta, e) {
+        match remove(tools, meta, &e.name, &e.volid) {
             Ok(true) => {
                 tracing::info!(template = %e.volid, bytes = e.bytes, "evicted least recently used template")
             }

@@ -244,10 +244,12 @@ impl Driver {
     /// `pveam remove` under the template's exclusive lock; Ok(false) when
     /// busy.
     pub fn remove_template(&self, entry: &cache::Entry) -> Result<bool, DriverError> {
+        let meta = Meta::new(&self.state_root);
         Ok(cache::remove(
             &self.tools,
-            &Meta::new(&self.state_root),
-            entry,
+            &meta,
+            &entry.name,
+            &entry.volid,
         )?)
     }
 
@@ -548,20 +550,13 @@ impl Backend for Driver {
             let _ = std::fs::remove_file(path);
             return;
         };
-        let Some(name) = volid.split_once(":vztmpl/").map(|(_, n)| n.to_string()) else {
+        let Some((_, name)) = volid.split_once(":vztmpl/") else {
             return;
         };
-        let Ok(st) = std::fs::metadata(path) else {
+        if !path.exists() {
             return;
-        };
-        let entry = cache::Entry {
-            name,
-            volid: volid.clone(),
-            bytes: st.len(),
-            last_used: std::time::SystemTime::now(),
-            recorded: true,
-        };
-        match cache::remove(&self.tools, &Meta::new(&self.state_root), &entry) {
+        }
+        match cache::remove(&self.tools, &Meta::new(&self.state_root), name, volid) {
             Ok(true) => {}
             Ok(false) => tracing::debug!(template = %volid, "kept: another create uses it"),
             Err(e) => tracing::warn!(error = %e, "cannot discard the template this create made"),
