@@ -420,23 +420,11 @@ mod tests {
     fn record(id: &str) -> Record {
         Record {
             oci_version: "1.2.0".into(),
-            id: id.into(),
             status: Status::Created,
             bundle: "/b".into(),
             rootfs: "/b/rootfs".into(),
-            annotations: BTreeMap::new(),
             created: now_rfc3339(),
-            owner: String::new(),
-            backend: "proxmox-lxc".into(),
-            vmid: Some(123),
-            monitor: None,
-            init: None,
-            process: None,
-            systemd_cgroup: false,
-            new_template: None,
-            template: None,
-            hooks: None,
-            bridge_protocol: 0,
+            ..Record::for_leftovers(id, "proxmox-lxc", 123)
         }
     }
 
