@@ -42,6 +42,17 @@ pub enum StateError {
     LockTimeout(PathBuf),
 }
 
+impl StateError {
+    /// The I/O error alone, for a caller that names the file itself:
+    /// `write_atomic` names whichever file failed, often its temp.
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            StateError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
     move |source| StateError::Io {
         what,

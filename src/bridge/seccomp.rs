@@ -452,12 +452,9 @@ pub fn write(bridge_dir: &Path, f: &Filter) -> Result<(), SeccompError> {
         path: path.clone(),
         source: std::io::Error::other(e),
     })?;
-    crate::state::write_atomic(&path, &text, 0o644).map_err(|e| {
-        let source = match e {
-            crate::state::StateError::Io { source, .. } => source,
-            other => std::io::Error::other(other.to_string()),
-        };
-        SeccompError::Write { path, source }
+    crate::state::write_atomic(&path, &text, 0o644).map_err(|e| SeccompError::Write {
+        path,
+        source: e.into_io(),
     })
 }
 
