@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::procfs::unescape_mount_field;
 use crate::state::Record;
 
 #[derive(Debug, thiserror::Error)]
@@ -355,7 +356,7 @@ fn parse_mountinfo(text: &str) -> Vec<Mount> {
         };
         mounts.push(Mount {
             root: unescape(root),
-            point: PathBuf::from(unescape(point)),
+            point: unescape_mount_field(point),
             v2,
             options: post
                 .get(2)
@@ -366,25 +367,9 @@ fn parse_mountinfo(text: &str) -> Vec<Mount> {
     mounts
 }
 
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+/// A mount root as text (cgroup paths are compared as strings).
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    unescape_mount_field(s).to_string_lossy().into_owned()
 }
 
 /// A number, or "max" (no limit) as u64::MAX.

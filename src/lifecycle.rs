@@ -237,12 +237,9 @@ pub fn write_pid_file(path: &Path, pid: u32) -> Result<()> {
     };
     // write_atomic names whichever file failed, often its temp beside the
     // pid file: the caller only knows the pid file.
-    state::write_atomic(&path, pid.to_string().as_bytes(), 0o644).map_err(|e| {
-        let source = match e {
-            state::StateError::Io { source, .. } => source,
-            other => std::io::Error::other(other.to_string()),
-        };
-        Error::PidFile { path, source }
+    state::write_atomic(&path, pid.to_string().as_bytes(), 0o644).map_err(|e| Error::PidFile {
+        path,
+        source: e.into_io(),
     })
 }
 

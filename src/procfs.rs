@@ -5,6 +5,34 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+/// A path field of /proc/<pid>/mountinfo (mount root or point), whose
+/// blanks and backslashes the kernel writes octal-escaped (`\040`), byte
+/// for byte.
+pub fn unescape_mount_field(field: &str) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |n, c| n * 8 + u32::from(c - b'0')))
+            .and_then(|n| u8::try_from(n).ok());
+        match octal {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+}
+
 /// A descriptor that pins process `pid` and becomes readable when it exits.
 pub fn pidfd_open(pid: i32) -> Result<std::os::fd::OwnedFd, nix::errno::Errno> {
     // SAFETY: a plain syscall with integer arguments; the fd is owned below.
@@ -161,6 +189,18 @@ pub fn all_pids() -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_fields_unescape_octal_byte_for_byte() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(unescape_mount_field(r"/a\040b\134c"), Path::new("/a b\\c"));
+        assert_eq!(
+            unescape_mount_field(r"/x\377").as_os_str().as_bytes(),
+            b"/x\xff"
+        );
+        // Not a byte: left as written (it used to overflow in cgroup.rs).
+        assert_eq!(unescape_mount_field(r"\777\05"), Path::new(r"\777\05"));
+    }
 
     #[test]
     fn wait_child_returns_the_status_or_none_at_the_timeout() {

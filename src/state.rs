@@ -42,6 +42,17 @@ pub enum StateError {
     LockTimeout(PathBuf),
 }
 
+impl StateError {
+    /// The I/O error alone, for a caller that names the file itself:
+    /// `write_atomic` names whichever file failed, often its temp.
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            StateError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
     move |source| StateError::Io {
         what,
@@ -420,23 +431,11 @@ mod tests {
     fn record(id: &str) -> Record {
         Record {
             oci_version: "1.2.0".into(),
-            id: id.into(),
             status: Status::Created,
             bundle: "/b".into(),
             rootfs: "/b/rootfs".into(),
-            annotations: BTreeMap::new(),
             created: now_rfc3339(),
-            owner: String::new(),
-            backend: "proxmox-lxc".into(),
-            vmid: Some(123),
-            monitor: None,
-            init: None,
-            process: None,
-            systemd_cgroup: false,
-            new_template: None,
-            template: None,
-            hooks: None,
-            bridge_protocol: 0,
+            ..Record::for_leftovers(id, "proxmox-lxc", 123)
         }
     }
 

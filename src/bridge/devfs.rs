@@ -12,8 +12,6 @@
 //! allows: tmpfs and mqueue anywhere, binds and moves from /dev/<name> and
 //! from /.nexcage, moves to anywhere, umount, propagation changes.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -100,38 +98,13 @@ struct MountInfo {
     point: PathBuf,
 }
 
-/// Mount points in mountinfo have blanks and backslashes octal-escaped.
-fn unescape(field: &str) -> PathBuf {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
-            .map(|d| d.iter().fold(0u32, |n, c| n * 8 + u32::from(c - b'0')))
-            .and_then(|n| u8::try_from(n).ok());
-        match octal {
-            Some(c) => {
-                out.push(c);
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(OsStr::from_bytes(&out))
-}
-
 fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
     text.lines()
         .filter_map(|l| {
             let mut f = l.split(' ');
             let id = f.next()?.parse().ok()?;
             let parent = f.next()?.parse().ok()?;
-            let point = unescape(f.nth(2)?);
+            let point = crate::procfs::unescape_mount_field(f.nth(2)?);
             Some(MountInfo { id, parent, point })
         })
         .collect()

@@ -71,8 +71,9 @@ pub fn join(process: ProcRef) -> Result<Vec<&'static str>, GuestNsError> {
             .open(&path)
         {
             Ok(f) => f,
+            Err(_) if !process.is_alive() => return Err(GuestNsError::Gone { pid: process.pid }),
             // A kernel without this namespace type: nothing to differ in.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && process.is_alive() => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => return Err(GuestNsError::Open { path, source }),
         };
         if same_as_ours(&file, name) {
@@ -123,7 +124,11 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let p = ProcRef::of(child.id() as i32).unwrap();
         child.wait().unwrap();
-        let e = join(p).unwrap_err().to_string();
-        assert!(e.contains(&p.pid.to_string()), "{e}");
+        let e = join(p).unwrap_err();
+        assert!(
+            matches!(e, GuestNsError::Gone { pid } if pid == p.pid),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&p.pid.to_string()), "{e}");
     }
 }

@@ -840,35 +840,11 @@ fn supervise(child: Pid, mask: &SigSet, conn: &OwnedFd) -> (Option<i32>, Option<
     let mut monitor_up = true;
     loop {
         let sig = match &signals {
-            None => match mask.wait() {
-                Ok(s) => s,
-                Err(_) => continue,
-            },
-            Some(sfd) => {
-                if let Some(sig) = sfd
-                    .read_signal()
-                    .ok()
-                    .flatten()
-                    .and_then(|i| Signal::try_from(i.ssi_signo as i32).ok())
-                {
-                    sig
-                } else {
-                    let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-                    if monitor_up {
-                        fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
-                    }
-                    let _ = poll(&mut fds, PollTimeout::NONE);
-                    let conn_ready = fds
-                        .get(1)
-                        .and_then(|f| f.revents())
-                        .is_some_and(|r| !r.is_empty());
-                    if conn_ready && monitor_gone(conn) {
-                        monitor_up = false;
-                        let _ = kill(child, Signal::SIGKILL);
-                    }
-                    continue;
-                }
-            }
+            None => mask.wait().ok(),
+            Some(sfd) => next_signal(sfd, conn, &mut monitor_up, child),
+        };
+        let Some(sig) = sig else {
+            continue;
         };
         match sig {
             Signal::SIGCHLD => loop {
@@ -891,6 +867,34 @@ fn supervise(child: Pid, mask: &SigSet, conn: &OwnedFd) -> (Option<i32>, Option<
             }
         }
     }
+}
+
+/// A pending signal, or None once poll returned without one: then a
+/// readable connection may be the monitor's end, and the process is killed.
+fn next_signal(
+    sfd: &SignalFd,
+    conn: &OwnedFd,
+    monitor_up: &mut bool,
+    child: Pid,
+) -> Option<Signal> {
+    let pending = sfd.read_signal().ok().flatten();
+    if let Some(sig) = pending.and_then(|i| Signal::try_from(i.ssi_signo as i32).ok()) {
+        return Some(sig);
+    }
+    let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+    if *monitor_up {
+        fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
+    }
+    let _ = poll(&mut fds, PollTimeout::NONE);
+    let conn_ready = fds
+        .get(1)
+        .and_then(|f| f.revents())
+        .is_some_and(|r| !r.is_empty());
+    if conn_ready && monitor_gone(conn) {
+        *monitor_up = false;
+        let _ = kill(child, Signal::SIGKILL);
+    }
+    None
 }
 
 /// The monitor sends nothing after set-up: a readable connection is its

@@ -445,20 +445,17 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<(u16, u8, u8, u32)>, String> {
 }
 
 /// Write the compiled filter into the bridge directory (host side, at
-/// create), atomically: temp file, fsync, rename.
+/// create), atomically ([`crate::state::write_atomic`]).
 pub fn write(bridge_dir: &Path, f: &Filter) -> Result<(), SeccompError> {
-    use std::io::Write;
     let path = bridge_dir.join(FILE);
-    let tmp = bridge_dir.join(format!(".{FILE}.tmp"));
-    let err = |source| SeccompError::Write {
+    let text = serde_json::to_vec(f).map_err(|e| SeccompError::Write {
         path: path.clone(),
-        source,
-    };
-    let text = serde_json::to_vec(f).map_err(|e| err(std::io::Error::other(e)))?;
-    let mut file = std::fs::File::create(&tmp).map_err(err)?;
-    file.write_all(&text).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)
+        source: std::io::Error::other(e),
+    })?;
+    crate::state::write_atomic(&path, &text, 0o644).map_err(|e| SeccompError::Write {
+        path,
+        source: e.into_io(),
+    })
 }
 
 /// The filter the host left in the bridge, if the bundle has one.

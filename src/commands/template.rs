@@ -13,20 +13,30 @@ use crate::error::{Error, Result};
 use crate::state::Store;
 
 pub fn run(global: &GlobalOpts, command: &TemplateCommand) -> Result<i32> {
-    // Checked before anything is asked of the node.
-    let filter = match command {
-        TemplateCommand::Prune(a) => Some(filter_of(a)?),
-        TemplateCommand::List(_) => None,
-    };
+    match command {
+        TemplateCommand::List(a) => {
+            let (driver, entries, in_use) = inventory(global)?;
+            list(&driver, &entries, &in_use, a.format)
+        }
+        TemplateCommand::Prune(a) => {
+            // Checked before anything is asked of the node.
+            let filter = filter_of(a)?;
+            let (driver, entries, in_use) = inventory(global)?;
+            prune(&driver, &entries, &in_use, filter, a.format)
+        }
+    }
+}
+
+/// The node's templates and, by template name, the containers of this root
+/// created from them.
+type Inventory = (Driver, Vec<cache::Entry>, BTreeMap<String, Vec<String>>);
+
+fn inventory(global: &GlobalOpts) -> Result<Inventory> {
     let (settings, store) = super::context(global)?;
     let driver = Driver::new(settings.proxmox.clone(), store.root());
     let in_use = containers_by_template(&store)?;
     let entries = driver.templates()?;
-    match (command, filter) {
-        (TemplateCommand::List(a), _) => list(&driver, &entries, &in_use, a.format),
-        (TemplateCommand::Prune(a), Some(f)) => prune(&driver, &entries, &in_use, f, a.format),
-        (TemplateCommand::Prune(_), None) => unreachable!("filter made above"),
-    }
+    Ok((driver, entries, in_use))
 }
 
 fn filter_of(a: &TemplatePruneArgs) -> Result<PruneFilter> {
