@@ -292,10 +292,7 @@ fn exec_sees_the_rebuilt_dev() {
         &mut patch,
         json!({"mounts": runc_mounts(), "process": {"args": ["sleep", "1000"]}}),
     );
-    let bundle = node.bundle("devexec", patch);
-    let out = node.create(&bundle, "devexec", &[]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
-    assert!(node.run(["start", "devexec"]).status.success());
+    start_bundle(&node, "devexec", patch);
     let out = node.run(["exec", "devexec", "sh", "-c", SHOW]);
     assert!(out.status.success(), "exec: {}", stderr(&out));
     check_runc_dev(&stdout(&out));

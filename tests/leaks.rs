@@ -24,17 +24,16 @@ fn alive(pid: i32) -> bool {
 
 #[track_caller]
 fn wait_dead(pid: i32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "{what} (pid {pid}) still runs");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        &format!("{what} (pid {pid}) to end"),
+        Duration::from_secs(20),
+        || !alive(pid),
+    );
 }
 
 /// Host pids of a container's monitor and process, from its state file.
 fn pids(node: &Node, id: &str) -> (i32, i32) {
-    let text = std::fs::read_to_string(node.state_root().join(id).join("state.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let v = record(node, id);
     let pid = |k: &str| v[k]["pid"].as_i64().unwrap() as i32;
     (pid("monitor"), pid("process"))
 }

@@ -41,9 +41,9 @@ fn gw_of(cidr: &str) -> String {
 }
 
 fn vmid_of(node: &Node, id: &str) -> u32 {
-    let text = std::fs::read_to_string(node.state_root().join(id).join("state.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["vmid"].as_u64().expect("vmid in state.json") as u32
+    record(node, id)["vmid"]
+        .as_u64()
+        .expect("vmid in state.json") as u32
 }
 
 /// Guest `a` idles; guest `b` shows its network and pings `a`.
@@ -61,12 +61,7 @@ fn two_guests_ping(node: &Node, subnet: u8) -> (u32, String) {
         "ip -o -4 addr show dev eth0; ip -o link show dev lo; ip route; ping -c 1 -W 5 10.199.{subnet}.1"
     );
     let b = net_bundle(node, "b", &b_ip, json!(["sh", "-c", script]));
-    let out = node
-        .nexcage(["run", "--bundle"])
-        .arg(&b)
-        .arg("b")
-        .output()
-        .unwrap();
+    let out = node.run_bundle(&b, "b");
     let shown = stdout(&out);
     assert!(out.status.success(), "b: {shown}\n{}", stderr(&out));
     assert!(shown.contains(&format!("inet {b_ip}")), "{shown}");

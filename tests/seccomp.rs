@@ -202,12 +202,7 @@ fn an_unprivileged_guest_loads_the_filter_too() {
                "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "user"}, {"type": "mount"}],
                          "seccomp": deny_mkdir()}}),
     );
-    let out = node
-        .nexcage(["run", "--bundle"])
-        .arg(&bundle)
-        .arg("unpriv")
-        .output()
-        .unwrap();
+    let out = node.run_bundle(&bundle, "unpriv");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "mkdir=1 0 100000 65536\n");
 }

@@ -67,10 +67,7 @@ fn a_vmid_lost_to_another_node_at_write_time_is_retried_with_the_next() {
 #[test]
 fn the_guest_lives_in_the_inner_ns_cgroup_below_its_limits() {
     let node = Node::new();
-    let bundle = node.bundle("inner", json!({"process": {"args": ["sleep", "100"]}}));
-    let out = node.create(&bundle, "inner", &[]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
-    assert!(node.run(["start", "inner"]).status.success());
+    start_running(&node, "inner", json!(["sleep", "100"]));
     let pid = init_pid(&node, "inner");
     let table = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let vmid = node.vmids()[0];

@@ -40,7 +40,8 @@ fn line<'a>(out: &'a str, key: &str) -> &'a str {
 #[test]
 fn limits_reach_the_guest_cgroups() {
     let node = Node::new();
-    let bundle = node.bundle(
+    start_bundle(
+        &node,
         "limits",
         json!({"process": {"args": ["sleep", "1000"]},
                "linux": {"resources": {
@@ -49,9 +50,6 @@ fn limits_reach_the_guest_cgroups() {
             "pids": {"limit": 77}
         }}}),
     );
-    let out = node.create(&bundle, "limits", &[]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
-    assert!(node.run(["start", "limits"]).status.success());
     // As on Proxmox, the limits sit on lxc/<vmid>, above the guest's own
     // cgroup root (lxc/<vmid>/ns), where the guest cannot raise them.
     let init = init_pid(&node, "limits");
@@ -192,16 +190,7 @@ fn hostile_values_are_refused_before_anything_exists() {
 fn default_readonly_and_masked_paths_work_under_apparmor() {
     let node = Node::new();
     for (name, userns) in [("aa-priv", false), ("aa-unpriv", true)] {
-        let mut namespaces = vec![
-            json!({"type": "pid"}),
-            json!({"type": "network"}),
-            json!({"type": "ipc"}),
-            json!({"type": "uts"}),
-            json!({"type": "mount"}),
-        ];
-        if userns {
-            namespaces.push(json!({"type": "user"}));
-        }
+        let namespaces = common::namespaces(userns);
         let out = run_in(
             &node,
             name,
