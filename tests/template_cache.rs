@@ -141,6 +141,10 @@ fn prune_removes_unused_templates_through_pveam_and_never_the_admins() {
     let name = node.templates()[0].clone();
     assert!(pveam_list(&node).contains(&name));
     assert_eq!(list(&node).len(), 1, "only nexcage's own are listed");
+    // Its use record and lock under the state root, which prune must take.
+    let meta = node.state_root().join("~nexcage/cache/templates");
+    assert!(meta.join(&name).exists());
+    assert!(meta.join(format!("{name}.lock")).exists());
 
     let out = json_of(&node, &["template", "prune", "--all", "--format", "json"]);
     assert_eq!(out["removed"][0]["name"], name.as_str(), "{out}");
@@ -155,7 +159,6 @@ fn prune_removes_unused_templates_through_pveam_and_never_the_admins() {
         "{calls}"
     );
     // What was kept about it under the state root is gone with it.
-    let meta = node.state_root().join("~nexcage/cache/templates");
     assert!(!meta.join(&name).exists());
     assert!(!meta.join(format!("{name}.lock")).exists());
 }
