@@ -131,11 +131,7 @@ fn dhcp_is_refused_where_pct_cannot_manage_the_network() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(node.vmids().is_empty(), "guest left behind");
-    assert!(
-        !node.state_root().join("dhcp").exists(),
-        "state left behind"
-    );
+    assert_clean(&node);
 }
 
 #[test]
@@ -149,9 +145,5 @@ fn a_missing_bridge_fails_create_and_leaves_nothing() {
     assert!(!out.status.success(), "create succeeded");
     let err = stderr(&out);
     assert!(err.contains("bridge 'vmbr9' does not exist"), "{err}");
-    assert!(node.vmids().is_empty(), "guest left behind");
-    assert!(
-        !node.state_root().join("nobridge").exists(),
-        "state left behind"
-    );
+    assert_clean(&node);
 }
