@@ -161,10 +161,7 @@ fn one_rootfs_is_converted_once_for_two_containers() {
         use std::os::unix::fs::MetadataExt;
         let names = node.templates();
         assert_eq!(names.len(), 1, "{names:?}");
-        let path = node
-            .root()
-            .join("var/lib/vz/template/cache")
-            .join(&names[0]);
+        let path = node.template_dir().join(&names[0]);
         std::fs::metadata(path).unwrap().ino()
     };
     let out = node.create(&a, "tpl_a", &[]);

@@ -134,7 +134,7 @@ fn assert_nothing_left(node: &Node) {
 
 /// `.nexcage-*` temporaries in the template storage.
 fn temps(node: &Node) -> Vec<String> {
-    std::fs::read_dir(node.root().join("var/lib/vz/template/cache"))
+    std::fs::read_dir(node.template_dir())
         .map(|rd| {
             rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
                 .filter(|n| n.starts_with(".nexcage-"))

@@ -328,8 +328,13 @@ impl Node {
         }
     }
 
+    /// The `local` storage's template directory, where pveam puts archives.
+    pub fn template_dir(&self) -> PathBuf {
+        self.root().join("var/lib/vz/template/cache")
+    }
+
     pub fn templates(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.root().join("var/lib/vz/template/cache"))
+        let mut v: Vec<String> = std::fs::read_dir(self.template_dir())
             .map(|rd| {
                 rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
                     .filter(|n| n.starts_with("nexcage-"))
