@@ -9,23 +9,13 @@ use serde_json::json;
 
 /// Run `script` in a container made from `patch`; returns its stdout.
 fn run_in(node: &Node, name: &str, patch: serde_json::Value, script: &str) -> String {
-    let mut patch = patch;
-    merge(
-        &mut patch,
-        json!({"process": {"args": ["sh", "-c", script]}}),
-    );
-    let bundle = node.bundle(name, patch);
-    let out_path = node.create_logged(&bundle, name).out;
-    let start = node.run(["start", name]);
-    assert!(start.status.success(), "start: {}", stderr(&start));
-    let out = wait_for_file_content(&out_path, "END\n");
+    let out = run_script(node, name, patch, script);
     let confs: String = std::fs::read_dir(node.root().join("etc/pve/lxc"))
         .into_iter()
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
         .collect();
     let out = format!("{out}--- conf\n{confs}");
-    node.wait_status(name, "stopped");
     let _ = node.run(["delete", "--force", name]);
     out
 }

@@ -430,6 +430,23 @@ pub fn start_bundle(node: &Node, id: &str, patch: serde_json::Value) {
     assert!(out.status.success(), "start {id}: {}", stderr(&out));
 }
 
+/// Create and start a container from `patch` running `sh -c script`, which
+/// must print `END` last; returns its stdout once it has stopped (the
+/// caller deletes it).
+pub fn run_script(node: &Node, id: &str, mut patch: serde_json::Value, script: &str) -> String {
+    merge(
+        &mut patch,
+        serde_json::json!({"process": {"args": ["sh", "-c", script]}}),
+    );
+    let bundle = node.bundle(id, patch);
+    let out_path = node.create_logged(&bundle, id).out;
+    let start = node.run(["start", id]);
+    assert!(start.status.success(), "start: {}", stderr(&start));
+    let out = wait_for_file_content(&out_path, "END\n");
+    node.wait_status(id, "stopped");
+    out
+}
+
 /// The default bundle's namespaces (pid, network, ipc, uts, mount), with a
 /// user namespace after them when `user`.
 pub fn namespaces(user: bool) -> serde_json::Value {
