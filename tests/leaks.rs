@@ -222,7 +222,10 @@ fn monitor_killed(node: &Node, id: &str) {
     let (monitor, process) = pids(node, id);
     assert!(alive(process));
     kill(Pid::from_raw(monitor), Signal::SIGKILL).unwrap();
-    let _ = reap(monitor, Duration::from_secs(10));
+    assert_eq!(
+        reap(monitor, Duration::from_secs(10)),
+        nix::sys::wait::WaitStatus::Signaled(Pid::from_raw(monitor), Signal::SIGKILL, false)
+    );
     assert_eq!(node.status(id), "stopped", "{id}");
     assert_eq!(node.state(id)["pid"], 0, "{id}");
     wait_dead(process, &format!("{id}: the process of a dead monitor"));
