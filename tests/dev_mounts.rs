@@ -36,17 +36,8 @@ fn unprivileged() -> serde_json::Value {
 }
 
 /// Runs `script` as the container process; returns its stdout.
-fn run_in(node: &Node, name: &str, mut patch: serde_json::Value, script: &str) -> String {
-    merge(
-        &mut patch,
-        json!({"process": {"args": ["sh", "-c", script]}}),
-    );
-    let bundle = node.bundle(name, patch);
-    let out_path = node.create_logged(&bundle, name).out;
-    let start = node.run(["start", name]);
-    assert!(start.status.success(), "start: {}", stderr(&start));
-    let out = wait_for_file_content(&out_path, "END\n");
-    node.wait_status(name, "stopped");
+fn run_in(node: &Node, name: &str, patch: serde_json::Value, script: &str) -> String {
+    let out = run_script(node, name, patch, script);
     assert!(node.run(["delete", "--force", name]).status.success());
     out
 }
@@ -292,10 +283,7 @@ fn exec_sees_the_rebuilt_dev() {
         &mut patch,
         json!({"mounts": runc_mounts(), "process": {"args": ["sleep", "1000"]}}),
     );
-    let bundle = node.bundle("devexec", patch);
-    let out = node.create(&bundle, "devexec", &[]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
-    assert!(node.run(["start", "devexec"]).status.success());
+    start_bundle(&node, "devexec", patch);
     let out = node.run(["exec", "devexec", "sh", "-c", SHOW]);
     assert!(out.status.success(), "exec: {}", stderr(&out));
     check_runc_dev(&stdout(&out));

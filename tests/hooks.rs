@@ -75,7 +75,11 @@ fn every_hook_runs_at_its_moment_with_the_state_on_stdin() {
     let out = node.run(["start", "hk"]);
     assert!(out.status.success(), "start: {}", stderr(&out));
     assert_eq!(stdout(&out), "", "hook output must not reach stdout");
-    wait_for(|| lines(&log).iter().any(|l| l == "process-ran"));
+    wait_until(
+        "the process's line",
+        std::time::Duration::from_secs(20),
+        || lines(&log).iter().any(|l| l == "process-ran"),
+    );
     assert!(node.run(["kill", "hk", "KILL"]).status.success());
     node.wait_status("hk", "stopped");
     assert!(node.run(["delete", "hk"]).status.success());
@@ -119,19 +123,6 @@ fn every_hook_runs_at_its_moment_with_the_state_on_stdin() {
     }
 }
 
-fn wait_for(mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-fn assert_nothing_left(node: &Node, id: &str) {
-    assert!(node.vmids().is_empty(), "guest left: {:?}", node.vmids());
-    assert!(!node.state_root().join(id).exists(), "state left for {id}");
-}
-
 #[test]
 fn a_failing_or_slow_create_hook_fails_create_and_rolls_back() {
     let node = Node::new();
@@ -165,17 +156,13 @@ fn a_failing_or_slow_create_hook_fails_create_and_rolls_back() {
             err.contains(&format!("{kind} hook")) && err.contains(want),
             "{err}"
         );
-        assert_nothing_left(&node, "bad");
+        assert_clean(&node);
     }
     // Refused before anything is made.
     let bundle = node.bundle("rel", json!({"hooks": {"poststop": [{"path": "hook"}]}}));
     let out = node.create(&bundle, "rel", &[]);
-    assert!(
-        stderr(&out).contains("hooks.poststop[0]"),
-        "{}",
-        stderr(&out)
-    );
-    assert_nothing_left(&node, "rel");
+    fails_with(&out, "hooks.poststop[0]");
+    assert_clean(&node);
 }
 
 #[test]
@@ -206,7 +193,7 @@ fn a_failing_start_hook_fails_start_and_a_failing_poststop_does_not_fail_delete(
     assert!(lines(&dir.join("log")).is_empty(), "the process ran");
     let out = node.run(["delete", "sh"]);
     assert!(out.status.success(), "delete: {}", stderr(&out));
-    assert_nothing_left(&node, "sh");
+    assert_clean(&node);
 }
 
 #[test]
@@ -239,5 +226,5 @@ fn create_container_hooks_enter_an_unprivileged_guests_user_namespace() {
     let words: Vec<&str> = got.iter().flat_map(|l| l.split_whitespace()).collect();
     assert_eq!(words, ["0", "un", "0", "100000", "65536"], "{got:?}");
     assert!(node.run(["delete", "--force", "un"]).status.success());
-    assert_nothing_left(&node, "un");
+    assert_clean(&node);
 }

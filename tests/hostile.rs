@@ -15,10 +15,6 @@ use std::process::Command;
 use common::{assert_clean, fails_with, rootfs, sim_binary, stderr, stdout, Node};
 use serde_json::{json, Value};
 
-fn template_dir(node: &Node) -> PathBuf {
-    node.root().join("var/lib/vz/template/cache")
-}
-
 /// The host part nexcage puts in its temp names.
 fn temp_host() -> String {
     let host = nix::unistd::gethostname().unwrap();
@@ -39,7 +35,7 @@ fn temp_host() -> String {
 /// A temp left by a create killed mid-conversion: its writer (a pid above
 /// pid_max) is provably gone.
 fn stale_temp(node: &Node) -> PathBuf {
-    template_dir(node).join(format!(
+    node.template_dir().join(format!(
         ".nexcage-{}.tmp-{}_2147483000_5_0",
         "a".repeat(32),
         temp_host()
@@ -142,7 +138,7 @@ fn mounts_inside_the_rootfs_stay_out_of_the_template() {
     assert!(out.status.success(), "{}", stderr(&out));
     let names = node.templates();
     assert_eq!(names.len(), 1);
-    let listed = archive_names(&template_dir(&node).join(&names[0]));
+    let listed = archive_names(&node.template_dir().join(&names[0]));
     assert!(listed.iter().any(|n| n == "./mnt/host/"), "{listed:?}");
     assert!(listed.iter().any(|n| n == "./proc/"), "{listed:?}");
     assert!(
@@ -170,7 +166,7 @@ fn templates_are_root_only_and_still_listed_by_pveam() {
     assert!(out.status.success(), "{}", stderr(&out));
     let names = node.templates();
     assert_eq!(names.len(), 1);
-    let meta = std::fs::metadata(template_dir(&node).join(&names[0])).unwrap();
+    let meta = std::fs::metadata(node.template_dir().join(&names[0])).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let out = Command::new(sim_binary())
         .args(["pveam", "list", "local"])
@@ -190,7 +186,7 @@ fn templates_are_root_only_and_still_listed_by_pveam() {
 #[test]
 fn stale_temps_are_counted_and_swept_before_converting_on_a_full_storage() {
     let node = Node::new();
-    let dir = template_dir(&node);
+    let dir = node.template_dir();
     // The template storage on a file system of its own, filled to the brim
     // by a temp of a create killed while converting.
     let mut mounts = Mounts(Vec::new());

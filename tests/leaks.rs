@@ -24,17 +24,16 @@ fn alive(pid: i32) -> bool {
 
 #[track_caller]
 fn wait_dead(pid: i32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "{what} (pid {pid}) still runs");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        &format!("{what} (pid {pid}) to end"),
+        Duration::from_secs(20),
+        || !alive(pid),
+    );
 }
 
 /// Host pids of a container's monitor and process, from its state file.
 fn pids(node: &Node, id: &str) -> (i32, i32) {
-    let text = std::fs::read_to_string(node.state_root().join(id).join("state.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let v = record(node, id);
     let pid = |k: &str| v[k]["pid"].as_i64().unwrap() as i32;
     (pid("monitor"), pid("process"))
 }
@@ -223,7 +222,10 @@ fn monitor_killed(node: &Node, id: &str) {
     let (monitor, process) = pids(node, id);
     assert!(alive(process));
     kill(Pid::from_raw(monitor), Signal::SIGKILL).unwrap();
-    let _ = reap(monitor, Duration::from_secs(10));
+    assert_eq!(
+        reap(monitor, Duration::from_secs(10)),
+        nix::sys::wait::WaitStatus::Signaled(Pid::from_raw(monitor), Signal::SIGKILL, false)
+    );
     assert_eq!(node.status(id), "stopped", "{id}");
     assert_eq!(node.state(id)["pid"], 0, "{id}");
     wait_dead(process, &format!("{id}: the process of a dead monitor"));

@@ -94,12 +94,7 @@ fn run_passes_output_and_exit_status_and_cleans_up() {
         "runner",
         json!({"process": {"args": ["sh", "-c", "echo hi from $(hostname); exit 7"]}}),
     );
-    let out = node
-        .nexcage(["run", "--bundle"])
-        .arg(&bundle)
-        .arg("runner")
-        .output()
-        .unwrap();
+    let out = node.run_bundle(&bundle, "runner");
     assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "hi from runner\n");
     assert!(node.vmids().is_empty());
@@ -132,12 +127,7 @@ fn unprivileged_when_the_bundle_has_a_user_namespace() {
         json!({"process": {"args": ["sh", "-c", "cat /proc/self/uid_map; id -u"]},
                "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "user"}, {"type": "mount"}]}}),
     );
-    let out = node
-        .nexcage(["run", "--bundle"])
-        .arg(&bundle)
-        .arg("unpriv")
-        .output()
-        .unwrap();
+    let out = node.run_bundle(&bundle, "unpriv");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     let fields: Vec<&str> = text.split_whitespace().collect();
@@ -157,12 +147,7 @@ fn process_user_cwd_env_and_rlimits_are_applied_inside() {
             "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 321, "hard": 654}]
         }}),
     );
-    let out = node
-        .nexcage(["run", "--bundle"])
-        .arg(&bundle)
-        .arg("creds")
-        .output()
-        .unwrap();
+    let out = node.run_bundle(&bundle, "creds");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "1234\n5678\n/tmp\nhello world\n321\n0077\n");
 }
@@ -176,10 +161,7 @@ fn one_rootfs_is_converted_once_for_two_containers() {
         use std::os::unix::fs::MetadataExt;
         let names = node.templates();
         assert_eq!(names.len(), 1, "{names:?}");
-        let path = node
-            .root()
-            .join("var/lib/vz/template/cache")
-            .join(&names[0]);
+        let path = node.template_dir().join(&names[0]);
         std::fs::metadata(path).unwrap().ino()
     };
     let out = node.create(&a, "tpl_a", &[]);
@@ -230,20 +212,10 @@ fn a_lifecycle_costs_three_node_tool_runs_and_state_kill_none() {
 
     // Warm the template directory cache (one pvesm for the node's lifetime).
     let warm = node.bundle("warm", json!({}));
-    assert!(node
-        .nexcage(["run", "--bundle"])
-        .arg(&warm)
-        .arg("warm")
-        .output()
-        .unwrap()
-        .status
-        .success());
+    assert!(node.run_bundle(&warm, "warm").status.success());
     std::fs::write(&log, "").unwrap();
 
-    let bundle = node.bundle("count", json!({"process": {"args": ["sleep", "1000"]}}));
-    let out = node.create(&bundle, "count", &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(node.run(["start", "count"]).status.success());
+    start_running(&node, "count", json!(["sleep", "1000"]));
     let before_state_kill = std::fs::read_to_string(&log).unwrap();
     assert_eq!(node.status("count"), "running");
     assert!(node.run(["kill", "count", "KILL"]).status.success());

@@ -45,18 +45,11 @@ impl Drop for Netns {
     }
 }
 
+/// The default namespaces with `net` as the network one.
 fn namespaces(net: serde_json::Value, user: bool) -> serde_json::Value {
-    let mut ns = vec![
-        json!({"type": "pid"}),
-        net,
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
-    ];
-    if user {
-        ns.push(json!({"type": "user"}));
-    }
-    json!(ns)
+    let mut ns = common::namespaces(user);
+    ns[1] = net;
+    ns
 }
 
 #[test]
@@ -70,12 +63,7 @@ fn process_runs_in_the_network_namespace_named_by_path() {
             "linux": {"namespaces": namespaces(json!({"type": "network", "path": ns.path()}), false)}
         }),
     );
-    let out = node
-        .nexcage(["run", "--bundle"])
-        .arg(&bundle)
-        .arg("joined")
-        .output()
-        .unwrap();
+    let out = node.run_bundle(&bundle, "joined");
     assert!(out.status.success(), "run: {}", stderr(&out));
     let dev = stdout(&out);
     assert!(dev.contains("d0:"), "d0 not visible: {dev}");

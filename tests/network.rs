@@ -41,9 +41,9 @@ fn gw_of(cidr: &str) -> String {
 }
 
 fn vmid_of(node: &Node, id: &str) -> u32 {
-    let text = std::fs::read_to_string(node.state_root().join(id).join("state.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["vmid"].as_u64().expect("vmid in state.json") as u32
+    record(node, id)["vmid"]
+        .as_u64()
+        .expect("vmid in state.json") as u32
 }
 
 /// Guest `a` idles; guest `b` shows its network and pings `a`.
@@ -61,12 +61,7 @@ fn two_guests_ping(node: &Node, subnet: u8) -> (u32, String) {
         "ip -o -4 addr show dev eth0; ip -o link show dev lo; ip route; ping -c 1 -W 5 10.199.{subnet}.1"
     );
     let b = net_bundle(node, "b", &b_ip, json!(["sh", "-c", script]));
-    let out = node
-        .nexcage(["run", "--bundle"])
-        .arg(&b)
-        .arg("b")
-        .output()
-        .unwrap();
+    let out = node.run_bundle(&b, "b");
     let shown = stdout(&out);
     assert!(out.status.success(), "b: {shown}\n{}", stderr(&out));
     assert!(shown.contains(&format!("inet {b_ip}")), "{shown}");
@@ -136,11 +131,7 @@ fn dhcp_is_refused_where_pct_cannot_manage_the_network() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(node.vmids().is_empty(), "guest left behind");
-    assert!(
-        !node.state_root().join("dhcp").exists(),
-        "state left behind"
-    );
+    assert_clean(&node);
 }
 
 #[test]
@@ -154,9 +145,5 @@ fn a_missing_bridge_fails_create_and_leaves_nothing() {
     assert!(!out.status.success(), "create succeeded");
     let err = stderr(&out);
     assert!(err.contains("bridge 'vmbr9' does not exist"), "{err}");
-    assert!(node.vmids().is_empty(), "guest left behind");
-    assert!(
-        !node.state_root().join("nobridge").exists(),
-        "state left behind"
-    );
+    assert_clean(&node);
 }

@@ -17,14 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// Replace the node's `tool` by a gate: the first call whose first argument
 /// is `sub` (and whose second is not VMID 0, pct's parameter probe) makes
 /// `<gate>/entered`, waits for `<gate>/go`, runs the real tool and makes
@@ -142,7 +134,7 @@ fn assert_nothing_left(node: &Node) {
 
 /// `.nexcage-*` temporaries in the template storage.
 fn temps(node: &Node) -> Vec<String> {
-    std::fs::read_dir(node.root().join("var/lib/vz/template/cache"))
+    std::fs::read_dir(node.template_dir())
         .map(|rd| {
             rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
                 .filter(|n| n.starts_with(".nexcage-"))
@@ -165,9 +157,7 @@ fn writer_pid(temp: &str) -> i32 {
 }
 
 fn monitor_pid(node: &Node, id: &str) -> i32 {
-    let path = node.state_root().join(id).join("state.json");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let v = record(node, id);
     v["monitor"]["pid"]
         .as_i64()
         .unwrap_or_else(|| panic!("no monitor in {v}")) as i32

@@ -32,14 +32,6 @@ fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn exec_passes_output_status_env_cwd_user_and_process_files() {
     let node = Node::new();
@@ -211,7 +203,7 @@ fn ps_pause_resume_and_kill_all() {
     assert!(status.success());
 
     let mut sleeper = 0;
-    wait_until("the exec'd sleep in ps", || {
+    wait_until("the exec'd sleep in ps", Duration::from_secs(20), || {
         let pids = guest_pids(&node, "pp");
         assert!(pids.contains(&init), "{pids:?}");
         sleeper = pids
@@ -259,7 +251,7 @@ fn ps_pause_resume_and_kill_all() {
     let out = node.run(["resume", "pp"]);
     assert!(out.status.success(), "resume: {}", stderr(&out));
     assert_eq!(node.status("pp"), "running");
-    wait_until("the counter to move", || {
+    wait_until("the counter to move", Duration::from_secs(20), || {
         std::fs::read_to_string(&count).unwrap() != before
     });
     let out = node.run(["resume", "pp"]);
@@ -276,7 +268,7 @@ fn ps_pause_resume_and_kill_all() {
     // us, a subreaper as containerd's shim is, and as the shim we reap it:
     // the guest's init cannot finish exiting while a process of its pid
     // namespace is an unreaped zombie.
-    wait_until("the exec'd sleep to die", || {
+    wait_until("the exec'd sleep to die", Duration::from_secs(20), || {
         use nix::sys::wait::{waitpid, WaitPidFlag};
         let _ = waitpid(
             nix::unistd::Pid::from_raw(sleeper),

@@ -98,7 +98,7 @@ fn with_no_new_privileges_a_non_root_process_is_filtered_too() {
     let node = Node::new();
     let bundle = node.bundle(
         "nnp",
-        json!({"process": {"args": ["sh", "-c", "mkdir /tmp/x; echo mkdir=$? uid=$(id -u)"],
+        json!({"process": {"args": ["sh", "-c", "mkdir /tmp/x; echo mkdir=$? uid=$(id -u); touch /tmp/f && echo tmp-writable"],
                            "user": {"uid": 1000, "gid": 1000},
                            "noNewPrivileges": true},
                "linux": {"seccomp": deny_mkdir()}}),
@@ -106,7 +106,10 @@ fn with_no_new_privileges_a_non_root_process_is_filtered_too() {
     let (out, _) = create(&node, &bundle, "nnp");
     assert!(node.run(["start", "nnp"]).status.success());
     node.wait_status("nnp", "stopped");
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "mkdir=1 uid=1000\n");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "mkdir=1 uid=1000\ntmp-writable\n"
+    );
     assert!(node.run(["delete", "nnp"]).status.success());
 }
 
@@ -198,16 +201,11 @@ fn an_unprivileged_guest_loads_the_filter_too() {
     let node = Node::new();
     let bundle = node.bundle(
         "unpriv",
-        json!({"process": {"args": ["sh", "-c", "mkdir /tmp/x 2>/dev/null; echo mkdir=$? $(cat /proc/self/uid_map)"]},
+        json!({"process": {"args": ["sh", "-c", "mkdir /tmp/x 2>/dev/null; echo mkdir=$? $(cat /proc/self/uid_map); touch /tmp/f && echo tmp-writable"]},
                "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "user"}, {"type": "mount"}],
                          "seccomp": deny_mkdir()}}),
     );
-    let out = node
-        .nexcage(["run", "--bundle"])
-        .arg(&bundle)
-        .arg("unpriv")
-        .output()
-        .unwrap();
+    let out = node.run_bundle(&bundle, "unpriv");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "mkdir=1 0 100000 65536\n");
+    assert_eq!(stdout(&out), "mkdir=1 0 100000 65536\ntmp-writable\n");
 }

@@ -31,16 +31,7 @@ fn state_pid(node: &Node, id: &str) -> i32 {
 fn check_namespaces(user: bool) {
     let node = Node::new();
     let id = if user { "unpriv" } else { "priv" };
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "network"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
-    ];
-    if user {
-        namespaces.push(json!({"type": "user"}));
-    }
+    let namespaces = common::namespaces(user);
     let bundle = node.bundle(
         id,
         json!({"process": {"args": ["sleep", "1000"]},
@@ -71,9 +62,7 @@ fn check_namespaces(user: bool) {
     assert!(node.run(["start", id]).status.success());
     let pid: i32 = pid.parse().unwrap();
     // Signals before the exec are issue 10 part 2's business, not this one's.
-    let process = std::fs::read_to_string(node.state_root().join(id).join("state.json")).unwrap();
-    let process: serde_json::Value = serde_json::from_str(&process).unwrap();
-    let comm = format!("/proc/{}/comm", process["process"]["pid"]);
+    let comm = format!("/proc/{}/comm", record(&node, id)["process"]["pid"]);
     wait_for_file_content(Path::new(&comm), "sleep");
     let monitor = nix::unistd::Pid::from_raw(pid);
     nix::sys::signal::kill(monitor, nix::sys::signal::Signal::SIGTERM).unwrap();

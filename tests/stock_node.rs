@@ -22,6 +22,13 @@ fn an_empty_cluster_list_has_no_ids_and_the_first_create_still_works() {
     let out = node.create(&bundle, "first", &[]);
     assert!(out.status.success(), "create: {}", stderr(&out));
     assert_eq!(node.vmids().len(), 1);
+    // The list does track guests, so its emptiness above and below is real.
+    let vmid = node.vmids()[0].to_string();
+    assert!(
+        vmlist(&node)["ids"].get(&vmid).is_some(),
+        "{}",
+        vmlist(&node)
+    );
     assert!(node.run(["delete", "--force", "first"]).status.success());
     assert!(vmlist(&node).get("ids").is_none(), "{}", vmlist(&node));
 }
@@ -60,6 +67,7 @@ fn a_vmid_lost_to_another_node_at_write_time_is_retried_with_the_next() {
     let ids = vmlist(&node)["ids"].clone();
     assert_eq!(ids["101"]["node"], "pve-race", "{ids}");
     assert_eq!(ids["102"]["node"], "pve", "{ids}");
+    assert_eq!(node.reservations(), vec!["102".to_string()]);
     assert!(node.run(["delete", "--force", "raced"]).status.success());
     assert!(!node.state_root().join("~nexcage/vmids/102").exists());
 }
@@ -67,10 +75,7 @@ fn a_vmid_lost_to_another_node_at_write_time_is_retried_with_the_next() {
 #[test]
 fn the_guest_lives_in_the_inner_ns_cgroup_below_its_limits() {
     let node = Node::new();
-    let bundle = node.bundle("inner", json!({"process": {"args": ["sleep", "100"]}}));
-    let out = node.create(&bundle, "inner", &[]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
-    assert!(node.run(["start", "inner"]).status.success());
+    start_running(&node, "inner", json!(["sleep", "100"]));
     let pid = init_pid(&node, "inner");
     let table = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let vmid = node.vmids()[0];

@@ -106,13 +106,9 @@ fn list_shows_the_template_a_create_made_and_its_container() {
     let t = &got[0];
     assert_eq!(t["name"], names[0].as_str());
     assert_eq!(t["volid"], format!("local:vztmpl/{}", names[0]));
-    let size = std::fs::metadata(
-        node.root()
-            .join("var/lib/vz/template/cache")
-            .join(&names[0]),
-    )
-    .unwrap()
-    .len();
+    let size = std::fs::metadata(node.template_dir().join(&names[0]))
+        .unwrap()
+        .len();
     assert_eq!(t["bytes"], size);
     assert_eq!(t["containers"], json!(["c1"]));
     assert_eq!(t["busy"], false);
@@ -133,14 +129,18 @@ fn prune_removes_unused_templates_through_pveam_and_never_the_admins() {
     let log = log_pveam(&node);
     // An admin's own template on the same storage is not nexcage's.
     let admin = node
-        .root()
-        .join("var/lib/vz/template/cache/debian-12-standard_12.7-1_amd64.tar.zst");
+        .template_dir()
+        .join("debian-12-standard_12.7-1_amd64.tar.zst");
     std::fs::write(&admin, b"not ours").unwrap();
     create(&node, "c1", None);
     delete(&node, "c1");
     let name = node.templates()[0].clone();
     assert!(pveam_list(&node).contains(&name));
     assert_eq!(list(&node).len(), 1, "only nexcage's own are listed");
+    // Its use record and lock under the state root, which prune must take.
+    let meta = node.state_root().join("~nexcage/cache/templates");
+    assert!(meta.join(&name).exists());
+    assert!(meta.join(format!("{name}.lock")).exists());
 
     let out = json_of(&node, &["template", "prune", "--all", "--format", "json"]);
     assert_eq!(out["removed"][0]["name"], name.as_str(), "{out}");
@@ -155,7 +155,6 @@ fn prune_removes_unused_templates_through_pveam_and_never_the_admins() {
         "{calls}"
     );
     // What was kept about it under the state root is gone with it.
-    let meta = node.state_root().join("~nexcage/cache/templates");
     assert!(!meta.join(&name).exists());
     assert!(!meta.join(format!("{name}.lock")).exists());
 }

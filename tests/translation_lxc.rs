@@ -9,23 +9,13 @@ use serde_json::json;
 
 /// Run `script` in a container made from `patch`; returns its stdout.
 fn run_in(node: &Node, name: &str, patch: serde_json::Value, script: &str) -> String {
-    let mut patch = patch;
-    merge(
-        &mut patch,
-        json!({"process": {"args": ["sh", "-c", script]}}),
-    );
-    let bundle = node.bundle(name, patch);
-    let out_path = node.create_logged(&bundle, name).out;
-    let start = node.run(["start", name]);
-    assert!(start.status.success(), "start: {}", stderr(&start));
-    let out = wait_for_file_content(&out_path, "END\n");
+    let out = run_script(node, name, patch, script);
     let confs: String = std::fs::read_dir(node.root().join("etc/pve/lxc"))
         .into_iter()
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
         .collect();
     let out = format!("{out}--- conf\n{confs}");
-    node.wait_status(name, "stopped");
     let _ = node.run(["delete", "--force", name]);
     out
 }
@@ -40,7 +30,8 @@ fn line<'a>(out: &'a str, key: &str) -> &'a str {
 #[test]
 fn limits_reach_the_guest_cgroups() {
     let node = Node::new();
-    let bundle = node.bundle(
+    start_bundle(
+        &node,
         "limits",
         json!({"process": {"args": ["sleep", "1000"]},
                "linux": {"resources": {
@@ -49,9 +40,6 @@ fn limits_reach_the_guest_cgroups() {
             "pids": {"limit": 77}
         }}}),
     );
-    let out = node.create(&bundle, "limits", &[]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
-    assert!(node.run(["start", "limits"]).status.success());
     // As on Proxmox, the limits sit on lxc/<vmid>, above the guest's own
     // cgroup root (lxc/<vmid>/ns), where the guest cannot raise them.
     let init = init_pid(&node, "limits");
@@ -192,16 +180,7 @@ fn hostile_values_are_refused_before_anything_exists() {
 fn default_readonly_and_masked_paths_work_under_apparmor() {
     let node = Node::new();
     for (name, userns) in [("aa-priv", false), ("aa-unpriv", true)] {
-        let mut namespaces = vec![
-            json!({"type": "pid"}),
-            json!({"type": "network"}),
-            json!({"type": "ipc"}),
-            json!({"type": "uts"}),
-            json!({"type": "mount"}),
-        ];
-        if userns {
-            namespaces.push(json!({"type": "user"}));
-        }
+        let namespaces = common::namespaces(userns);
         let out = run_in(
             &node,
             name,

@@ -177,6 +177,15 @@ impl Node {
         }
     }
 
+    /// `nexcage run --bundle <bundle> <id>`, its output collected.
+    pub fn run_bundle(&self, bundle: &Path, id: &str) -> Output {
+        self.nexcage(["run", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .output()
+            .unwrap()
+    }
+
     pub fn pct<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
@@ -319,8 +328,13 @@ impl Node {
         }
     }
 
+    /// The `local` storage's template directory, where pveam puts archives.
+    pub fn template_dir(&self) -> PathBuf {
+        self.root().join("var/lib/vz/template/cache")
+    }
+
     pub fn templates(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.root().join("var/lib/vz/template/cache"))
+        let mut v: Vec<String> = std::fs::read_dir(self.template_dir())
             .map(|rd| {
                 rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
                     .filter(|n| n.starts_with("nexcage-"))
@@ -375,6 +389,16 @@ pub fn reap(pid: i32, within: Duration) -> nix::sys::wait::WaitStatus {
     }
 }
 
+/// Poll `ok` until it holds; panics naming `what` after `within`.
+#[track_caller]
+pub fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn wait_for_file_content(path: &Path, want: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -393,19 +417,60 @@ pub fn wait_for_file_content(path: &Path, want: &str) -> String {
 
 /// Create and start a container running `args`; returns nothing, panics on failure.
 pub fn start_running(node: &Node, id: &str, args: serde_json::Value) {
-    let bundle = node.bundle(id, serde_json::json!({"process": {"args": args}}));
+    start_bundle(node, id, serde_json::json!({"process": {"args": args}}));
+}
+
+/// Create and start a container from [`Node::bundle`]`(id, patch)`; panics
+/// on failure.
+pub fn start_bundle(node: &Node, id: &str, patch: serde_json::Value) {
+    let bundle = node.bundle(id, patch);
     let out = node.create(&bundle, id, &[]);
     assert!(out.status.success(), "create {id}: {}", stderr(&out));
     let out = node.run(["start", id]);
     assert!(out.status.success(), "start {id}: {}", stderr(&out));
 }
 
+/// Create and start a container from `patch` running `sh -c script`, which
+/// must print `END` last; returns its stdout once it has stopped (the
+/// caller deletes it).
+pub fn run_script(node: &Node, id: &str, mut patch: serde_json::Value, script: &str) -> String {
+    merge(
+        &mut patch,
+        serde_json::json!({"process": {"args": ["sh", "-c", script]}}),
+    );
+    let bundle = node.bundle(id, patch);
+    let out_path = node.create_logged(&bundle, id).out;
+    let start = node.run(["start", id]);
+    assert!(start.status.success(), "start: {}", stderr(&start));
+    let out = wait_for_file_content(&out_path, "END\n");
+    node.wait_status(id, "stopped");
+    out
+}
+
+/// The default bundle's namespaces (pid, network, ipc, uts, mount), with a
+/// user namespace after them when `user`.
+pub fn namespaces(user: bool) -> serde_json::Value {
+    let mut ns = serde_json::json!([
+        {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}
+    ]);
+    if user {
+        ns.as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "user"}));
+    }
+    ns
+}
+
+/// The record nexcage keeps of `id` (its state.json), as JSON.
+pub fn record(node: &Node, id: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(node.state_root().join(id).join("state.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 /// The host pid of a container's init (nexcage's PID 1 in the guest), from
 /// the state file nexcage keeps.
 pub fn init_pid(node: &Node, id: &str) -> i32 {
-    let text = std::fs::read_to_string(node.state_root().join(id).join("state.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["init"]["pid"].as_i64().unwrap() as i32
+    record(node, id)["init"]["pid"].as_i64().unwrap() as i32
 }
 
 /// The host path of a cgroup file of `pid`: the v1 `controller` hierarchy
