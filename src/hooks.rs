@@ -255,6 +255,32 @@ enum Running {
     },
 }
 
+/// Runs `write` with SIGPIPE blocked in this thread, and takes back a
+/// SIGPIPE it raised, so a write to a hook that has already exited is an
+/// EPIPE and never kills us. Rust's runtime ignores SIGPIPE, but the init's
+/// process, which runs the startContainer hooks, has every default
+/// disposition back (a created container must die of TERM as runc's does),
+/// and there SIGPIPE's default would end it before it could report the
+/// hook's failure to `start`.
+fn without_sigpipe(write: impl FnOnce()) {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let mut pipe = SigSet::empty();
+    pipe.add(Signal::SIGPIPE);
+    let mut old = SigSet::empty();
+    let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&pipe), Some(&mut old)).is_ok();
+    write();
+    if blocked && !old.contains(Signal::SIGPIPE) {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: plain syscall with a valid signal set and timeout; a
+        // pending SIGPIPE (if any) is consumed, none waited for.
+        unsafe { libc::sigtimedwait(pipe.as_ref(), std::ptr::null_mut(), &zero) };
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    }
+}
+
 impl Running {
     fn feed(&mut self, state: &[u8]) {
         let stdin = match self {
@@ -262,7 +288,9 @@ impl Running {
             Running::Raw { stdin, .. } => stdin.take(),
         };
         if let Some(mut s) = stdin {
-            let _ = s.write_all(state);
+            without_sigpipe(|| {
+                let _ = s.write_all(state);
+            });
         }
     }
 
@@ -499,6 +527,34 @@ mod tests {
         std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
+    }
+
+    #[test]
+    fn a_hook_gone_before_its_state_is_written_does_not_kill_us() {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        use nix::sys::wait::{waitpid, WaitStatus};
+        // In a child of its own: SIGPIPE's default disposition (as in the
+        // init's process) must not reach the other tests of this binary.
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        // SAFETY: the child makes only syscalls and _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: SIG_DFL installs no handler.
+                let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+                let mut epipe = false;
+                without_sigpipe(|| {
+                    let n = nix::unistd::write(&w, &[0u8; 512]);
+                    epipe = n == Err(nix::errno::Errno::EPIPE);
+                });
+                // SAFETY: _exit has no preconditions.
+                unsafe { libc::_exit(if epipe { 0 } else { 3 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(w);
+                assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+            }
+        }
     }
 
     #[test]
