@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::procfs::unescape_mount_field;
-use crate::state::Record;
+use crate::procfs::ProcRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -293,20 +293,12 @@ impl Cgroup {
     }
 }
 
-/// The cgroups of a container's guest, found from its init.
-pub fn of_record(record: &Record) -> Result<Cgroup, CgroupError> {
-    let init = record
-        .init
+/// The cgroups of container `id`'s guest, found from its init.
+pub fn of_init(id: &str, init: Option<ProcRef>) -> Result<Cgroup, CgroupError> {
+    let init = init
         .filter(|i| i.is_alive())
-        .ok_or_else(|| CgroupError::NoInit(record.id.clone()))?;
+        .ok_or_else(|| CgroupError::NoInit(id.to_string()))?;
     Cgroup::of(init.pid)
-}
-
-/// Commands report cgroup failures as plain messages (path and pid included).
-impl From<CgroupError> for crate::error::Error {
-    fn from(e: CgroupError) -> Self {
-        crate::error::Error::Usage(e.to_string())
-    }
 }
 
 /// Proxmox puts a guest's processes into `/lxc/<vmid>/ns` (LXC's inner

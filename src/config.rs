@@ -1,9 +1,15 @@
-//! /etc/nexcage/config.toml (or $NEXCAGE_CONFIG). Every key has a default that
-//! matches a stock Proxmox VE node, so no file is needed there.
+//! /etc/nexcage/config.toml (or $NEXCAGE_CONFIG). Keys at the top are the
+//! runtime's own; each backend has a table named for it (`[proxmox]`),
+//! checked by that backend when the file is loaded. No file is needed on a
+//! stock node: every key has a default.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::backend;
 
 pub const DEFAULT_PATH: &str = "/etc/nexcage/config.toml";
 
@@ -18,104 +24,33 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
-    pub proxmox: ProxmoxSettings,
+    pub runtime: RuntimeSettings,
+    /// Each backend's table, by section name, as checked at load.
+    sections: BTreeMap<String, toml::Table>,
 }
 
-/// Which cgroup hierarchy the node's LXC uses for limits pct has no option
-/// for (pids, devices, ...). `auto` reads /sys/fs/cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-pub enum CgroupVersion {
-    #[default]
-    #[serde(rename = "auto")]
-    Auto,
-    /// Legacy or hybrid hierarchy: `lxc.cgroup.*` keys.
-    #[serde(rename = "1")]
-    V1,
-    /// Unified hierarchy: `lxc.cgroup2.*` keys.
-    #[serde(rename = "2")]
-    V2,
-}
-
-/// Whether containers are created unprivileged (with Proxmox's uid map).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnprivilegedPolicy {
-    /// Unprivileged exactly when the bundle asks for a user namespace.
-    #[default]
-    Auto,
-    /// Always unprivileged, whatever the bundle says.
-    Always,
-}
-
+/// The keys at the top of the file: what holds whatever the backend.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ProxmoxSettings {
-    pub pct: PathBuf,
-    pub pveam: PathBuf,
-    pub pvesm: PathBuf,
-    pub pvesh: PathBuf,
-    /// Where `<vmid>.conf` lives (this node's view of the cluster filesystem).
-    pub conf_dir: PathBuf,
-    /// Cluster-wide list of guest ids; read instead of starting `pvesh`.
-    pub vmlist: PathBuf,
-    pub datacenter_cfg: PathBuf,
-    /// Directory of pct's per-guest config locks.
-    pub lock_dir: PathBuf,
-    /// Storage that holds converted templates (`<storage>:vztmpl/...`).
-    /// Unset: the node's one enabled storage with `vztmpl` content.
-    pub template_storage: Option<String>,
-    /// Storage for container root volumes (`pct create --storage`). Unset:
-    /// the node's one enabled storage with `rootdir` content.
-    pub storage: Option<String>,
-    /// Bridge for net0 when the bundle asks for its own network namespace.
-    pub bridge: String,
-    /// Inclusive VMID range; defaults to the datacenter's next-id range.
-    pub vmid_min: Option<u32>,
-    pub vmid_max: Option<u32>,
-    pub unprivileged: UnprivilegedPolicy,
-    /// Host directories a bundle may bind-mount from (component-wise
-    /// prefixes). Empty: any existing path outside the always-refused host
-    /// trees (see docs/translation.md).
-    pub bind_allow: Vec<PathBuf>,
-    pub cgroup_version: CgroupVersion,
-    /// Upper bound for one pct/pveam/pvesm/pvesh call.
-    pub command_timeout_secs: u64,
-    /// How long create waits for the container's init to report ready.
+pub struct RuntimeSettings {
+    /// How long create waits for the container's init to report ready, and
+    /// exec for the init to take the process.
     pub start_timeout_secs: u64,
-    /// Bounds on nexcage's converted templates: after a conversion adds
-    /// one, the least recently used are removed (pveam remove) until both
-    /// hold. Unset: unlimited.
-    pub template_cache_max_bytes: Option<u64>,
-    pub template_cache_max_count: Option<u32>,
 }
 
-impl Default for ProxmoxSettings {
+impl Default for RuntimeSettings {
     fn default() -> Self {
-        ProxmoxSettings {
-            pct: "/usr/sbin/pct".into(),
-            pveam: "/usr/sbin/pveam".into(),
-            pvesm: "/usr/sbin/pvesm".into(),
-            pvesh: "/usr/bin/pvesh".into(),
-            conf_dir: "/etc/pve/lxc".into(),
-            vmlist: "/etc/pve/.vmlist".into(),
-            datacenter_cfg: "/etc/pve/datacenter.cfg".into(),
-            lock_dir: "/run/lock/lxc".into(),
-            template_storage: None,
-            storage: None,
-            bridge: "vmbr0".into(),
-            vmid_min: None,
-            vmid_max: None,
-            unprivileged: UnprivilegedPolicy::Auto,
-            bind_allow: Vec::new(),
-            cgroup_version: CgroupVersion::Auto,
-            command_timeout_secs: 300,
+        RuntimeSettings {
             start_timeout_secs: 60,
-            template_cache_max_bytes: None,
-            template_cache_max_count: None,
         }
+    }
+}
+
+impl RuntimeSettings {
+    pub fn start_timeout(&self) -> Duration {
+        Duration::from_secs(self.start_timeout_secs)
     }
 }
 
@@ -144,78 +79,29 @@ impl Settings {
     }
 
     pub fn parse(text: &str) -> Result<Settings, String> {
-        let s: Settings = toml::from_str(text).map_err(|e| e.message().to_string())?;
-        s.proxmox.validate()?;
-        Ok(s)
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let mut sections = BTreeMap::new();
+        for reg in backend::registry() {
+            let table = match doc.remove(reg.section) {
+                None => toml::Table::new(),
+                Some(toml::Value::Table(t)) => t,
+                Some(_) => return Err(format!("{} must be a table ([{0}])", reg.section)),
+            };
+            (reg.check)(&table)?;
+            sections.insert(reg.section.to_string(), table);
+        }
+        let runtime = RuntimeSettings::deserialize(toml::Value::Table(doc))
+            .map_err(|e| e.message().to_string())?;
+        Ok(Settings { runtime, sections })
     }
-}
 
-impl ProxmoxSettings {
-    pub fn template_cache_limits(&self) -> crate::backend::proxmox::cache::Limits {
-        crate::backend::proxmox::cache::Limits {
-            max_bytes: self.template_cache_max_bytes,
-            max_count: self.template_cache_max_count.map(|n| n as usize),
-        }
+    /// The table of backend section `name` (empty when the file has none).
+    pub fn section(&self, name: &str) -> &toml::Table {
+        static EMPTY: std::sync::OnceLock<toml::Table> = std::sync::OnceLock::new();
+        self.sections
+            .get(name)
+            .unwrap_or_else(|| EMPTY.get_or_init(toml::Table::new))
     }
-
-    fn validate(&self) -> Result<(), String> {
-        for (key, value) in [
-            ("template_storage", &self.template_storage),
-            ("storage", &self.storage),
-        ] {
-            let Some(value) = value else { continue };
-            if !is_storage_id(value) {
-                return Err(format!("{key}: {value:?} is not a Proxmox storage id"));
-            }
-        }
-        if !is_bridge_name(&self.bridge) {
-            return Err(format!("bridge: {:?} is not a bridge name", self.bridge));
-        }
-        if let (Some(lo), Some(hi)) = (self.vmid_min, self.vmid_max) {
-            if lo > hi {
-                return Err(format!("vmid_min {lo} is above vmid_max {hi}"));
-            }
-        }
-        for v in [self.vmid_min, self.vmid_max].into_iter().flatten() {
-            if !(100..=999_999_999).contains(&v) {
-                return Err(format!("vmid {v} is outside 100..999999999"));
-            }
-        }
-        if self.template_cache_max_bytes == Some(0) || self.template_cache_max_count == Some(0) {
-            return Err(
-                "template_cache_max_bytes/template_cache_max_count: 0 would evict every template; leave unset for no limit"
-                    .into(),
-            );
-        }
-        for p in &self.bind_allow {
-            if !p.is_absolute() || p.components().any(|c| c.as_os_str() == "..") {
-                return Err(format!(
-                    "bind_allow: {:?} is not an absolute path without '..'",
-                    p.display().to_string()
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Proxmox storage ids: `[a-z][a-z0-9\-\_\.]*[a-z0-9]`.
-pub fn is_storage_id(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphabetic()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-/// Linux interface names: at most 15 bytes, no '/', ':', whitespace or '='.
-pub fn is_bridge_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -223,69 +109,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_file_gives_stock_node_defaults() {
+    fn empty_file_gives_defaults() {
         let s = Settings::parse("").unwrap();
-        assert_eq!(s.proxmox.pct, PathBuf::from("/usr/sbin/pct"));
-        assert_eq!(s.proxmox.conf_dir, PathBuf::from("/etc/pve/lxc"));
-        // Found on the node (pvesm status), not assumed: a stock node's
-        // `local` holds templates but no root volumes.
-        assert_eq!(s.proxmox.template_storage, None);
-        assert_eq!(s.proxmox.storage, None);
-        let s = Settings::parse("[proxmox]\nstorage = \"fast\"\n").unwrap();
-        assert_eq!(s.proxmox.storage.as_deref(), Some("fast"));
+        assert_eq!(s.runtime.start_timeout_secs, 60);
+        assert!(s.section("proxmox").is_empty());
     }
 
     #[test]
-    fn keys_override_defaults() {
-        let s = Settings::parse(
-            "[proxmox]\npct = \"/x/pct\"\nbridge = \"vmbr1\"\nvmid_min = 5000\nvmid_max = 5999\nunprivileged = \"always\"\n",
-        )
-        .unwrap();
-        assert_eq!(s.proxmox.pct, PathBuf::from("/x/pct"));
-        assert_eq!(s.proxmox.bridge, "vmbr1");
-        assert_eq!(s.proxmox.vmid_min, Some(5000));
-        assert_eq!(s.proxmox.unprivileged, UnprivilegedPolicy::Always);
-    }
-
-    #[test]
-    fn translation_policy_keys() {
-        let s = Settings::parse(
-            "[proxmox]\ncgroup_version = \"1\"\nbind_allow = [\"/srv\", \"/tmp\"]\n",
-        )
-        .unwrap();
-        assert_eq!(s.proxmox.cgroup_version, CgroupVersion::V1);
-        assert_eq!(s.proxmox.bind_allow, [PathBuf::from("/srv"), "/tmp".into()]);
-        assert_eq!(
-            Settings::parse("").unwrap().proxmox.cgroup_version,
-            CgroupVersion::Auto
-        );
-        assert!(Settings::parse("[proxmox]\ncgroup_version = \"3\"\n").is_err());
-        assert!(Settings::parse("[proxmox]\nbind_allow = [\"srv\"]\n").is_err());
-        assert!(Settings::parse("[proxmox]\nbind_allow = [\"/srv/../etc\"]\n").is_err());
-    }
-
-    #[test]
-    fn template_cache_limits_are_unset_by_default() {
-        let s = Settings::parse("").unwrap();
-        assert_eq!(s.proxmox.template_cache_limits(), Default::default());
-        let s = Settings::parse(
-            "[proxmox]\ntemplate_cache_max_bytes = 1073741824\ntemplate_cache_max_count = 3\n",
-        )
-        .unwrap();
-        let l = s.proxmox.template_cache_limits();
-        assert_eq!((l.max_bytes, l.max_count), (Some(1 << 30), Some(3)));
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_values_are_refused() {
-        assert!(Settings::parse("[proxmox]\nbogus = 1\n").is_err());
-        assert!(Settings::parse("[proxmox]\nbridge = \"vmbr0\\nlxc.x=1\"\n").is_err());
-        assert!(Settings::parse("[proxmox]\nstorage = \"local:evil\"\n").is_err());
-        assert!(Settings::parse("[proxmox]\nvmid_min = 50\n").is_err());
-        assert!(Settings::parse("[proxmox]\nvmid_min = 900\nvmid_max = 800\n").is_err());
-        assert!(Settings::parse("[proxmox]\ntemplate_cache_max_count = 0\n").is_err());
-        assert!(Settings::parse("[proxmox]\ntemplate_cache_max_bytes = 0\n").is_err());
-        assert!(Settings::parse("[proxmox]\ntemplate_cache_max_bytes = -5\n").is_err());
-        assert!(Settings::parse("[proxmox]\ntemplate_cache_max_count = \"x\"\n").is_err());
+    fn runtime_keys_sit_at_the_top_and_backend_tables_are_checked_at_load() {
+        let s = Settings::parse("start_timeout_secs = 5\n[proxmox]\nbridge = \"vmbr1\"\n").unwrap();
+        assert_eq!(s.runtime.start_timeout(), Duration::from_secs(5));
+        assert_eq!(s.section("proxmox")["bridge"].as_str(), Some("vmbr1"));
+        for bad in [
+            "bogus = 1\n",
+            "start_timeout_secs = \"x\"\n",
+            "[proxmox]\nbogus = 1\n",
+            "[proxmox]\nstart_timeout_secs = 5\n",
+            "proxmox = 3\n",
+            "[elsewhere]\nx = 1\n",
+        ] {
+            assert!(Settings::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,11 +1,15 @@
 //! The error every command returns. Variants that clients (containerd, CRI-O,
 //! podman) match on by text carry runc's wording; see shared/reference/clients.md.
+//! `Usage` is for what the caller asked wrongly; failures of the system keep
+//! their source in their own variants.
 
 use std::path::PathBuf;
 
-use crate::backend::proxmox::driver::DriverError;
+use crate::backend::BackendError;
+use crate::bridge::pty::ConsoleError;
 use crate::bridge::BridgeError;
 use crate::bundle::BundleError;
+use crate::cgroup::CgroupError;
 use crate::config::ConfigError;
 use crate::state::StateError;
 
@@ -20,20 +24,54 @@ pub enum Error {
     NotRunning(String),
     #[error("invalid container id {0:?}: {1}")]
     InvalidId(String, &'static str),
+    /// The caller asked for something invalid (a flag, a file's content, a
+    /// command the container's status does not allow).
     #[error("{0}")]
     Usage(String),
     #[error("{0} is not supported yet")]
     NotSupported(&'static str),
+    #[error("unknown backend {name:?} (this build has: {known})")]
+    UnknownBackend { name: String, known: String },
+    #[error("backend {0} keeps no templates")]
+    NoTemplates(&'static str),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
+    },
+    /// A system call of nexcage's own failed.
+    #[error("{what}: {source}")]
+    Sys {
+        what: &'static str,
+        source: nix::errno::Errno,
+    },
+    #[error("cannot signal container {id}: {source}")]
+    Signal {
+        id: String,
+        source: nix::errno::Errno,
     },
     #[error("cannot write pid file {}: {source}", path.display())]
     PidFile {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The exec never reached the process: what the backend's tool said.
+    #[error(
+        "exec failed: {program} exited with status {code} before the process started{}",
+        said_suffix(said)
+    )]
+    ExecFailed {
+        program: String,
+        code: i32,
+        said: Vec<String>,
+    },
+    #[error("{error}; rollback failed: {undo}")]
+    Rollback {
+        error: Box<Error>,
+        undo: BackendError,
+    },
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]
@@ -41,11 +79,21 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Driver(#[from] DriverError),
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Bridge(#[from] BridgeError),
     #[error(transparent)]
     Hook(#[from] crate::hooks::HookError),
+}
+
+fn said_suffix(said: &[String]) -> String {
+    if said.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", said.join("; "))
+    }
 }
 
 impl Error {
@@ -54,6 +102,10 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    pub fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> Self {
+        move |source| Error::Sys { what, source }
     }
 }
 

@@ -54,16 +54,15 @@ pub fn run(store: &Store, settings: &Settings, args: &ExecArgs) -> Result<i32> {
             crate::bridge::PROTOCOL
         )));
     }
-    match lifecycle::status(store, &record) {
-        Status::Created | Status::Running => {}
-        Status::Paused if args.ignore_paused => {}
-        Status::Paused => {
-            return Err(Error::Usage(format!(
+    let status = lifecycle::status(store, &record);
+    if !status.can_exec(args.ignore_paused) {
+        return Err(match status {
+            Status::Paused => Error::Usage(format!(
                 "cannot exec in a paused container {}: use --ignore-paused to override",
                 args.id
-            )))
-        }
-        Status::Stopped | Status::Creating => return Err(Error::NotRunning(args.id.clone())),
+            )),
+            _ => Error::NotRunning(args.id.clone()),
+        });
     }
     let process = match &args.process {
         Some(path) => read_process(path)?,
@@ -76,20 +75,18 @@ pub fn run(store: &Store, settings: &Settings, args: &ExecArgs) -> Result<i32> {
     // runc's rules; a person's `exec -t` without a socket gets our relay.
     let console = match (terminal, &args.console_socket) {
         (true, None) if !args.detach => Console::Relay,
-        (t, socket) => {
-            match pty::connect(t, socket.as_deref()).map_err(|e| Error::Usage(e.to_string()))? {
-                Some(fd) => Console::Socket(fd),
-                None => Console::None,
-            }
-        }
+        (t, socket) => match pty::connect(t, socket.as_deref())? {
+            Some(fd) => Console::Socket(fd),
+            None => Console::None,
+        },
     };
     let backend = router::for_record(&record, settings, store.root())?;
     let bridge = BridgeDir::of(&store.dir(&args.id));
     let file = ProcessFile::write(bridge.path(), &process)?;
-    let argv = backend.exec_command(&record, &file.guest_path())?;
+    let argv = backend.exec_command(&record.guest(), &file.guest_path())?;
     let watch = ReadWatch::new(&file.path)?;
     let mut started = Started::spawn(&argv, console, args.preserve_fds)?;
-    let timeout = Duration::from_secs(settings.proxmox.start_timeout_secs);
+    let timeout = settings.runtime.start_timeout();
     if args.detach {
         detached(
             started,
@@ -150,9 +147,9 @@ impl Started {
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .map_err(|e| Error::Usage(format!("exec: socketpair: {e}")))?;
-        let chatter = crate::backend::proxmox::pct::capture_file("pct-exec")
-            .map_err(|e| Error::io("memfd", e))?;
+        .map_err(Error::sys("exec: socketpair"))?;
+        let chatter =
+            crate::capture::capture_file("pct-exec").map_err(|e| Error::io("memfd", e))?;
         let (msg, mut fds, relay, _keep) = match console {
             Console::None => (Message::ExecStdio, vec![0, 1, 2], None, None),
             Console::Socket(fd) => (
@@ -168,7 +165,7 @@ impl Started {
                     None,
                     SockFlag::SOCK_CLOEXEC,
                 )
-                .map_err(|e| Error::Usage(format!("exec: socketpair: {e}")))?;
+                .map_err(Error::sys("exec: socketpair"))?;
                 (
                     Message::ExecTerminal,
                     vec![theirs.as_raw_fd(), 2],
@@ -203,18 +200,17 @@ impl Started {
 
     /// The exec never reached the process: say what pct said, on one line.
     fn failure(mut self, program: &OsString, code: i32) -> Error {
-        let said = crate::backend::proxmox::pct::read_back(&mut self.chatter);
-        let said: Vec<&str> = said
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        Error::Usage(format!(
-            "exec failed: {} exited with status {code} before the process started{}{}",
-            Path::new(program).display(),
-            if said.is_empty() { "" } else { ": " },
-            said.join("; ")
-        ))
+        let said = crate::capture::read_back(&mut self.chatter);
+        Error::ExecFailed {
+            program: Path::new(program).display().to_string(),
+            code,
+            said: said
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+        }
     }
 }
 

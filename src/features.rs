@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 
+use crate::backend;
 use crate::lifecycle::OCI_VERSION;
-use crate::router::BACKENDS;
 
 /// Every mount option the translation accepts on some mount (bind, tmpfs,
 /// mqueue or the container's standard filesystems); kept in step with
@@ -61,11 +61,27 @@ pub fn document() -> Value {
             "selinux": {"enabled": false},
             "intelRdt": {"enabled": false}
         },
-        "annotations": {
-            "org.nexcage.backends": BACKENDS.join(","),
-            "org.nexcage.proxmox.annotations": crate::backend::proxmox::translate::ANNOTATIONS.join(","),
-        }
+        "annotations": annotations(),
     })
+}
+
+/// The backends, and per backend the annotations it reads
+/// (`org.nexcage.<section>.annotations`).
+fn annotations() -> Value {
+    let mut a = serde_json::Map::new();
+    a.insert(
+        "org.nexcage.backends".into(),
+        backend::names().join(",").into(),
+    );
+    for reg in backend::registry() {
+        if !reg.annotations.is_empty() {
+            a.insert(
+                format!("org.nexcage.{}.annotations", reg.section),
+                reg.annotations.join(",").into(),
+            );
+        }
+    }
+    Value::Object(a)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::backend::{self, BackendError, Provision};
 use crate::bridge::{self, BridgeDir};
 use crate::bundle;
 use crate::cgroup;
@@ -22,7 +23,7 @@ use crate::cli::{CreateArgs, GlobalOpts};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::procfs::{self, ProcRef};
-use crate::router::{self, Provision};
+use crate::router;
 use crate::state::{self, validate_id, ContainerLock, Record, Status, Store};
 
 pub const OCI_VERSION: &str = "1.2.0";
@@ -104,8 +105,7 @@ pub fn create_with_console(
     }
     let mut console = match own_console {
         Some(fd) if terminal => Some(fd),
-        _ => bridge::pty::connect(terminal, args.console_socket.as_deref())
-            .map_err(|e| Error::Usage(e.to_string()))?,
+        _ => bridge::pty::connect(terminal, args.console_socket.as_deref())?,
     };
     let backend = router::select(&bundle, settings, store.root())?;
     let lock = store
@@ -127,13 +127,11 @@ pub fn create_with_console(
         created: state::now_rfc3339(),
         owner: String::new(),
         backend: backend.name().into(),
-        vmid: None,
+        backend_data: serde_json::Value::Null,
         monitor: None,
         init: None,
         process: None,
         systemd_cgroup: global.systemd_cgroup,
-        new_template: None,
-        template: None,
         hooks,
         bridge_protocol: bridge::PROTOCOL,
     };
@@ -150,7 +148,14 @@ pub fn create_with_console(
             bridge_dir: bridge.path(),
             init_binary: &exe,
         };
-        backend.provision(&req, &mut record, &mut |r| Ok(store.save(&lock, r)?))?;
+        let mut data = serde_json::Value::Null;
+        let mut save = |d: &serde_json::Value| {
+            record.backend_data = d.clone();
+            store.save(&lock, &record).map_err(BackendError::new)
+        };
+        let provisioned = backend.provision(&req, &mut data, &mut save);
+        record.backend_data = data;
+        provisioned?;
         let mut launched = bridge::spawn_monitor(
             global,
             &args.id,
@@ -162,10 +167,10 @@ pub fn create_with_console(
         record.monitor = ProcRef::of(launched.child.id() as i32);
         let child_pid = launched.child.id();
         store.save(&lock, &record)?;
-        let boot = backend.boot(&record);
+        let boot = backend.boot(&record.guest()).map_err(Error::from);
         let ready = boot.and_then(|()| {
             launched
-                .wait_ready(Duration::from_secs(settings.proxmox.start_timeout_secs))
+                .wait_ready(settings.runtime.start_timeout())
                 .map_err(Error::from)
         });
         monitor = Some(launched.child);
@@ -176,7 +181,7 @@ pub fn create_with_console(
             run_create_hooks(h, &record, &bridge, init.pid)?;
         }
         record.status = Status::Created;
-        record.new_template = None;
+        backend.created(&mut record.backend_data);
         store.save(&lock, &record)?;
         if let Some(pid_file) = &args.pid_file {
             write_pid_file(pid_file, child_pid)?;
@@ -192,13 +197,16 @@ pub fn create_with_console(
                 let _ = m.kill();
                 let _ = m.wait();
             }
-            if let Err(undo) = backend.destroy(&record) {
+            if let Err(undo) = backend.destroy(&record.guest()) {
                 // Keep the state so that `delete --force` can finish the job.
                 record.status = Status::Stopped;
                 let _ = store.save(&lock, &record);
-                return Err(Error::Usage(format!("{e}; rollback failed: {undo}")));
+                return Err(Error::Rollback {
+                    error: Box::new(e),
+                    undo,
+                });
             }
-            backend.discard(&record);
+            backend.discard(&record.guest());
             store.remove(lock)?;
             Err(e)
         }
@@ -237,34 +245,25 @@ pub fn write_pid_file(path: &Path, pid: u32) -> Result<()> {
     };
     // write_atomic names whichever file failed, often its temp beside the
     // pid file: the caller only knows the pid file.
-    state::write_atomic(&path, pid.to_string().as_bytes(), 0o644).map_err(|e| Error::PidFile {
-        path,
-        source: e.into_io(),
+    crate::fsutil::write_atomic(&path, pid.to_string().as_bytes(), 0o644).map_err(|e| {
+        Error::PidFile {
+            path,
+            source: e.into_io(),
+        }
     })
 }
 
 pub fn start(store: &Store, settings: &Settings, id: &str) -> Result<()> {
     let (lock, mut record) = lock(store, id)?;
-    match status(store, &record) {
-        Status::Created => {}
-        Status::Stopped => {
-            return Err(Error::Usage(
-                "cannot start a container that has stopped".into(),
-            ))
-        }
-        Status::Running | Status::Paused => {
-            return Err(Error::Usage(
-                "cannot start an already running container".into(),
-            ))
-        }
-        Status::Creating => {
-            return Err(Error::Usage(format!(
-                "cannot start container {id}: it is still being created"
-            )))
-        }
+    let st = status(store, &record);
+    if !st.can_start() {
+        return Err(Error::Usage(match st {
+            Status::Stopped => "cannot start a container that has stopped".into(),
+            Status::Creating => format!("cannot start container {id}: it is still being created"),
+            _ => "cannot start an already running container".into(),
+        }));
     }
-    BridgeDir::of(&store.dir(id))
-        .release(Duration::from_secs(settings.proxmox.start_timeout_secs))?;
+    BridgeDir::of(&store.dir(id)).release(settings.runtime.start_timeout())?;
     record.status = Status::Running;
     store.save(&lock, &record)?;
     if let Some(h) = &record.hooks {
@@ -290,9 +289,8 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
 
 pub fn kill(store: &Store, id: &str, signal: Signal, all: bool) -> Result<()> {
     let record = load(store, id)?;
-    match status(store, &record) {
-        Status::Created | Status::Running | Status::Paused => {}
-        _ => return Err(Error::NotRunning(id.to_string())),
+    if !status(store, &record).can_kill() {
+        return Err(Error::NotRunning(id.to_string()));
     }
     let process = record.process.expect("live containers have a process");
     let result = if all {
@@ -311,7 +309,10 @@ pub fn kill(store: &Store, id: &str, signal: Signal, all: bool) -> Result<()> {
     } else {
         process.signal(signal).map_err(|e| match e {
             nix::errno::Errno::ESRCH => Error::NotRunning(id.to_string()),
-            e => Error::Usage(format!("cannot signal container {id}: {e}")),
+            source => Error::Signal {
+                id: id.to_string(),
+                source,
+            },
         })
     };
     // A frozen process cannot act on SIGKILL (v1 freezer): thaw, as runc does.
@@ -324,7 +325,7 @@ pub fn kill(store: &Store, id: &str, signal: Signal, all: bool) -> Result<()> {
 /// Thaw a paused guest straight through its cgroup (kill never calls pct)
 /// and record it as running again.
 fn thaw_killed(store: &Store, record: &Record) -> Result<()> {
-    cgroup::of_record(record)?.thaw()?;
+    cgroup::of_init(&record.id, record.init)?.thaw()?;
     if let Some(lock) = store.lock(&record.id)? {
         if let Some(mut r) = store.load(&record.id)? {
             r.status = Status::Running;
@@ -337,12 +338,14 @@ fn thaw_killed(store: &Store, record: &Record) -> Result<()> {
 /// `pause`: freeze the guest; only a running container can be paused.
 pub fn pause(store: &Store, settings: &Settings, id: &str) -> Result<()> {
     let (lock, mut record) = lock(store, id)?;
-    match status(store, &record) {
-        Status::Running => {}
-        Status::Paused => return Err(Error::Usage(format!("container {id} is already paused"))),
-        _ => return Err(Error::NotRunning(id.to_string())),
+    let st = status(store, &record);
+    if !st.can_pause() {
+        return Err(match st {
+            Status::Paused => Error::Usage(format!("container {id} is already paused")),
+            _ => Error::NotRunning(id.to_string()),
+        });
     }
-    router::for_record(&record, settings, store.root())?.pause(&record)?;
+    router::for_record(&record, settings, store.root())?.pause(&record.guest())?;
     record.status = Status::Paused;
     store.save(&lock, &record)?;
     Ok(())
@@ -351,10 +354,10 @@ pub fn pause(store: &Store, settings: &Settings, id: &str) -> Result<()> {
 /// `resume`: thaw a paused guest.
 pub fn resume(store: &Store, settings: &Settings, id: &str) -> Result<()> {
     let (lock, mut record) = lock(store, id)?;
-    if status(store, &record) != Status::Paused {
+    if !status(store, &record).can_resume() {
         return Err(Error::Usage(format!("container not paused: {id}")));
     }
-    router::for_record(&record, settings, store.root())?.resume(&record)?;
+    router::for_record(&record, settings, store.root())?.resume(&record.guest())?;
     record.status = Status::Running;
     store.save(&lock, &record)?;
     Ok(())
@@ -363,17 +366,14 @@ pub fn resume(store: &Store, settings: &Settings, id: &str) -> Result<()> {
 /// Host pids of every process in the guest: its cgroup, or (when the
 /// cgroup cannot be read) the init and its descendants.
 pub fn guest_pids(store: &Store, record: &Record) -> Result<Vec<i32>> {
-    if !matches!(
-        status(store, record),
-        Status::Created | Status::Running | Status::Paused
-    ) {
+    if !status(store, record).has_process() {
         return Err(Error::NotRunning(record.id.clone()));
     }
     let init = record
         .init
         .filter(|i| i.is_alive())
         .ok_or_else(|| Error::NotRunning(record.id.clone()))?;
-    let pids = cgroup::of_record(record)
+    let pids = cgroup::of_init(&record.id, record.init)
         .map(|cg| cg.procs())
         .unwrap_or_default();
     if pids.contains(&init.pid) {
@@ -412,7 +412,7 @@ pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Resu
         }
     };
     let st = status(store, &record);
-    if matches!(st, Status::Running | Status::Paused | Status::Creating) && !force {
+    if !st.can_delete() && !force {
         return Err(Error::Usage(format!(
             "cannot delete container {id} that is not stopped: {st}"
         )));
@@ -422,11 +422,11 @@ pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Resu
     }
     // A frozen guest cannot die (v1 freezer): thaw it before it is stopped.
     if st == Status::Paused {
-        if let Ok(cg) = cgroup::of_record(&record) {
+        if let Ok(cg) = cgroup::of_init(&record.id, record.init) {
             let _ = cg.thaw();
         }
     }
-    router::for_record(&record, settings, store.root())?.destroy(&record)?;
+    router::for_record(&record, settings, store.root())?.destroy(&record.guest())?;
     wait_gone(record.monitor, Duration::from_secs(5));
     if let Some(h) = &record.hooks {
         hooks::run_logged(Kind::Poststop, h, &hook_state(&record, Status::Stopped));
@@ -453,8 +453,8 @@ fn delete_leftovers(
         wait_gone(Some(monitor), Duration::from_secs(5));
         tracing::debug!(pid = monitor.pid, "removed the monitor of {id}");
     }
-    for name in router::BACKENDS {
-        let backend = router::by_name(name, settings, store.root())?;
+    for name in backend::names() {
+        let backend = router::open(name, settings, store.root())?;
         for what in backend.destroy_leftovers(id, bridge.path())? {
             tracing::debug!("removed {what} of {id}");
         }
@@ -514,7 +514,7 @@ pub fn block_relayed_signals() -> Result<SignalFd> {
     let mask = crate::bridge::monitor::relayed_signals();
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None);
     SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| Error::Usage(format!("signalfd: {e}")))
+        .map_err(Error::sys("signalfd"))
 }
 
 /// Wait for `child` (which stands for a container process: `run`'s monitor,

@@ -4,6 +4,7 @@
 mod backend;
 mod bridge;
 mod bundle;
+mod capture;
 mod cgroup;
 mod cli;
 mod commands;
@@ -11,6 +12,7 @@ mod config;
 mod error;
 mod exec;
 mod features;
+mod fsutil;
 mod hooks;
 mod lifecycle;
 mod logging;

@@ -1,10 +1,10 @@
 //! Which backend runs a container. The choice is made once, at create, and
 //! stored in the state so every later command reaches the same backend.
+//! Backends come from `crate::backend::registry`; this module only chooses.
 
-use std::ffi::OsString;
 use std::path::Path;
 
-use crate::backend::proxmox::Driver;
+use crate::backend::{self, Backend};
 use crate::bundle::Bundle;
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -13,81 +13,31 @@ use crate::state::Record;
 /// Annotation that names a backend explicitly.
 pub const BACKEND_ANNOTATION: &str = "org.nexcage.backend";
 
-/// What a backend gets to make a guest whose PID 1 is nexcage's init.
-pub struct Provision<'a> {
-    pub id: &'a str,
-    pub bundle: &'a Bundle,
-    /// Host directory to bind-mount read-only at /.nexcage.
-    pub bridge_dir: &'a Path,
-    /// Host path of the nexcage binary to bind-mount at /.nexcage/init.
-    pub init_binary: &'a Path,
-}
-
-pub trait Backend {
-    fn name(&self) -> &'static str;
-    /// Make the guest (not started). Backend facts such as the VMID go into
-    /// `record`, and `save` persists them as soon as they exist, so that a
-    /// crash leaves enough behind for `delete --force` to clean up.
-    fn provision(
-        &self,
-        req: &Provision,
-        record: &mut Record,
-        save: &mut dyn FnMut(&Record) -> Result<()>,
-    ) -> Result<()>;
-    /// Boot the guest; its init then connects to the bridge.
-    fn boot(&self, record: &Record) -> Result<()>;
-    /// Remove the guest, stopping it first if needed. Idempotent.
-    fn destroy(&self, record: &Record) -> Result<()>;
-    /// `delete --force` without a readable record: remove what this backend
-    /// still holds for container `id` (whose bridge directory, mounted into
-    /// its guest, is `bridge_dir`) and say what was removed.
-    fn destroy_leftovers(&self, _id: &str, _bridge_dir: &Path) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-    /// Undo what `provision` made that outlives the guest (e.g. a template
-    /// converted for this create), after a failed create.
-    fn discard(&self, _record: &Record) {}
-    /// The command (program first) that runs `/.nexcage/init exec FILE` in
-    /// the running guest with the caller's stdio and exits with the
-    /// process's status. `process_file` is the path inside the guest.
-    fn exec_command(&self, record: &Record, process_file: &str) -> Result<Vec<OsString>>;
-    /// Freeze every process of the guest.
-    fn pause(&self, record: &Record) -> Result<()>;
-    /// Thaw the guest.
-    fn resume(&self, record: &Record) -> Result<()>;
-    /// Apply new limits (an OCI LinuxResources object) to the running guest
-    /// and to the backend's own configuration; refuse what cannot be.
-    fn update(
-        &self,
-        record: &Record,
-        resources: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<()>;
-}
-
-/// Names of the backends this build has.
-pub const BACKENDS: &[&str] = &[Driver::NAME];
-
 /// Pick the backend for a new container: the annotation if present, else the default.
 pub fn select(bundle: &Bundle, settings: &Settings, state_root: &Path) -> Result<Box<dyn Backend>> {
-    let wanted = bundle
+    let named = bundle
         .spec
         .annotations()
         .as_ref()
-        .and_then(|a| a.get(BACKEND_ANNOTATION))
-        .map(String::as_str)
-        .unwrap_or(Driver::NAME);
-    by_name(wanted, settings, state_root)
+        .and_then(|a| a.get(BACKEND_ANNOTATION));
+    match named {
+        Some(name) => open(name, settings, state_root),
+        None => open_default(settings, state_root),
+    }
 }
 
-/// The backend recorded for an existing container.
-pub fn by_name(name: &str, settings: &Settings, state_root: &Path) -> Result<Box<dyn Backend>> {
-    match name {
-        Driver::NAME => Ok(Box::new(Driver::new(settings.proxmox.clone(), state_root))),
-        other => Err(Error::Usage(format!(
-            "unknown backend {other:?} (this build has: {})",
-            BACKENDS.join(", ")
-        ))),
-    }
+/// The backend called `name`, configured from its config.toml table.
+pub fn open(name: &str, settings: &Settings, state_root: &Path) -> Result<Box<dyn Backend>> {
+    let reg = backend::find(name).ok_or_else(|| Error::UnknownBackend {
+        name: name.to_string(),
+        known: backend::names().join(", "),
+    })?;
+    Ok((reg.open)(settings.section(reg.section), state_root)?)
+}
+
+/// The default backend (for what is not about one container: `template`).
+pub fn open_default(settings: &Settings, state_root: &Path) -> Result<Box<dyn Backend>> {
+    open(backend::default_name(), settings, state_root)
 }
 
 /// The backend that manages `record`.
@@ -96,5 +46,76 @@ pub fn for_record(
     settings: &Settings,
     state_root: &Path,
 ) -> Result<Box<dyn Backend>> {
-    by_name(&record.backend, settings, state_root)
+    open(&record.backend, settings, state_root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_with(annotations: &str) -> (tempfile::TempDir, Bundle) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("rootfs")).unwrap();
+        let config = format!(
+            r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs"}},
+                "process": {{"args": ["/bin/true"], "cwd": "/", "user": {{"uid": 0, "gid": 0}}}},
+                "annotations": {annotations}}}"#
+        );
+        std::fs::write(tmp.path().join("config.json"), config).unwrap();
+        let b = crate::bundle::load(tmp.path()).unwrap();
+        (tmp, b)
+    }
+
+    #[test]
+    fn a_registered_backend_gets_the_bundles_that_name_it() {
+        let root = tempfile::tempdir().unwrap();
+        let settings = Settings::default();
+        let (_t, fake) = bundle_with(r#"{"org.nexcage.backend": "fake"}"#);
+        let b = select(&fake, &settings, root.path()).unwrap();
+        assert_eq!(b.name(), "fake");
+        let (_t, plain) = bundle_with("{}");
+        assert_eq!(
+            select(&plain, &settings, root.path()).unwrap().name(),
+            "proxmox-lxc"
+        );
+        let (_t, bad) = bundle_with(r#"{"org.nexcage.backend": "nope"}"#);
+        let err = select(&bad, &settings, root.path()).err().unwrap();
+        assert!(
+            err.to_string().contains("unknown backend \"nope\"")
+                && err.to_string().contains("proxmox-lxc"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn later_commands_reach_the_backend_the_record_names_with_its_data() {
+        use crate::backend::Provision;
+        let root = tempfile::tempdir().unwrap();
+        let settings = Settings::default();
+        let (t, bundle) = bundle_with(r#"{"org.nexcage.backend": "fake"}"#);
+        let backend = select(&bundle, &settings, root.path()).unwrap();
+        let mut data = serde_json::Value::Null;
+        let mut saved = Vec::new();
+        let req = Provision {
+            id: "c1",
+            bundle: &bundle,
+            bridge_dir: t.path(),
+            init_binary: t.path(),
+        };
+        backend
+            .provision(&req, &mut data, &mut |d| {
+                saved.push(d.clone());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(saved, [data.clone()], "provision persists its data");
+        let record = Record {
+            backend: backend.name().into(),
+            backend_data: data,
+            ..Record::sample("c1")
+        };
+        let again = for_record(&record, &settings, root.path()).unwrap();
+        let argv = again.exec_command(&record.guest(), "/p.json").unwrap();
+        assert_eq!(argv, ["fake-exec", "c1", "guest-of-c1", "/p.json"]);
+    }
 }

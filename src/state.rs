@@ -3,23 +3,19 @@
 //! per-container flock on the container's directory.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::{write_atomic, FileError, OWN_DIR};
 use crate::procfs::ProcRef;
 
 const STATE_FILE: &str = "state.json";
-/// nexcage's own files under the state root (VMID reservations, caches). The
-/// `~` is outside runc's id alphabet, so no container id can name or shadow
-/// it, as `.vmids` and `.cache` once could.
-pub const OWN_DIR: &str = "~nexcage";
 /// Where a migration from the old locations gathers them before it renames
 /// this into `OWN_DIR`, so that a crash midway never leaves a half-filled
 /// `OWN_DIR` that later runs would take as done.
@@ -40,17 +36,8 @@ pub enum StateError {
     Corrupt { path: PathBuf, message: String },
     #[error("timed out waiting for the lock on {0}")]
     LockTimeout(PathBuf),
-}
-
-impl StateError {
-    /// The I/O error alone, for a caller that names the file itself:
-    /// `write_atomic` names whichever file failed, often its temp.
-    pub fn into_io(self) -> std::io::Error {
-        match self {
-            StateError::Io { source, .. } => source,
-            other => std::io::Error::other(other.to_string()),
-        }
-    }
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
@@ -70,6 +57,43 @@ pub enum Status {
     Running,
     Paused,
     Stopped,
+}
+
+/// What each status allows, as runc decides it; callers choose the words.
+impl Status {
+    /// The container's process exists: it can be signalled, listed (`ps`),
+    /// watched (`events`) and given new limits (`update`).
+    pub fn has_process(self) -> bool {
+        matches!(self, Status::Created | Status::Running | Status::Paused)
+    }
+
+    pub fn can_start(self) -> bool {
+        self == Status::Created
+    }
+
+    pub fn can_kill(self) -> bool {
+        self.has_process()
+    }
+
+    /// Without `--force`: a created container is deleted as runc does, by
+    /// killing its waiting process.
+    pub fn can_delete(self) -> bool {
+        matches!(self, Status::Created | Status::Stopped)
+    }
+
+    /// A paused container only with `--ignore-paused`.
+    pub fn can_exec(self, ignore_paused: bool) -> bool {
+        matches!(self, Status::Created | Status::Running)
+            || (ignore_paused && self == Status::Paused)
+    }
+
+    pub fn can_pause(self) -> bool {
+        self == Status::Running
+    }
+
+    pub fn can_resume(self) -> bool {
+        self == Status::Paused
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -102,8 +126,10 @@ pub struct Record {
     pub owner: String,
     /// Backend chosen at create; later commands go to the same one.
     pub backend: String,
-    #[serde(default)]
-    pub vmid: Option<u32>,
+    /// What the backend keeps about this container, in its own format
+    /// (`crate::backend::Guest::data`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub backend_data: serde_json::Value,
     /// The bridge monitor: its pid is the container's pid for clients.
     #[serde(default)]
     pub monitor: Option<ProcRef>,
@@ -115,13 +141,6 @@ pub struct Record {
     pub process: Option<ProcRef>,
     #[serde(default)]
     pub systemd_cgroup: bool,
-    /// A template this create converted (not reused): removed if create fails.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub new_template: Option<PathBuf>,
-    /// The volume id of the template the guest was created from, so that
-    /// `template list|prune` know which templates this root's guests use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<String>,
     /// The bundle's OCI hooks as create read them: poststart and poststop
     /// run later, when config.json may have changed or be gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,28 +166,12 @@ pub struct OciState {
 }
 
 impl Record {
-    /// What `delete --force` knows of a container whose state file is lost:
-    /// its id, its backend, and a VMID its reservation names.
-    pub fn for_leftovers(id: &str, backend: &str, vmid: u32) -> Record {
-        Record {
-            oci_version: String::new(),
-            id: id.to_string(),
-            status: Status::Stopped,
-            bundle: PathBuf::new(),
-            rootfs: PathBuf::new(),
-            annotations: BTreeMap::new(),
-            created: String::new(),
-            owner: String::new(),
-            backend: backend.to_string(),
-            vmid: Some(vmid),
-            monitor: None,
-            init: None,
-            process: None,
-            systemd_cgroup: false,
-            new_template: None,
-            template: None,
-            hooks: None,
-            bridge_protocol: 0,
+    /// The backend's view of this container.
+    pub fn guest(&self) -> crate::backend::Guest<'_> {
+        crate::backend::Guest {
+            id: &self.id,
+            data: &self.backend_data,
+            init: self.init,
         }
     }
 
@@ -188,6 +191,54 @@ impl Record {
             owner: self.owner.clone(),
             annotations: self.annotations.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+impl Record {
+    /// A created container's record, for tests.
+    pub fn sample(id: &str) -> Record {
+        Record {
+            oci_version: "1.2.0".into(),
+            id: id.into(),
+            status: Status::Created,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            annotations: BTreeMap::new(),
+            created: now_rfc3339(),
+            owner: String::new(),
+            backend: "proxmox-lxc".into(),
+            backend_data: serde_json::json!({"vmid": 123}),
+            monitor: None,
+            init: None,
+            process: None,
+            systemd_cgroup: false,
+            hooks: None,
+            bridge_protocol: 0,
+        }
+    }
+}
+
+/// Records written before backends kept their own data had the Proxmox
+/// backend's fields at the top; a container created then is still deleted
+/// by this nexcage (state lives on tmpfs, so only across an upgrade).
+const LEGACY_BACKEND_FIELDS: [&str; 3] = ["vmid", "newTemplate", "template"];
+
+fn upgrade_record(doc: &mut serde_json::Value) {
+    let Some(obj) = doc.as_object_mut() else {
+        return;
+    };
+    if obj.contains_key("backendData") {
+        return;
+    }
+    let mut data = serde_json::Map::new();
+    for key in LEGACY_BACKEND_FIELDS {
+        if let Some(v) = obj.remove(key).filter(|v| !v.is_null()) {
+            data.insert(key.to_string(), v);
+        }
+    }
+    if !data.is_empty() {
+        obj.insert("backendData".into(), data.into());
     }
 }
 
@@ -313,18 +364,19 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("read", &path)(e)),
         };
-        serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt {
-                path,
-                message: e.to_string(),
-            })
+        let corrupt = |e: serde_json::Error| StateError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let mut doc: serde_json::Value = serde_json::from_slice(&text).map_err(corrupt)?;
+        upgrade_record(&mut doc);
+        serde_json::from_value(doc).map(Some).map_err(corrupt)
     }
 
     pub fn save(&self, lock: &ContainerLock, record: &Record) -> Result<(), StateError> {
         debug_assert_eq!(lock.id, record.id);
         let body = serde_json::to_vec_pretty(record).expect("state serializes");
-        write_atomic(&self.state_path(&record.id), &body, 0o600)
+        Ok(write_atomic(&self.state_path(&record.id), &body, 0o600)?)
     }
 
     /// Remove the container's directory; the lock goes with it.
@@ -350,11 +402,6 @@ impl Store {
         ids.sort();
         Ok(ids)
     }
-}
-
-/// `<root>/~nexcage/<name>`: nexcage's own files, out of the id namespace.
-pub fn own_path(root: &Path, name: &str) -> PathBuf {
-    root.join(OWN_DIR).join(name)
 }
 
 /// Move `.vmids` and `.cache` of an older nexcage below `OWN_DIR`, once,
@@ -393,32 +440,6 @@ fn migrate_own_files(root: &Path) -> Result<(), StateError> {
     nix::unistd::fsync(d.as_fd()).map_err(|e| io("sync", root)(e.into()))
 }
 
-/// Write `body` to `path` so that readers see either the old or the new file:
-/// a temp file beside it, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, body: &[u8], mode: u32) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(body).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("sync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io("rename into place", path))?;
-        let d = File::open(dir).map_err(io("open", dir))?;
-        nix::unistd::fsync(d.as_fd()).map_err(|e| io("sync", dir)(e.into()))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// RFC 3339 UTC timestamp with nanoseconds, as runc writes `created`.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
@@ -427,16 +448,50 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsutil::own_path;
 
     fn record(id: &str) -> Record {
-        Record {
-            oci_version: "1.2.0".into(),
-            status: Status::Created,
-            bundle: "/b".into(),
-            rootfs: "/b/rootfs".into(),
-            created: now_rfc3339(),
-            ..Record::for_leftovers(id, "proxmox-lxc", 123)
-        }
+        Record::sample(id)
+    }
+
+    #[test]
+    fn records_from_before_backend_data_keep_their_vmid_and_template() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("root")).unwrap();
+        let lock = store.claim("old").unwrap().unwrap();
+        let mut doc = serde_json::to_value(record("old")).unwrap();
+        let obj = doc.as_object_mut().unwrap();
+        obj.remove("backendData");
+        obj.insert("vmid".into(), 104.into());
+        obj.insert("template".into(), "local:vztmpl/nexcage-x.tar.zst".into());
+        obj.insert("newTemplate".into(), serde_json::Value::Null);
+        write_atomic(&store.state_path("old"), doc.to_string().as_bytes(), 0o600).unwrap();
+        let back = store.load("old").unwrap().unwrap();
+        assert_eq!(
+            back.backend_data,
+            serde_json::json!({"vmid": 104, "template": "local:vztmpl/nexcage-x.tar.zst"})
+        );
+        // Saved again, it is in the new form only.
+        store.save(&lock, &back).unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_slice(&fs::read(store.state_path("old")).unwrap()).unwrap();
+        assert!(raw.get("vmid").is_none() && raw["backendData"]["vmid"] == 104);
+    }
+
+    #[test]
+    fn each_status_allows_what_runc_allows() {
+        use Status::*;
+        let all = [Creating, Created, Running, Paused, Stopped];
+        let which = |f: &dyn Fn(Status) -> bool| -> Vec<Status> {
+            all.into_iter().filter(|s| f(*s)).collect()
+        };
+        assert_eq!(which(&Status::can_start), [Created]);
+        assert_eq!(which(&Status::can_kill), [Created, Running, Paused]);
+        assert_eq!(which(&Status::can_delete), [Created, Stopped]);
+        assert_eq!(which(&|s| s.can_exec(false)), [Created, Running]);
+        assert_eq!(which(&|s| s.can_exec(true)), [Created, Running, Paused]);
+        assert_eq!(which(&Status::can_pause), [Running]);
+        assert_eq!(which(&Status::can_resume), [Paused]);
     }
 
     #[test]
@@ -470,7 +525,7 @@ mod tests {
         );
         store.save(&lock, &record("c1")).unwrap();
         let back = store.load("c1").unwrap().unwrap();
-        assert_eq!(back.vmid, Some(123));
+        assert_eq!(back.backend_data, serde_json::json!({"vmid": 123}));
         assert_eq!(store.ids().unwrap(), vec!["c1".to_string()]);
         store.remove(lock).unwrap();
         assert!(store.load("c1").unwrap().is_none());
@@ -517,17 +572,6 @@ mod tests {
         let store = Store::open(Path::new("target/state-test-root")).unwrap();
         assert!(store.root().is_absolute());
         let _ = fs::remove_dir_all(store.root());
-    }
-
-    #[test]
-    fn atomic_write_leaves_no_temp_file_and_replaces_content() {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = tmp.path().join("f.json");
-        write_atomic(&p, b"one", 0o600).unwrap();
-        write_atomic(&p, b"two", 0o600).unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
-        assert_eq!(names.len(), 1);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::lifecycle;
 pub fn recv_master(sock: BorrowedFd) -> Result<Option<OwnedFd>> {
     let mut name = [0u8; 4096];
     let (_, fds) = crate::bridge::proto::recv_with_fds(sock, &mut name)
-        .map_err(|e| Error::Usage(format!("console: {e}")))?;
+        .map_err(Error::sys("console socket: receive"))?;
     Ok(fds.into_iter().next())
 }
 

@@ -41,7 +41,7 @@ fn gw_of(cidr: &str) -> String {
 }
 
 fn vmid_of(node: &Node, id: &str) -> u32 {
-    record(node, id)["vmid"]
+    record(node, id)["backendData"]["vmid"]
         .as_u64()
         .expect("vmid in state.json") as u32
 }

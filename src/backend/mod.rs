@@ -1,3 +1,206 @@
-//! Backends that turn a container into a guest of some kind. Today: Proxmox LXC.
+//! The seam between the runtime and what turns a container into a guest.
+//!
+//! The core (lifecycle, exec, the commands) knows backends only through the
+//! [`Backend`] trait and the [`registry`]; a backend knows nothing of the
+//! core's state file, router or error type. What a backend must remember
+//! about one container (Proxmox: its VMID and template) it keeps as its own
+//! JSON in the state record ([`Guest::data`]), typed on its side. Adding a
+//! backend is a new module plus one line in [`registry`].
 
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+use crate::bundle::Bundle;
+use crate::procfs::ProcRef;
+
+#[cfg(test)]
+mod fake;
 pub mod proxmox;
+
+/// Every backend this build has, the default first, in the order
+/// `delete --force` asks them for leftovers.
+pub fn registry() -> Vec<&'static Registration> {
+    #[allow(unused_mut)]
+    let mut r = vec![&proxmox::REGISTRATION];
+    #[cfg(test)]
+    r.push(&fake::REGISTRATION);
+    r
+}
+
+/// Makes a backend from its config.toml table and the state root.
+pub type Open = fn(&toml::Table, &Path) -> Result<Box<dyn Backend>, BackendError>;
+
+/// How the core finds, configures and opens one backend.
+pub struct Registration {
+    /// Recorded in each container's state; `org.nexcage.backend` names it.
+    pub name: &'static str,
+    /// The config.toml table holding this backend's settings.
+    pub section: &'static str,
+    /// Check the section when the configuration is loaded, so a bad value
+    /// fails every command up front rather than the first create.
+    pub check: fn(&toml::Table) -> Result<(), String>,
+    /// The backend, from its section and the state root it may keep its
+    /// own files under.
+    pub open: Open,
+    /// Annotations the backend reads, reported by `features`.
+    pub annotations: &'static [&'static str],
+}
+
+/// The backend a bundle gets when nothing chooses another.
+pub fn default_name() -> &'static str {
+    registry()[0].name
+}
+
+/// Names of the registered backends.
+pub fn names() -> Vec<&'static str> {
+    registry().iter().map(|r| r.name).collect()
+}
+
+/// The registration called `name`.
+pub fn find(name: &str) -> Option<&'static Registration> {
+    registry().into_iter().find(|r| r.name == name)
+}
+
+/// What a backend gets to make a guest whose PID 1 is nexcage's init.
+pub struct Provision<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Bundle,
+    /// Host directory to bind-mount read-only at /.nexcage.
+    pub bridge_dir: &'a Path,
+    /// Host path of the nexcage binary to bind-mount at /.nexcage/init.
+    pub init_binary: &'a Path,
+}
+
+/// What a backend sees of an existing container.
+#[derive(Debug, Clone, Copy)]
+pub struct Guest<'a> {
+    pub id: &'a str,
+    /// The backend's own data, as `provision` left it (null before).
+    pub data: &'a Value,
+    /// The guest's PID 1 (nexcage's init) as a host process, once it runs.
+    pub init: Option<ProcRef>,
+}
+
+/// Persists the backend's data in the container's state record; called
+/// by `provision` as soon as something exists that a crash would leave
+/// behind, so that `delete --force` finds it.
+pub type Save<'a> = dyn FnMut(&Value) -> Result<(), BackendError> + 'a;
+
+pub trait Backend {
+    fn name(&self) -> &'static str;
+    /// Make the guest (not started), keeping what later commands need in
+    /// `data`.
+    fn provision(
+        &self,
+        req: &Provision,
+        data: &mut Value,
+        save: &mut Save,
+    ) -> Result<(), BackendError>;
+    /// The create succeeded: what `discard` would undo is kept for good.
+    fn created(&self, _data: &mut Value) {}
+    /// Boot the guest; its init then connects to the bridge.
+    fn boot(&self, guest: &Guest) -> Result<(), BackendError>;
+    /// Remove the guest, stopping it first if needed. Idempotent.
+    fn destroy(&self, guest: &Guest) -> Result<(), BackendError>;
+    /// `delete --force` without a readable record: remove what this backend
+    /// still holds for container `id` (whose bridge directory, mounted into
+    /// its guest, is `bridge_dir`) and say what was removed.
+    fn destroy_leftovers(
+        &self,
+        _id: &str,
+        _bridge_dir: &Path,
+    ) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
+    /// Undo what `provision` made that outlives the guest (e.g. a template
+    /// converted for this create), after a failed create.
+    fn discard(&self, _guest: &Guest) {}
+    /// The command (program first) that runs `/.nexcage/init exec FILE` in
+    /// the running guest with the caller's stdio and exits with the
+    /// process's status. `process_file` is the path inside the guest.
+    fn exec_command(
+        &self,
+        guest: &Guest,
+        process_file: &str,
+    ) -> Result<Vec<OsString>, BackendError>;
+    /// Freeze every process of the guest.
+    fn pause(&self, guest: &Guest) -> Result<(), BackendError>;
+    /// Thaw the guest.
+    fn resume(&self, guest: &Guest) -> Result<(), BackendError>;
+    /// Apply new limits (an OCI LinuxResources object) to the running guest
+    /// and to the backend's own configuration; refuse what cannot be.
+    fn update(
+        &self,
+        guest: &Guest,
+        resources: &serde_json::Map<String, Value>,
+    ) -> Result<(), BackendError>;
+    /// The images this backend keeps converted for reuse, if it keeps any.
+    fn templates(&self) -> Option<&dyn TemplateStore> {
+        None
+    }
+}
+
+/// A backend's cache of converted images, for `nexcage template`.
+pub trait TemplateStore {
+    /// Every template of nexcage's the backend's storage holds.
+    fn list(&self) -> Result<Vec<Template>, BackendError>;
+    /// Temporary files of conversions, finished or not.
+    fn temporaries(&self) -> Result<Temporaries, BackendError>;
+    /// Whether a create is using the template called `name` at this moment.
+    fn busy(&self, name: &str) -> Result<bool, BackendError>;
+    /// Remove it unless busy; Ok(false) when busy.
+    fn remove(&self, template: &Template) -> Result<bool, BackendError>;
+    /// The name of the template the container with this backend data was
+    /// created from.
+    fn used_by(&self, data: &Value) -> Option<String>;
+}
+
+/// One converted image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub name: String,
+    /// The storage's name for it (Proxmox: `local:vztmpl/NAME`).
+    pub volid: String,
+    pub bytes: u64,
+    /// Last create that used it, else when it was made.
+    pub last_used: SystemTime,
+    /// Whether `last_used` is a recorded use rather than the file's age.
+    pub recorded: bool,
+}
+
+/// Temporary files in a template store: stale ones (left by a crash, swept
+/// by the next conversion) and others (being written now, or another
+/// node's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Temporaries {
+    pub stale: u64,
+    pub stale_bytes: u64,
+    pub other: u64,
+    pub other_bytes: u64,
+}
+
+/// A backend's failure, its own error type kept as the source; the core's
+/// error shows it as it is.
+#[derive(Debug)]
+pub struct BackendError(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl BackendError {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BackendError(Box::new(e))
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}

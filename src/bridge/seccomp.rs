@@ -445,14 +445,14 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<(u16, u8, u8, u32)>, String> {
 }
 
 /// Write the compiled filter into the bridge directory (host side, at
-/// create), atomically ([`crate::state::write_atomic`]).
+/// create), atomically ([`crate::fsutil::write_atomic`]).
 pub fn write(bridge_dir: &Path, f: &Filter) -> Result<(), SeccompError> {
     let path = bridge_dir.join(FILE);
     let text = serde_json::to_vec(f).map_err(|e| SeccompError::Write {
         path: path.clone(),
         source: std::io::Error::other(e),
     })?;
-    crate::state::write_atomic(&path, &text, 0o644).map_err(|e| SeccompError::Write {
+    crate::fsutil::write_atomic(&path, &text, 0o644).map_err(|e| SeccompError::Write {
         path,
         source: e.into_io(),
     })

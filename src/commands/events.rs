@@ -11,7 +11,7 @@ use crate::cgroup;
 use crate::cli::{EventsArgs, GlobalOpts};
 use crate::error::{Error, Result};
 use crate::lifecycle;
-use crate::state::{Record, Status, Store};
+use crate::state::{Record, Store};
 
 pub fn run(global: &GlobalOpts, args: &EventsArgs) -> Result<i32> {
     let store = Store::open(&global.root)?;
@@ -59,13 +59,10 @@ pub fn run(global: &GlobalOpts, args: &EventsArgs) -> Result<i32> {
 }
 
 fn alive(store: &Store, record: &Record) -> bool {
-    matches!(
-        lifecycle::status(store, record),
-        Status::Created | Status::Running | Status::Paused
-    )
+    lifecycle::status(store, record).has_process()
 }
 
 fn stats_line(record: &Record) -> Result<String> {
-    let stats = cgroup::of_record(record)?.stats();
+    let stats = cgroup::of_init(&record.id, record.init)?.stats();
     Ok(json!({"type": "stats", "id": record.id, "data": stats}).to_string())
 }

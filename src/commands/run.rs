@@ -24,7 +24,7 @@ pub fn run(global: &GlobalOpts, args: &RunArgs) -> Result<i32> {
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .map_err(|e| Error::Usage(format!("run: socketpair: {e}")))?;
+        .map_err(Error::sys("run: socketpair"))?;
         Some(pair)
     } else {
         None

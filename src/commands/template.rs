@@ -1,49 +1,62 @@
-//! `template list|prune`: nexcage's converted templates on the node's
-//! template storage, listed and removed through pveam.
+//! `template list|prune`: the images the backend keeps converted (Proxmox:
+//! templates on the node's template storage, listed and removed through
+//! pveam), and which of this root's containers were created from each.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
-use crate::backend::proxmox::cache::{self, Keep, PruneFilter};
-use crate::backend::proxmox::Driver;
+use crate::backend::{Template, TemplateStore};
 use crate::cli::{GlobalOpts, ListFormat, TemplateCommand, TemplatePruneArgs};
 use crate::error::{Error, Result};
+use crate::router;
 use crate::state::Store;
 
 pub fn run(global: &GlobalOpts, command: &TemplateCommand) -> Result<i32> {
     match command {
         TemplateCommand::List(a) => {
-            let (driver, entries, in_use) = inventory(global)?;
-            list(&driver, &entries, &in_use, a.format)
+            let (backend, entries, in_use) = inventory(global)?;
+            list(store_of(&*backend)?, &entries, &in_use, a.format)
         }
         TemplateCommand::Prune(a) => {
             // Checked before anything is asked of the node.
             let filter = filter_of(a)?;
-            let (driver, entries, in_use) = inventory(global)?;
-            prune(&driver, &entries, &in_use, filter, a.format)
+            let (backend, entries, in_use) = inventory(global)?;
+            prune(store_of(&*backend)?, &entries, &in_use, filter, a.format)
         }
     }
 }
 
 /// The node's templates and, by template name, the containers of this root
 /// created from them.
-type Inventory = (Driver, Vec<cache::Entry>, BTreeMap<String, Vec<String>>);
+type Inventory = (
+    Box<dyn crate::backend::Backend>,
+    Vec<Template>,
+    BTreeMap<String, Vec<String>>,
+);
 
+/// The default backend keeps the templates its creates convert.
 fn inventory(global: &GlobalOpts) -> Result<Inventory> {
     let (settings, store) = super::context(global)?;
-    let driver = Driver::new(settings.proxmox.clone(), store.root());
-    let in_use = containers_by_template(&store)?;
-    let entries = driver.templates()?;
-    Ok((driver, entries, in_use))
+    let backend = router::open_default(&settings, store.root())?;
+    let templates = store_of(&*backend)?;
+    let in_use = containers_by_template(&store, templates)?;
+    let entries = templates.list()?;
+    Ok((backend, entries, in_use))
+}
+
+fn store_of(backend: &dyn crate::backend::Backend) -> Result<&dyn TemplateStore> {
+    backend
+        .templates()
+        .ok_or_else(|| Error::NoTemplates(backend.name()))
 }
 
 fn filter_of(a: &TemplatePruneArgs) -> Result<PruneFilter> {
     let older_than = a
         .older_than
         .as_deref()
-        .map(cache::parse_age)
+        .map(parse_age)
         .transpose()
         .map_err(|e| Error::Usage(format!("--older-than: {e}")))?;
     Ok(PruneFilter {
@@ -53,19 +66,18 @@ fn filter_of(a: &TemplatePruneArgs) -> Result<PruneFilter> {
 }
 
 /// Template name -> ids of this root's containers created from it.
-fn containers_by_template(store: &Store) -> Result<BTreeMap<String, Vec<String>>> {
+fn containers_by_template(
+    store: &Store,
+    templates: &dyn TemplateStore,
+) -> Result<BTreeMap<String, Vec<String>>> {
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for id in store.ids()? {
         // Deleted while we look: not a user any more.
         let Ok(Some(record)) = store.load(&id) else {
             continue;
         };
-        if let Some((_, name)) = record
-            .template
-            .as_deref()
-            .and_then(|v| v.split_once(":vztmpl/"))
-        {
-            map.entry(name.to_string()).or_default().push(id);
+        if let Some(name) = templates.used_by(&record.backend_data) {
+            map.entry(name).or_default().push(id);
         }
     }
     Ok(map)
@@ -76,17 +88,17 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 fn list(
-    driver: &Driver,
-    entries: &[cache::Entry],
+    templates: &dyn TemplateStore,
+    entries: &[Template],
     in_use: &BTreeMap<String, Vec<String>>,
     format: ListFormat,
 ) -> Result<i32> {
-    let temps = driver.template_temps()?;
+    let temps = templates.temporaries()?;
     let none = Vec::new();
     let mut rows = Vec::new();
     for e in entries {
         let users = in_use.get(&e.name).unwrap_or(&none);
-        let busy = driver.template_busy(&e.name)?;
+        let busy = templates.busy(&e.name)?;
         rows.push((e, users, busy));
     }
     match format {
@@ -146,8 +158,8 @@ fn list(
 }
 
 fn prune(
-    driver: &Driver,
-    entries: &[cache::Entry],
+    templates: &dyn TemplateStore,
+    entries: &[Template],
     in_use: &BTreeMap<String, Vec<String>>,
     filter: PruneFilter,
     format: ListFormat,
@@ -157,10 +169,10 @@ fn prune(
     let mut kept = Vec::new();
     let mut failure = None;
     for e in entries {
-        let reason = match cache::prune_choice(e, in_use.contains_key(&e.name), filter, now) {
+        let reason = match prune_choice(e, in_use.contains_key(&e.name), filter, now) {
             Err(Keep::InUse) => "in use",
             Err(Keep::Recent) => "recent",
-            Ok(()) => match driver.remove_template(e) {
+            Ok(()) => match templates.remove(e) {
                 Ok(true) => {
                     removed.push(e);
                     continue;
@@ -208,5 +220,122 @@ fn prune(
     match failure {
         Some(e) => Err(e.into()),
         None => Ok(0),
+    }
+}
+
+/// What `template prune` asks for.
+#[derive(Debug, Clone, Copy, Default)]
+struct PruneFilter {
+    /// Include templates containers of this root were created from.
+    all: bool,
+    /// Only those last used longer ago than this.
+    older_than: Option<Duration>,
+}
+
+/// Why prune leaves a template it was asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Containers of this root were created from it (without `--all`).
+    InUse,
+    /// Used more recently than `--older-than`.
+    Recent,
+}
+
+/// Whether prune should remove `e` (busy ones are found out at removal).
+fn prune_choice(
+    e: &Template,
+    in_use: bool,
+    filter: PruneFilter,
+    now: SystemTime,
+) -> Result<(), Keep> {
+    if in_use && !filter.all {
+        return Err(Keep::InUse);
+    }
+    if let Some(age) = filter.older_than {
+        // A use "in the future" (clock stepped back) counts as recent.
+        let idle = now.duration_since(e.last_used).unwrap_or(Duration::ZERO);
+        if idle <= age {
+            return Err(Keep::Recent);
+        }
+    }
+    Ok(())
+}
+
+/// `7d`, `12h`, `30m`, `45s`, `2w`: a whole number and one unit.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("invalid duration {text:?}: want a number and a unit (s, m, h, d, w), like 7d");
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .filter(|&i| i > 0)
+        .ok_or_else(bad)?;
+    let (num, unit) = text.split_at(unit_at);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn entry(name: &str, bytes: u64, age: u64) -> Template {
+        Template {
+            name: name.into(),
+            volid: format!("local:vztmpl/{name}"),
+            bytes,
+            last_used: UNIX_EPOCH + Duration::from_secs(1_000_000 - age),
+            recorded: true,
+        }
+    }
+
+    #[test]
+    fn prune_keeps_in_use_unless_all_and_recent_ones_with_older_than() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let old = entry("old", 1, 3 * 86_400);
+        let new = entry("new", 1, 3600);
+        let f = PruneFilter::default();
+        assert_eq!(prune_choice(&old, false, f, now), Ok(()));
+        assert_eq!(prune_choice(&old, true, f, now), Err(Keep::InUse));
+        let all = PruneFilter { all: true, ..f };
+        assert_eq!(prune_choice(&old, true, all, now), Ok(()));
+        let day = PruneFilter {
+            older_than: Some(Duration::from_secs(86_400)),
+            ..f
+        };
+        assert_eq!(prune_choice(&old, false, day, now), Ok(()));
+        assert_eq!(prune_choice(&new, false, day, now), Err(Keep::Recent));
+        assert_eq!(prune_choice(&old, true, day, now), Err(Keep::InUse));
+        let later = entry("x", 1, 0);
+        let past = UNIX_EPOCH + Duration::from_secs(10);
+        assert_eq!(prune_choice(&later, false, day, past), Err(Keep::Recent));
+    }
+
+    #[test]
+    fn ages_need_a_number_and_a_unit() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("0s"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "d",
+            "7",
+            "7x",
+            "-1d",
+            "1.5h",
+            "7 d",
+            "99999999999999999999w",
+        ] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -8,19 +8,16 @@ use serde_json::{json, Map, Value};
 use crate::cli::{GlobalOpts, UpdateArgs};
 use crate::error::{Error, Result};
 use crate::lifecycle;
-use crate::state::Status;
 
 pub fn run(global: &GlobalOpts, args: &UpdateArgs) -> Result<i32> {
     let (settings, store) = super::context(global)?;
     let resources = resources(args)?;
     let record = lifecycle::load(&store, &args.id)?;
-    if !matches!(
-        lifecycle::status(&store, &record),
-        Status::Created | Status::Running | Status::Paused
-    ) {
+    if !lifecycle::status(&store, &record).has_process() {
         return Err(Error::NotRunning(args.id.clone()));
     }
-    crate::router::for_record(&record, &settings, store.root())?.update(&record, &resources)?;
+    crate::router::for_record(&record, &settings, store.root())?
+        .update(&record.guest(), &resources)?;
     Ok(0)
 }
 

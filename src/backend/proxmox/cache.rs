@@ -20,7 +20,8 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::libc;
 
 use super::pct::{PctError, Tools};
-use crate::state::write_atomic;
+use crate::backend::Template;
+use crate::fsutil::{own_path, write_atomic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -68,7 +69,7 @@ pub struct TemplateLock {
 impl Meta {
     pub fn new(state_root: &Path) -> Meta {
         Meta {
-            dir: crate::state::own_path(state_root, "cache").join("templates"),
+            dir: own_path(state_root, "cache").join("templates"),
         }
     }
 
@@ -177,19 +178,6 @@ impl Meta {
     }
 }
 
-/// One of nexcage's templates on the template storage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub name: String,
-    pub volid: String,
-    pub bytes: u64,
-    /// Last use recorded under this root, else the archive's mtime (when it
-    /// was made).
-    pub last_used: SystemTime,
-    /// Whether [`Meta`] had a record of it.
-    pub recorded: bool,
-}
-
 /// The volume ids `pveam list <storage>` prints: a `NAME SIZE` header, then
 /// one `<volid> <size>` row per template.
 pub fn parse_pveam_list(out: &str) -> Vec<String> {
@@ -207,7 +195,7 @@ pub fn list(
     storage: &str,
     dir: &Path,
     meta: &Meta,
-) -> Result<Vec<Entry>, CacheError> {
+) -> Result<Vec<Template>, CacheError> {
     let out = tools
         .pveam(["list", storage])
         .map_err(|source| CacheError::List {
@@ -228,7 +216,7 @@ pub fn list(
             continue;
         };
         let recorded = meta.last_used(name);
-        entries.push(Entry {
+        entries.push(Template {
             name: name.to_string(),
             volid: volid.clone(),
             bytes: st.len(),
@@ -253,16 +241,16 @@ pub struct Limits {
 /// used first, never one `busy` says is being created from. When only busy
 /// ones are left the cache may stay over its limit until they are free.
 pub fn choose_evictions<'a>(
-    entries: &'a [Entry],
+    entries: &'a [Template],
     limits: Limits,
-    busy: &dyn Fn(&Entry) -> bool,
-) -> Vec<&'a Entry> {
+    busy: &dyn Fn(&Template) -> bool,
+) -> Vec<&'a Template> {
     let mut count = entries.len();
     let mut bytes: u64 = entries.iter().map(|e| e.bytes).sum();
     let over = |count: usize, bytes: u64| {
         limits.max_count.is_some_and(|m| count > m) || limits.max_bytes.is_some_and(|m| bytes > m)
     };
-    let mut by_age: Vec<&Entry> = entries.iter().collect();
+    let mut by_age: Vec<&Template> = entries.iter().collect();
     by_age.sort_by(|a, b| a.last_used.cmp(&b.last_used).then(a.name.cmp(&b.name)));
     let mut out = Vec::new();
     for e in by_age {
@@ -315,7 +303,7 @@ pub fn evict(tools: &Tools, storage: &str, dir: &Path, meta: &Meta, limits: Limi
     };
     // A template whose lock is busy at choice time is skipped; one that
     // becomes busy after is caught by remove's own try-lock.
-    let busy = |e: &Entry| !matches!(meta.try_lock_exclusive(&e.name), Ok(Some(_)));
+    let busy = |e: &Template| !matches!(meta.try_lock_exclusive(&e.name), Ok(Some(_)));
     for e in choose_evictions(&entries, limits, &busy) {
         match remove(tools, meta, &e.name, &e.volid) {
             Ok(true) => {
@@ -327,71 +315,12 @@ pub fn evict(tools: &Tools, storage: &str, dir: &Path, meta: &Meta, limits: Limi
     }
 }
 
-/// What `template prune` asks for.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PruneFilter {
-    /// Include templates containers of this root were created from.
-    pub all: bool,
-    /// Only those last used longer ago than this.
-    pub older_than: Option<Duration>,
-}
-
-/// Why prune leaves a template it was asked about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    /// Containers of this root were created from it (without `--all`).
-    InUse,
-    /// Used more recently than `--older-than`.
-    Recent,
-}
-
-/// Whether prune should remove `e` (busy ones are found out at removal).
-pub fn prune_choice(
-    e: &Entry,
-    in_use: bool,
-    filter: PruneFilter,
-    now: SystemTime,
-) -> Result<(), Keep> {
-    if in_use && !filter.all {
-        return Err(Keep::InUse);
-    }
-    if let Some(age) = filter.older_than {
-        // A use "in the future" (clock stepped back) counts as recent.
-        let idle = now.duration_since(e.last_used).unwrap_or(Duration::ZERO);
-        if idle <= age {
-            return Err(Keep::Recent);
-        }
-    }
-    Ok(())
-}
-
-/// `7d`, `12h`, `30m`, `45s`, `2w`: a whole number and one unit.
-pub fn parse_age(text: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("invalid duration {text:?}: want a number and a unit (s, m, h, d, w), like 7d");
-    let unit_at = text
-        .find(|c: char| !c.is_ascii_digit())
-        .filter(|&i| i > 0)
-        .ok_or_else(bad)?;
-    let (num, unit) = text.split_at(unit_at);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(name: &str, bytes: u64, age: u64) -> Entry {
-        Entry {
+    fn entry(name: &str, bytes: u64, age: u64) -> Template {
+        Template {
             name: name.into(),
             volid: format!("local:vztmpl/{name}"),
             bytes,
@@ -431,8 +360,8 @@ mod tests {
             entry("b", 100, 10),
             entry("c", 100, 20),
         ];
-        let names = |v: Vec<&Entry>| v.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
-        let none = |_: &Entry| false;
+        let names = |v: Vec<&Template>| v.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+        let none = |_: &Template| false;
         let count1 = Limits {
             max_count: Some(1),
             ..Limits::default()
@@ -444,54 +373,12 @@ mod tests {
         };
         assert_eq!(names(choose_evictions(&es, bytes, &none)), ["a"]);
         // The oldest is being created from: the next oldest goes instead.
-        let a_busy = |e: &Entry| e.name == "a";
+        let a_busy = |e: &Template| e.name == "a";
         assert_eq!(names(choose_evictions(&es, bytes, &a_busy)), ["c"]);
         assert!(choose_evictions(&es, Limits::default(), &none).is_empty());
         // All busy: over the limit, but nothing is removed.
-        let all = |_: &Entry| true;
+        let all = |_: &Template| true;
         assert!(choose_evictions(&es, count1, &all).is_empty());
-    }
-
-    #[test]
-    fn prune_keeps_in_use_unless_all_and_recent_ones_with_older_than() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let old = entry("old", 1, 3 * 86_400);
-        let new = entry("new", 1, 3600);
-        let f = PruneFilter::default();
-        assert_eq!(prune_choice(&old, false, f, now), Ok(()));
-        assert_eq!(prune_choice(&old, true, f, now), Err(Keep::InUse));
-        let all = PruneFilter { all: true, ..f };
-        assert_eq!(prune_choice(&old, true, all, now), Ok(()));
-        let day = PruneFilter {
-            older_than: Some(Duration::from_secs(86_400)),
-            ..f
-        };
-        assert_eq!(prune_choice(&old, false, day, now), Ok(()));
-        assert_eq!(prune_choice(&new, false, day, now), Err(Keep::Recent));
-        assert_eq!(prune_choice(&old, true, day, now), Err(Keep::InUse));
-        let later = entry("x", 1, 0);
-        let past = UNIX_EPOCH + Duration::from_secs(10);
-        assert_eq!(prune_choice(&later, false, day, past), Err(Keep::Recent));
-    }
-
-    #[test]
-    fn ages_need_a_number_and_a_unit() {
-        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
-        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_age("0s"), Ok(Duration::ZERO));
-        for bad in [
-            "",
-            "d",
-            "7",
-            "7x",
-            "-1d",
-            "1.5h",
-            "7 d",
-            "99999999999999999999w",
-        ] {
-            assert!(parse_age(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::state::write_atomic;
+use crate::fsutil::write_atomic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfError {
@@ -202,7 +202,7 @@ pub fn append(conf: &Path, lock_dir: &Path, vmid: u32, lines: &[RawLine]) -> Res
     write_atomic(conf, updated.as_bytes(), 0o640).map_err(|e| ConfError::Io {
         what: "write",
         path: conf.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+        source: e.into_io(),
     })
 }
 

@@ -12,15 +12,17 @@ use std::path::{Path, PathBuf};
 use super::cache::{self, CacheError, Meta};
 use super::conf::{self, ConfError, RawLine};
 use super::pct::{PctError, Tools};
+use super::settings::ProxmoxSettings;
 use super::template::{self, TemplateError};
 use super::translate::{self, HostFacts, TranslateError};
 use super::vmid::{self, Allocator, VmidError};
+use crate::backend::{
+    Backend, BackendError, Guest, Provision, Save, Template, TemplateStore, Temporaries,
+};
 use crate::bridge::{BridgeDir, INIT_CMD, MOUNT_POINT, MOUNT_TARGET};
-use crate::cgroup;
-use crate::config::ProxmoxSettings;
-use crate::error::{Error, Result};
-use crate::router::{Backend, Provision};
-use crate::state::{write_atomic, Record};
+use crate::cgroup::{self, CgroupError};
+use crate::fsutil::{own_path, write_atomic};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +64,71 @@ pub enum DriverError {
     Seccomp(#[from] crate::bridge::seccomp::SeccompError),
     #[error("cannot tell whether pct supports host-managed networks: pct create 0 answered {0:?}")]
     HostManagedProbe(String),
+    #[error("invalid configuration: {0}")]
+    Settings(String),
+    #[error("container {0} has no Proxmox guest")]
+    NoGuest(String),
+    #[error("corrupt Proxmox data in the state of container {id}: {source}")]
+    Data {
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("{0}")]
+    Update(String),
     #[error("cannot read the configuration of CT {vmid} ({}): {source}", path.display())]
     ReadConf {
         vmid: u32,
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl From<DriverError> for BackendError {
+    fn from(e: DriverError) -> Self {
+        BackendError::new(e)
+    }
+}
+
+/// What the Proxmox backend keeps in a container's state record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestData {
+    /// Set as soon as it is reserved, so that a crash leaves enough behind
+    /// for `delete --force`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmid: Option<u32>,
+    /// The volume id of the template the guest was created from, so that
+    /// `template list|prune` know which templates this root's guests use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// A template this create converted (not reused): removed if create fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_template: Option<PathBuf>,
+}
+
+impl GuestData {
+    fn of(guest: &Guest) -> Result<GuestData, DriverError> {
+        if guest.data.is_null() {
+            return Ok(GuestData::default());
+        }
+        GuestData::deserialize(guest.data).map_err(|source| DriverError::Data {
+            id: guest.id.to_string(),
+            source,
+        })
+    }
+
+    fn value(&self) -> Value {
+        serde_json::to_value(self).expect("guest data serializes")
+    }
+
+    /// The guest's VMID, which every command after create needs.
+    fn vmid_of(guest: &Guest) -> Result<u32, DriverError> {
+        GuestData::of(guest)?
+            .vmid
+            .ok_or_else(|| DriverError::NoGuest(guest.id.to_string()))
+    }
 }
 
 /// How often a VMID may turn out taken (by another node) before giving up.
@@ -97,7 +158,7 @@ impl Driver {
     /// A fact about the node remembered under the state root, so that
     /// `pvesm` runs once per node rather than once per container.
     fn cache_file(&self, name: &str) -> PathBuf {
-        crate::state::own_path(&self.state_root, "cache").join(name)
+        own_path(&self.state_root, "cache").join(name)
     }
 
     fn remember(&self, cache: &Path, value: &[u8]) {
@@ -123,7 +184,7 @@ impl Driver {
         let cache = self.cache_file(&format!("storage.{content}"));
         if let Ok(id) = std::fs::read_to_string(&cache) {
             let id = id.trim();
-            if crate::config::is_storage_id(id) {
+            if super::settings::is_storage_id(id) {
                 return Ok(id.to_string());
             }
         }
@@ -223,36 +284,6 @@ impl Driver {
         Ok((storage, dir, Meta::new(&self.state_root)))
     }
 
-    /// nexcage's templates on the template storage, as pveam lists them.
-    pub fn templates(&self) -> Result<Vec<cache::Entry>, DriverError> {
-        let (storage, dir, meta) = self.template_store()?;
-        Ok(cache::list(&self.tools, &storage, &dir, &meta)?)
-    }
-
-    /// nexcage's temporary templates in the template directory.
-    pub fn template_temps(&self) -> Result<template::Temps, DriverError> {
-        let (_, dir, _) = self.template_store()?;
-        Ok(template::temps(&dir))
-    }
-
-    /// Whether a create holds `name` at this moment.
-    pub fn template_busy(&self, name: &str) -> Result<bool, DriverError> {
-        let meta = Meta::new(&self.state_root);
-        Ok(meta.try_lock_exclusive(name)?.is_none())
-    }
-
-    /// `pveam remove` under the template's exclusive lock; Ok(false) when
-    /// busy.
-    pub fn remove_template(&self, entry: &cache::Entry) -> Result<bool, DriverError> {
-        let meta = Meta::new(&self.state_root);
-        Ok(cache::remove(
-            &self.tools,
-            &meta,
-            &entry.name,
-            &entry.volid,
-        )?)
-    }
-
     fn conf_path(&self, vmid: u32) -> PathBuf {
         self.settings.conf_dir.join(format!("{vmid}.conf"))
     }
@@ -272,16 +303,16 @@ impl Driver {
         &self,
         req: &Provision,
         args_for: impl Fn(u32) -> Vec<String>,
-        record: &mut Record,
-        save: &mut dyn FnMut(&Record) -> Result<()>,
-    ) -> Result<u32> {
+        data: &mut GuestData,
+        save: &mut dyn FnMut(&GuestData) -> Result<(), BackendError>,
+    ) -> Result<u32, BackendError> {
         let alloc = self.allocator();
         let mut taken = BTreeSet::new();
         while taken.len() < MAX_VMID_RETRIES {
             let reservation = alloc.reserve(req.id, &taken).map_err(DriverError::from)?;
             let vmid = reservation.vmid;
-            record.vmid = Some(vmid);
-            save(record)?;
+            data.vmid = Some(vmid);
+            save(data)?;
             match self.tools.pct(args_for(vmid)) {
                 Ok(_) => return Ok(reservation.keep()),
                 Err(e) if is_taken(e.stderr()) => {
@@ -289,15 +320,54 @@ impl Driver {
                     taken.insert(vmid);
                 }
                 Err(e) => {
-                    record.vmid = None;
-                    save(record)?;
+                    data.vmid = None;
+                    save(data)?;
                     return Err(DriverError::from(e).into());
                 }
             }
         }
-        record.vmid = None;
-        save(record)?;
+        data.vmid = None;
+        save(data)?;
         Err(DriverError::VmidRace(taken.len()).into())
+    }
+}
+
+/// `nexcage template`: the converted templates on the template storage,
+/// listed and removed through pveam.
+impl TemplateStore for Driver {
+    fn list(&self) -> Result<Vec<Template>, BackendError> {
+        let (storage, dir, meta) = self.template_store()?;
+        Ok(cache::list(&self.tools, &storage, &dir, &meta).map_err(DriverError::from)?)
+    }
+
+    fn temporaries(&self) -> Result<Temporaries, BackendError> {
+        let (_, dir, _) = self.template_store()?;
+        let t = template::temps(&dir);
+        Ok(Temporaries {
+            stale: t.stale,
+            stale_bytes: t.stale_bytes,
+            other: t.other,
+            other_bytes: t.other_bytes,
+        })
+    }
+
+    fn busy(&self, name: &str) -> Result<bool, BackendError> {
+        let meta = Meta::new(&self.state_root);
+        let lock = meta.try_lock_exclusive(name).map_err(DriverError::from)?;
+        Ok(lock.is_none())
+    }
+
+    /// `pveam remove` under the template's exclusive lock.
+    fn remove(&self, t: &Template) -> Result<bool, BackendError> {
+        let meta = Meta::new(&self.state_root);
+        Ok(cache::remove(&self.tools, &meta, &t.name, &t.volid).map_err(DriverError::from)?)
+    }
+
+    fn used_by(&self, data: &Value) -> Option<String> {
+        let d = GuestData::deserialize(data).ok()?;
+        let volid = d.template?;
+        let (_, name) = volid.split_once(":vztmpl/")?;
+        Some(name.to_string())
     }
 }
 
@@ -332,7 +402,7 @@ fn storages_listed(out: &str) -> Result<Vec<String>, String> {
     lines
         .map(|l| {
             let id = l.split_whitespace().next().unwrap_or("");
-            if crate::config::is_storage_id(id) {
+            if super::settings::is_storage_id(id) {
                 Ok(id.to_string())
             } else {
                 Err(format!("pvesm status printed {l:?}"))
@@ -383,9 +453,14 @@ impl Backend for Driver {
     fn provision(
         &self,
         req: &Provision,
-        record: &mut Record,
-        save: &mut dyn FnMut(&Record) -> Result<()>,
-    ) -> Result<()> {
+        data: &mut Value,
+        save: &mut Save,
+    ) -> Result<(), BackendError> {
+        let mut d = GuestData::default();
+        let mut save = |d: &GuestData| {
+            *data = d.value();
+            save(data)
+        };
         let mut plan = translate::plan_bundle(
             &req.bundle.spec,
             Some(&req.bundle.rootfs),
@@ -442,17 +517,17 @@ impl Backend for Driver {
             tracing::warn!(error = %e, "template cache");
         }
         if !tpl.reused {
-            record.new_template = Some(tpl.path.clone());
+            d.new_template = Some(tpl.path.clone());
         }
         let volid = format!("{template_storage}:vztmpl/{}", tpl.name);
-        record.template = Some(volid.clone());
+        d.template = Some(volid.clone());
         let gib = translate::root_volume_gib(tpl.data_bytes);
         let vmid = self
             .create_guest(
                 req,
                 |vmid| plan.create_args(vmid, &volid, &storage, gib),
-                record,
-                save,
+                &mut d,
+                &mut save,
             )
             .inspect_err(|_| {
                 // A remembered storage may have gone from storage.cfg since:
@@ -478,16 +553,26 @@ impl Backend for Driver {
         Ok(())
     }
 
-    fn boot(&self, record: &Record) -> Result<()> {
-        let vmid = record.vmid.expect("booted guests have a VMID");
+    fn templates(&self) -> Option<&dyn TemplateStore> {
+        Some(self)
+    }
+
+    fn created(&self, data: &mut Value) {
+        if let Some(obj) = data.as_object_mut() {
+            obj.remove("newTemplate");
+        }
+    }
+
+    fn boot(&self, guest: &Guest) -> Result<(), BackendError> {
+        let vmid = GuestData::vmid_of(guest)?;
         self.tools
             .pct(["start", &vmid.to_string()])
             .map_err(DriverError::from)?;
         Ok(())
     }
 
-    fn destroy(&self, record: &Record) -> Result<()> {
-        let Some(vmid) = record.vmid else {
+    fn destroy(&self, guest: &Guest) -> Result<(), BackendError> {
+        let Some(vmid) = GuestData::of(guest)?.vmid else {
             return Ok(());
         };
         let id = vmid.to_string();
@@ -509,14 +594,22 @@ impl Backend for Driver {
     /// crash lost it, so a guest is destroyed only if its configuration
     /// mounts this container's bridge directory: another's guest that took
     /// the id keeps running and only the reservation goes.
-    fn destroy_leftovers(&self, id: &str, bridge_dir: &Path) -> Result<Vec<String>> {
+    fn destroy_leftovers(&self, id: &str, bridge_dir: &Path) -> Result<Vec<String>, BackendError> {
         let mut removed = Vec::new();
         for vmid in vmid::reserved_for(&self.state_root, id) {
             let conf = self.conf_path(vmid);
             match std::fs::read_to_string(&conf) {
                 Ok(text) if mounts_bridge(&text, bridge_dir) => {
-                    let record = Record::for_leftovers(id, Self::NAME, vmid);
-                    self.destroy(&record)?;
+                    let data = GuestData {
+                        vmid: Some(vmid),
+                        ..GuestData::default()
+                    }
+                    .value();
+                    self.destroy(&Guest {
+                        id,
+                        data: &data,
+                        init: None,
+                    })?;
                     removed.push(format!("guest {vmid} and its VMID reservation"));
                     continue;
                 }
@@ -541,11 +634,14 @@ impl Backend for Driver {
 
     /// Through pveam like any removal, and only if no other create has
     /// hit the new template meanwhile (it holds the lock shared).
-    fn discard(&self, record: &Record) {
-        let Some(path) = &record.new_template else {
+    fn discard(&self, guest: &Guest) {
+        let Ok(d) = GuestData::of(guest) else {
             return;
         };
-        let Some(volid) = &record.template else {
+        let Some(path) = &d.new_template else {
+            return;
+        };
+        let Some(volid) = &d.template else {
             // A record from before templates were named in it.
             let _ = std::fs::remove_file(path);
             return;
@@ -566,10 +662,12 @@ impl Backend for Driver {
     /// `pct exec` becomes lxc-attach: stdio passes through and its exit
     /// status is the command's. The environment is cleared because the
     /// process gets exactly the OCI env from the init.
-    fn exec_command(&self, record: &Record, process_file: &str) -> Result<Vec<OsString>> {
-        let vmid = record
-            .vmid
-            .ok_or_else(|| Error::NotRunning(record.id.clone()))?;
+    fn exec_command(
+        &self,
+        guest: &Guest,
+        process_file: &str,
+    ) -> Result<Vec<OsString>, BackendError> {
+        let vmid = GuestData::vmid_of(guest)?;
         let mut argv: Vec<OsString> = vec![self.settings.pct.clone().into()];
         for a in ["exec", &vmid.to_string(), "--keep-env", "0", "--"] {
             argv.push(a.into());
@@ -583,22 +681,22 @@ impl Backend for Driver {
 
     /// The guest's freezer cgroup directly, not `pct suspend` (lxc-freeze
     /// through Perl): the same kernel operation without hundreds of ms.
-    fn pause(&self, record: &Record) -> Result<()> {
-        Ok(cgroup::of_record(record)?.freeze()?)
+    fn pause(&self, guest: &Guest) -> Result<(), BackendError> {
+        let cg = cgroup::of_init(guest.id, guest.init).map_err(DriverError::from)?;
+        Ok(cg.freeze().map_err(DriverError::from)?)
     }
 
-    fn resume(&self, record: &Record) -> Result<()> {
-        Ok(cgroup::of_record(record)?.thaw()?)
+    fn resume(&self, guest: &Guest) -> Result<(), BackendError> {
+        let cg = cgroup::of_init(guest.id, guest.init).map_err(DriverError::from)?;
+        Ok(cg.thaw().map_err(DriverError::from)?)
     }
 
     /// Memory and CPU through `pct set`, so that Proxmox's config agrees and
     /// pct applies them to the running guest; the pids limit (no pct option)
     /// live in the guest's cgroup. Everything is checked before anything is
     /// applied.
-    fn update(&self, record: &Record, resources: &Map<String, Value>) -> Result<()> {
-        let vmid = record
-            .vmid
-            .ok_or_else(|| Error::NotRunning(record.id.clone()))?;
+    fn update(&self, guest: &Guest, resources: &Map<String, Value>) -> Result<(), BackendError> {
+        let vmid = GuestData::vmid_of(guest)?;
         let req = UpdateRequest::check(resources)?;
         let mut args = vec!["set".to_string(), vmid.to_string()];
         args.extend(req.pct_options(&self.settings)?);
@@ -606,7 +704,9 @@ impl Backend for Driver {
             self.tools.pct(&args).map_err(DriverError::from)?;
         }
         if let Some(pids) = req.pids {
-            cgroup::of_record(record)?.set_pids_max(Some(pids))?;
+            cgroup::of_init(guest.id, guest.init)
+                .and_then(|cg| cg.set_pids_max(Some(pids)))
+                .map_err(DriverError::from)?;
         }
         Ok(())
     }
@@ -625,7 +725,7 @@ struct UpdateRequest {
 impl UpdateRequest {
     /// Which fields are set; anything beyond memory.limit/swap,
     /// cpu.shares/quota/period and pids.limit is refused by name.
-    fn check(r: &Map<String, Value>) -> Result<UpdateRequest> {
+    fn check(r: &Map<String, Value>) -> Result<UpdateRequest, DriverError> {
         let unset = |v: &Value| match v {
             Value::Null => true,
             Value::String(s) => s.is_empty(),
@@ -635,8 +735,8 @@ impl UpdateRequest {
             Value::Bool(b) => !b,
         };
         let mut req = UpdateRequest::default();
-        let refuse = |what: String| -> Error {
-            Error::Usage(format!("update of {what} is not supported yet"))
+        let refuse = |what: String| -> DriverError {
+            DriverError::Update(format!("update of {what} is not supported yet"))
         };
         for (k, v) in r {
             if unset(v) {
@@ -678,12 +778,12 @@ impl UpdateRequest {
             }
         }
         if req.swap && req.memory.is_none() {
-            return Err(Error::Usage(
+            return Err(DriverError::Update(
                 "update: memory.swap (memory+swap) needs memory.limit in the same update".into(),
             ));
         }
         if req.cpu.contains_key("period") && !req.cpu.contains_key("quota") {
-            return Err(Error::Usage(
+            return Err(DriverError::Update(
                 "update: cpu.period needs cpu.quota in the same update".into(),
             ));
         }
@@ -702,7 +802,7 @@ impl UpdateRequest {
     /// `pct set` options, converted by the create translation itself (the
     /// same MiB rounding, cpulimit and cpuunits), from a spec holding only
     /// these resources; only the options asked for are taken from its plan.
-    fn pct_options(&self, settings: &ProxmoxSettings) -> Result<Vec<String>> {
+    fn pct_options(&self, settings: &ProxmoxSettings) -> Result<Vec<String>, DriverError> {
         let mut resources = Map::new();
         if let Some(m) = &self.memory {
             resources.insert("memory".into(), m.clone());
@@ -724,9 +824,8 @@ impl UpdateRequest {
                                {"type": "uts"}, {"type": "mount"}]
             }
         }))
-        .map_err(|e| Error::Usage(format!("update: invalid resources: {e}")))?;
-        let plan =
-            translate::plan(&spec, settings, HostFacts::read()).map_err(DriverError::from)?;
+        .map_err(|e| DriverError::Update(format!("update: invalid resources: {e}")))?;
+        let plan = translate::plan(&spec, settings, HostFacts::read())?;
         let mut wanted: Vec<&str> = Vec::new();
         if self.memory.is_some() {
             wanted.push("memory");
@@ -786,7 +885,7 @@ mod update_tests {
         );
     }
 
-    fn req(v: Value) -> Result<UpdateRequest> {
+    fn req(v: Value) -> Result<UpdateRequest, DriverError> {
         UpdateRequest::check(v.as_object().unwrap())
     }
 
@@ -799,9 +898,7 @@ mod update_tests {
         }))
         .unwrap();
         assert_eq!(r.pids, Some(64));
-        let opts = r
-            .pct_options(&crate::config::Settings::default().proxmox)
-            .unwrap();
+        let opts = r.pct_options(&ProxmoxSettings::default()).unwrap();
         let text = opts.join(" ");
         for want in ["--memory 256", "--swap 256", "--cpulimit 1.5", "--cpuunits"] {
             assert!(text.contains(want), "{text}");
@@ -819,9 +916,7 @@ mod update_tests {
         }
         assert!(req(serde_json::json!({"memory": {"swap": 5}})).is_err());
         let none = req(serde_json::json!({"cpu": {"quota": -1}})).unwrap();
-        let opts = none
-            .pct_options(&crate::config::Settings::default().proxmox)
-            .unwrap();
+        let opts = none.pct_options(&ProxmoxSettings::default()).unwrap();
         assert_eq!(opts, ["--cpulimit", "0"]);
     }
 }

@@ -11,9 +11,9 @@ use proptest::sample::Index;
 use serde_json::Value;
 
 use super::conf::RawLine;
+use super::settings::{CgroupVersion, ProxmoxSettings};
 use super::translate::{self, HostFacts, TranslateError};
 use crate::bundle::{self, BundleError};
-use crate::config::{CgroupVersion, ProxmoxSettings};
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bundles/golden");
 const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bundles/reference");

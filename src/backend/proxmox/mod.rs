@@ -7,8 +7,28 @@ pub mod driver;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod pct;
+pub mod settings;
 pub mod template;
 pub mod translate;
 pub mod vmid;
 
 pub use driver::Driver;
+
+use crate::backend::{Backend, BackendError, Registration};
+
+pub static REGISTRATION: Registration = Registration {
+    name: Driver::NAME,
+    section: "proxmox",
+    check: |table| settings::ProxmoxSettings::from_table(table).map(drop),
+    open,
+    annotations: translate::ANNOTATIONS,
+};
+
+fn open(
+    table: &toml::Table,
+    state_root: &std::path::Path,
+) -> Result<Box<dyn Backend>, BackendError> {
+    let settings = settings::ProxmoxSettings::from_table(table)
+        .map_err(|m| BackendError::new(driver::DriverError::Settings(m)))?;
+    Ok(Box::new(Driver::new(settings, state_root)))
+}

@@ -6,15 +6,12 @@
 //! for an end-of-file that never comes.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::memfd::{memfd_create, MFdFlags};
-
-use crate::config::ProxmoxSettings;
+use super::settings::ProxmoxSettings;
+use crate::capture;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PctError {
@@ -108,8 +105,8 @@ where
         program: program.to_path_buf(),
         source,
     };
-    let mut out = capture_file("stdout").map_err(spawn_err)?;
-    let mut err = capture_file("stderr").map_err(spawn_err)?;
+    let mut out = capture::capture_file("stdout").map_err(spawn_err)?;
+    let mut err = capture::capture_file("stderr").map_err(spawn_err)?;
     tracing::debug!(%command, "running");
     let started = Instant::now();
     let mut child = Command::new(program)
@@ -137,46 +134,19 @@ where
         }
     };
     tracing::debug!(%command, ?status, ms = started.elapsed().as_millis() as u64, "finished");
-    let stdout = read_back(&mut out);
+    let stdout = capture::read_back(&mut out);
     if status.success() {
         return Ok(stdout);
     }
-    let stderr = read_back(&mut err);
+    let stderr = capture::read_back(&mut err);
     Err(PctError::Failed {
         command,
         status: match status.code() {
             Some(c) => format!("exit status {c}"),
             None => format!("{status}"),
         },
-        stderr: one_line(&stderr),
+        stderr: capture::joined_lines(&stderr),
     })
-}
-
-pub(crate) fn capture_file(name: &str) -> std::io::Result<File> {
-    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(std::io::Error::from)?;
-    Ok(File::from(fd))
-}
-
-pub(crate) fn read_back(f: &mut File) -> String {
-    let mut s = String::new();
-    if f.seek(SeekFrom::Start(0)).is_ok() {
-        let _ = f.read_to_string(&mut s);
-    }
-    s
-}
-
-/// Errors are reported on one line; the tool's lines are joined with "; ".
-pub fn one_line(text: &str) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    if lines.is_empty() {
-        "no error message".into()
-    } else {
-        lines.join("; ")
-    }
 }
 
 fn display_command(program: &Path, args: &[OsString]) -> String {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::conf::{ConfError, RawLine};
-use crate::config::{
+use super::settings::{
     is_bridge_name, is_storage_id, CgroupVersion, ProxmoxSettings, UnprivilegedPolicy,
 };
 

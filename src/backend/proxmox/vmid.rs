@@ -11,8 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::pct::{PctError, Tools};
-use crate::config::ProxmoxSettings;
-use crate::state::write_atomic;
+use super::settings::ProxmoxSettings;
+use crate::fsutil::{own_path, write_atomic};
 
 /// Proxmox's own bounds for a guest id.
 pub const MIN: u32 = 100;
@@ -114,7 +114,7 @@ impl Drop for Reservation {
 
 /// Where the reservations are, out of the container id namespace.
 pub fn reservations_dir(state_root: &Path) -> PathBuf {
-    crate::state::own_path(state_root, "vmids")
+    own_path(state_root, "vmids")
 }
 
 /// The VMIDs reserved for container `id`: normally one; more only if
