@@ -118,8 +118,8 @@ pub(super) fn set_caps(c: &Caps) -> Result<(), InitError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::process::Prepared;
     use super::*;
+    use crate::bridge::init::process::Prepared;
 
     #[test]
     fn capabilities_are_converted_before_fork() {
