@@ -46,7 +46,7 @@ pub fn document() -> Value {
             // LXC gives every guest these; "user" when unprivileged.
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             // Applied to the process by the in-container init.
-            "capabilities": crate::bridge::init::capability_names(),
+            "capabilities": crate::bridge::init::capabilities::capability_names(),
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
             // Compiled at create, loaded by the init (docs/translation.md).
             "seccomp": {

@@ -43,7 +43,7 @@ pub fn status(store: &Store, record: &Record) -> Status {
     }
     // The monitor's pid is the container's for clients: once it is gone,
     // whoever reaped it has seen the container end, and the init is
-    // already ending the process (bridge/init.rs supervise).
+    // already ending the process (bridge/init/supervise.rs).
     if record.monitor.is_some_and(|m| !m.is_alive()) {
         return Status::Stopped;
     }

@@ -9,7 +9,7 @@
 //! unprivileged. The init's read-only binds of `linux.readonlyPaths` under
 //! /proc and /sys and its ro remount of `/` for `root.readonly` are exactly
 //! those, so each gets an allow rule naming that one path and the exact
-//! flags the init uses (see src/bridge/init.rs, readonly_bind). Masked
+//! flags the init uses (see src/bridge/init/linux.rs, readonly_bind). Masked
 //! paths need none: tmpfs mounts and binds of /dev/null are allowed.
 
 use super::translate::InitSettings;
