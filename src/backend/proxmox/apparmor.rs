@@ -13,17 +13,7 @@
 //! paths need none: tmpfs mounts and binds of /dev/null are allowed.
 
 use super::translate::InitSettings;
-
-/// The flags the init adds to every read-only bind under /proc and /sys,
-/// so the rule below can name them exactly whatever the mount had.
-pub const KERNEL_DIR_LOCKED: &str = "nosuid,nodev,noexec";
-
-/// Whether a read-only bind of `p` needs a rule of its own.
-pub fn in_kernel_dir(p: &str) -> bool {
-    ["/proc", "/sys"]
-        .iter()
-        .any(|d| p == *d || p.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
-}
+use crate::bridge::init::linux::{in_kernel_dir, KERNEL_DIR_LOCKED};
 
 /// A path the rules can name literally: AppArmor globbing and rule syntax
 /// characters (`*?[]{}^,"\` and blanks) would change what the rule means.

@@ -143,6 +143,19 @@ fn write_sysctl(key: &str, value: &str) -> std::io::Result<()> {
         .write_all(value.as_bytes())
 }
 
+/// The flags the init adds to every read-only bind under /proc and /sys,
+/// whatever the mount had, so that a rule naming exact flags (the Proxmox
+/// backend's AppArmor allow rules) matches it. Kept in step with
+/// `readonly_bind`.
+pub const KERNEL_DIR_LOCKED: &str = "nosuid,nodev,noexec";
+
+/// Whether `p` is /proc, /sys or below them.
+pub fn in_kernel_dir(p: &str) -> bool {
+    ["/proc", "/sys"]
+        .iter()
+        .any(|d| p == *d || p.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
+}
+
 /// Bind a path onto itself, then make that mount read-only, keeping the
 /// flags the kernel locked (nosuid, nodev, noexec) so the remount is allowed
 /// in an unprivileged guest. The bind is recursive (rbind) and the remount
@@ -172,7 +185,7 @@ fn readonly_bind(p: &str) -> nix::Result<()> {
     // Under /proc and /sys the remount always carries nosuid, nodev and
     // noexec (harmless there), because the AppArmor rule translate writes
     // for it names its flags exactly (backend::proxmox::apparmor).
-    let locked = if crate::backend::proxmox::apparmor::in_kernel_dir(p) {
+    let locked = if in_kernel_dir(p) {
         locked | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
     } else {
         locked

@@ -14,7 +14,7 @@
 pub mod capabilities;
 mod error;
 mod fds;
-mod linux;
+pub mod linux;
 mod process;
 mod start;
 mod supervise;
