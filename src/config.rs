@@ -151,8 +151,8 @@ impl Settings {
 }
 
 impl ProxmoxSettings {
-    pub fn template_cache_limits(&self) -> crate::backend::proxmox::cache::Limits {
-        crate::backend::proxmox::cache::Limits {
+    pub fn template_cache_limits(&self) -> crate::backend::proxmox::template::cache::Limits {
+        crate::backend::proxmox::template::cache::Limits {
             max_bytes: self.template_cache_max_bytes,
             max_count: self.template_cache_max_count.map(|n| n as usize),
         }

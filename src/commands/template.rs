@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use serde_json::json;
 
-use crate::backend::proxmox::cache::{self, Keep, PruneFilter};
+use crate::backend::proxmox::template::cache::{self, Keep, PruneFilter};
 use crate::backend::proxmox::Driver;
 use crate::cli::{GlobalOpts, ListFormat, TemplateCommand, TemplatePruneArgs};
 use crate::error::{Error, Result};

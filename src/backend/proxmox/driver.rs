@@ -9,9 +9,9 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::cache::{self, CacheError, Meta};
 use super::conf::{self, ConfError, RawLine};
 use super::pct::{PctError, Tools};
+use super::template::cache::{self, CacheError, Meta};
 use super::template::{self, TemplateError};
 use super::translate::{self, HostFacts, TranslateError};
 use super::vmid::{self, Allocator, VmidError};

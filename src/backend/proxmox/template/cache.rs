@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use nix::libc;
 
-use super::pct::{PctError, Tools};
+use crate::backend::proxmox::pct::{PctError, Tools};
 use crate::state::write_atomic;
 
 #[derive(Debug, thiserror::Error)]

@@ -47,6 +47,8 @@ use nix::unistd::{lseek, Whence};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, GnuExtSparseHeader, Header};
 
+pub mod cache;
+
 /// Mixed into every fingerprint. Bump it whenever the archive layout changes,
 /// so templates written by an older nexcage are not reused for the new layout.
 const FORMAT_TAG: &[u8] = b"nexcage-template-v2\0";
@@ -85,7 +87,7 @@ pub enum TemplateError {
     #[error("cannot write the archive of rootfs {}: {source}", rootfs.display())]
     Output { rootfs: PathBuf, source: io::Error },
     #[error(transparent)]
-    Cache(#[from] super::cache::CacheError),
+    Cache(#[from] cache::CacheError),
 }
 
 /// A converted (or reused) template in the storage directory.
