@@ -230,9 +230,9 @@ impl Driver {
     }
 
     /// nexcage's temporary templates in the template directory.
-    pub fn template_temps(&self) -> Result<template::Temps, DriverError> {
+    pub fn template_temps(&self) -> Result<cache::Temps, DriverError> {
         let (_, dir, _) = self.template_store()?;
-        Ok(template::temps(&dir))
+        Ok(cache::temps(&dir))
     }
 
     /// Whether a create holds `name` at this moment.
