@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::cache::{self, CacheError, Meta};
 use super::conf::{self, ConfError, RawLine};
 use super::pct::{PctError, Tools};
 use super::settings::ProxmoxSettings;
+use super::template::cache::{self, CacheError, Meta};
 use super::template::{self, TemplateError};
 use super::translate::{self, HostFacts, TranslateError};
 use super::vmid::{self, Allocator, VmidError};
@@ -342,7 +342,7 @@ impl TemplateStore for Driver {
 
     fn temporaries(&self) -> Result<Temporaries, BackendError> {
         let (_, dir, _) = self.template_store()?;
-        let t = template::temps(&dir);
+        let t = cache::temps(&dir);
         Ok(Temporaries {
             stale: t.stale,
             stale_bytes: t.stale_bytes,

@@ -1,7 +1,6 @@
 //! Proxmox VE LXC: every container is a `pct` guest of the node.
 
 pub mod apparmor;
-pub mod cache;
 pub mod conf;
 pub mod driver;
 #[cfg(test)]

@@ -112,8 +112,8 @@ impl ProxmoxSettings {
         Ok(s)
     }
 
-    pub fn template_cache_limits(&self) -> super::cache::Limits {
-        super::cache::Limits {
+    pub fn template_cache_limits(&self) -> super::template::cache::Limits {
+        super::template::cache::Limits {
             max_bytes: self.template_cache_max_bytes,
             max_count: self.template_cache_max_count.map(|n| n as usize),
         }

@@ -1,7 +1,15 @@
-//! The template cache kept in bounds: which of nexcage's templates exist
-//! (`pveam list`), when each was last used, which are being created from at
-//! this moment, and removal through `pveam remove` so that the storage
-//! layer stays the one that deletes volumes.
+//! The template cache: nexcage's archives in the template storage's
+//! `vztmpl` directory, each named after the fingerprint of its rootfs.
+//!
+//! Filling it: [`convert`] writes an archive under a temporary name and
+//! renames it into place, so `pct` never sees a partial one. Temporaries of
+//! converters killed outright are swept by the next conversion; [`temps`]
+//! counts them.
+//!
+//! Keeping it in bounds: which of nexcage's templates exist (`pveam list`),
+//! when each was last used, which are being created from at this moment,
+//! and removal through `pveam remove` so that the storage layer stays the
+//! one that deletes volumes.
 //!
 //! Per template, under `<state root>/~nexcage/cache/templates/`:
 //! * `<name>` holds the time of the last create that hit or made it, written
@@ -10,16 +18,21 @@
 //!   `pct create` has unpacked the archive, and exclusively (non-blocking) by
 //!   eviction and prune, which skip a template whose lock is busy.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::libc;
 
-use super::pct::{PctError, Tools};
+use super::writer::archive_into;
+use super::{template_name, TemplateError};
+use crate::backend::proxmox::pct::{PctError, Tools};
 use crate::backend::Template;
 use crate::fsutil::{own_path, write_atomic};
 
@@ -42,6 +55,264 @@ pub enum CacheError {
     #[error("cannot remove template {volid}: {source}")]
     Remove { volid: String, source: PctError },
 }
+
+// ---------------------------------------------------------------------------
+// Filling the cache
+
+/// Writes the template under a temporary name and renames it into place once
+/// complete and synced, so `pct` never sees a partial archive.
+pub(super) fn convert(rootfs: &Path, cache_dir: &Path, fp: &str) -> Result<PathBuf, TemplateError> {
+    let started = Instant::now();
+    let final_path = cache_dir.join(template_name(fp));
+    // Before writing, not only after: temps of killed converters can fill
+    // the storage, and then no conversion would ever get to the sweep.
+    sweep_stale_temps(cache_dir);
+    let (tmp, file) = create_temp(cache_dir, fp)?;
+    let guard = TempGuard(Some(tmp.clone()));
+    let write_err = |source| TemplateError::Write {
+        path: tmp.clone(),
+        source,
+    };
+
+    let (written_fp, file) = archive_into(rootfs, file, Some(&tmp))?;
+    // The archive pass hashes what it actually stored; if that differs from
+    // the fingerprint the name came from, the tree changed in between and the
+    // archive must not be filed under that name.
+    if written_fp != fp {
+        return Err(TemplateError::Changed(rootfs.to_path_buf()));
+    }
+    file.sync_all().map_err(write_err)?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    drop(file);
+    fs::rename(&tmp, &final_path).map_err(|source| TemplateError::Write {
+        path: final_path.clone(),
+        source,
+    })?;
+    guard.disarm();
+    // Makes the rename durable; the archive is complete either way, so a
+    // failure here is only worth a warning.
+    if let Err(e) = File::open(cache_dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %cache_dir.display(), error = %e, "cannot sync template directory");
+    }
+    sweep_stale_temps(cache_dir);
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        rootfs = %rootfs.display(),
+        template = %final_path.display(),
+        bytes = size,
+        seconds = secs,
+        "converted rootfs to template"
+    );
+    Ok(final_path)
+}
+
+/// Removes the temporary file unless disarmed: covers every early return and
+/// unwinding panic between creating the temp file and renaming it.
+struct TempGuard(Option<PathBuf>);
+
+impl TempGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove temporary template");
+            }
+        }
+    }
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Host part of temp names: template storage may be shared between nodes,
+/// and only this node can tell whether one of its pids is still alive.
+fn temp_host() -> String {
+    let host = nix::unistd::gethostname().unwrap_or_default();
+    let host: String = host
+        .as_bytes()
+        .iter()
+        .filter(|b| b.is_ascii_alphanumeric() || **b == b'-')
+        .take(63)
+        .map(|&b| b as char)
+        .collect();
+    if host.is_empty() {
+        "localhost".into()
+    } else {
+        host
+    }
+}
+
+/// `_` cannot occur in the host part, so one node's names never parse as
+/// another's whose host name it starts with.
+fn temp_prefix(host: &str) -> String {
+    format!(".tmp-{host}_")
+}
+
+/// Names before they carried a start time: `.tmp-<host>-<pid>-<n>`.
+fn legacy_temp_prefix(host: &str) -> String {
+    format!(".tmp-{host}-")
+}
+
+/// When process `pid` started, in clock ticks after boot (field 22 of
+/// /proc/<pid>/stat): with the pid it names one process for the life of
+/// the boot, so a pid reused by another process is not taken for a writer.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; the
+    // fields after its closing parenthesis are plain.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `.nexcage-<fp>.tmp-<host>_<pid>_<start time>_<n>`: host, pid and start
+/// time name the writer, so that a sweep can prove it gone.
+fn create_temp(cache_dir: &Path, fp: &str) -> Result<(PathBuf, File), TemplateError> {
+    let host = temp_host();
+    let pid = std::process::id();
+    let start = start_time(pid).unwrap_or(0);
+    loop {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = cache_dir.join(format!(
+            ".nexcage-{}{}{pid}_{start}_{n}",
+            &fp[..32],
+            temp_prefix(&host)
+        ));
+        // Root only: the archive holds every file of the image, its 0600
+        // keys and /etc/shadow too, and pct reads it as root.
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            // Left by an earlier process that had this pid; try the next name.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1_000_000 => continue,
+            Err(source) => return Err(TemplateError::Write { path: tmp, source }),
+        }
+    }
+}
+
+/// What a temporary template's name says of its writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Not one of nexcage's temps.
+    None,
+    /// This node's process that is provably gone: no such pid, or the pid
+    /// now belongs to a process started at another time.
+    Gone,
+    /// Alive, or not provably gone (another node's, or an older name
+    /// without a start time whose pid is in use).
+    Unknown,
+}
+
+fn temp_writer(name: &str, host: &str) -> Writer {
+    let Some(rest) = name.strip_prefix(".nexcage-") else {
+        return Writer::None;
+    };
+    if !rest.contains(".tmp-") {
+        return Writer::None;
+    }
+    let ids = |marker: String, sep: char| {
+        rest.split_once(&marker)
+            .map(|(_, ids)| ids.split(sep).map(str::to_owned).collect::<Vec<_>>())
+    };
+    let (pid, start) = if let Some(f) = ids(temp_prefix(host), '_') {
+        match &f[..] {
+            [pid, start, _n] => (pid.parse::<i32>().ok(), start.parse::<u64>().ok()),
+            _ => (None, None),
+        }
+    } else if let Some(f) = ids(legacy_temp_prefix(host), '-') {
+        match &f[..] {
+            [pid, _n] => (pid.parse::<i32>().ok(), None),
+            _ => (None, None),
+        }
+    } else {
+        return Writer::Unknown;
+    };
+    let Some(pid) = pid.filter(|&p| p > 0) else {
+        return Writer::Unknown;
+    };
+    // Signal 0 only asks whether the pid exists; EPERM means it does.
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
+        return Writer::Gone;
+    }
+    match (start, start_time(pid as u32)) {
+        (Some(want), Some(now)) if want != 0 && want != now => Writer::Gone,
+        _ => Writer::Unknown,
+    }
+}
+
+/// nexcage's temporary templates in a template directory, counted by
+/// whether their writer is provably gone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Temps {
+    /// Left by converters that are gone: the next conversion removes them.
+    pub stale: u64,
+    pub stale_bytes: u64,
+    /// Being written, or written by another node sharing the storage.
+    pub other: u64,
+    pub other_bytes: u64,
+}
+
+/// Counts the temps in `cache_dir` without touching them.
+pub fn temps(cache_dir: &Path) -> Temps {
+    let host = temp_host();
+    let mut t = Temps::default();
+    let Ok(dir) = fs::read_dir(cache_dir) else {
+        return t;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let writer = temp_writer(name, &host);
+        if writer == Writer::None {
+            continue;
+        }
+        let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        if writer == Writer::Gone {
+            t.stale += 1;
+            t.stale_bytes += bytes;
+        } else {
+            t.other += 1;
+            t.other_bytes += bytes;
+        }
+    }
+    t
+}
+
+/// Removes temp files this node's converters left behind when they were
+/// killed outright (SIGKILL, power loss), where no guard could run.
+fn sweep_stale_temps(cache_dir: &Path) {
+    let host = temp_host();
+    let Ok(dir) = fs::read_dir(cache_dir) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if temp_writer(name, &host) != Writer::Gone {
+            continue;
+        }
+        let path = entry.path();
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed stale temporary template")
+            }
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot remove stale temporary template")
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Keeping the cache in bounds
 
 /// `nexcage-<32 hex>.tar.zst`: only these are ever listed, evicted or
 /// pruned; an admin's own templates on the same storage are not ours.
@@ -318,6 +589,9 @@ pub fn evict(tools: &Tools, storage: &str, dir: &Path, meta: &Meta, limits: Limi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::backend::proxmox::template::ensure;
 
     fn entry(name: &str, bytes: u64, age: u64) -> Template {
         Template {
@@ -431,5 +705,85 @@ mod tests {
         let when = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
         meta.touch("t", when).unwrap();
         assert_eq!(meta.last_used("t"), Some(when));
+    }
+
+    #[test]
+    fn stale_temps_of_dead_converters_are_swept() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("rootfs");
+        fs::create_dir(&root).unwrap();
+        let cache = base.path().join("cache");
+        fs::create_dir(&cache).unwrap();
+        let host = temp_host();
+        let me = std::process::id();
+        let my_start = start_time(me).unwrap();
+        let temp = |fp: char, ids: String| {
+            cache.join(format!(
+                ".nexcage-{}.tmp-{host}{ids}",
+                fp.to_string().repeat(32)
+            ))
+        };
+        // pid_max is at most 2^22, so this pid cannot be alive.
+        let dead = temp('a', "_2147483000_5_0".to_string());
+        let legacy_dead = temp('d', "-2147483000-0".to_string());
+        // A live pid that another process had when it wrote the temp.
+        let reused = temp('e', format!("_{me}_{}_0", my_start + 1));
+        let live = temp('b', format!("_{me}_{my_start}_0"));
+        let legacy_live = temp('f', format!("-{me}-0"));
+        let other_host = cache.join(format!(
+            ".nexcage-{}.tmp-elsewhere_2147483000_5_0",
+            "c".repeat(32)
+        ));
+        // A host whose name starts with ours is not ours.
+        let longer_host = cache.join(format!(
+            ".nexcage-{}.tmp-{host}-x_2147483000_5_0",
+            "c".repeat(32)
+        ));
+        for p in [
+            &dead,
+            &legacy_dead,
+            &reused,
+            &live,
+            &legacy_live,
+            &other_host,
+            &longer_host,
+        ] {
+            fs::write(p, b"partial").unwrap();
+        }
+        assert_eq!(
+            temps(&cache),
+            Temps {
+                stale: 3,
+                stale_bytes: 21,
+                other: 4,
+                other_bytes: 28
+            }
+        );
+        // Swept before converting: a conversion that fails still sweeps.
+        let e = convert(&root, &cache, &"0".repeat(64)).unwrap_err();
+        assert!(matches!(e, TemplateError::Changed(_)), "{e}");
+        for p in [&dead, &legacy_dead, &reused] {
+            assert!(!p.exists(), "{} left", p.display());
+        }
+        for p in [&live, &legacy_live, &other_host, &longer_host] {
+            assert!(p.exists(), "{} swept", p.display());
+        }
+        assert_eq!(temps(&cache).stale, 0);
+    }
+
+    #[test]
+    fn templates_and_their_temps_are_readable_by_root_only() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("rootfs");
+        fs::create_dir(&root).unwrap();
+        fs::write(root.join("shadow"), b"secret").unwrap();
+        fs::set_permissions(root.join("shadow"), fs::Permissions::from_mode(0o600)).unwrap();
+        let cache = base.path().join("cache");
+        fs::create_dir(&cache).unwrap();
+        let (tmp, _f) = create_temp(&cache, &"1".repeat(64)).unwrap();
+        assert_eq!(fs::metadata(&tmp).unwrap().mode() & 0o777, 0o600);
+        fs::remove_file(&tmp).unwrap();
+        let t = ensure(&root, &cache).unwrap();
+        assert_eq!(fs::metadata(&t.path).unwrap().mode() & 0o777, 0o600);
     }
 }
