@@ -2242,7 +2242,7 @@ mod doc_table {
     use super::*;
     use serde_json::json;
 
-    const DOC: &str = include_str!("../../../docs/translation.md");
+    const DOC: &str = include_str!("../../../../docs/translation.md");
 
     enum Expect {
         /// `--flag` followed by a value containing the text.
