@@ -29,8 +29,8 @@ use nix::unistd::{fork, setresgid, setresuid, setsid, ForkResult, Gid, Pid, Uid}
 use oci_spec::runtime::{PosixRlimitType, Process};
 
 use super::proto::{self, Message};
-use super::MOUNT_POINT;
-use crate::backend::proxmox::translate::{InitSettings, INIT_SETTINGS_FILE};
+use super::settings::{InitSettings, INIT_SETTINGS_FILE};
+use super::{FIFO_FILE, MOUNT_POINT, PROCESS_FILE, SOCKET_FILE};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -158,7 +158,7 @@ pub fn run() -> ! {
 }
 
 fn connect_monitor() -> nix::Result<OwnedFd> {
-    let path = Path::new(MOUNT_POINT).join("sock");
+    let path = Path::new(MOUNT_POINT).join(SOCKET_FILE);
     let addr = UnixAddr::new(&path)?;
     let sock = socket(
         AddressFamily::Unix,
@@ -183,7 +183,7 @@ fn serve(conn: &OwnedFd) -> i32 {
         Err(None) => return 1,
         Err(Some(err)) => return fail_and_wait(conn, err),
     };
-    let prepared = match Prepared::load(&Path::new(MOUNT_POINT).join("process.json")) {
+    let prepared = match Prepared::load(&Path::new(MOUNT_POINT).join(PROCESS_FILE)) {
         Ok(p) => p,
         Err(err) => return fail_and_wait(conn, err),
     };
@@ -557,7 +557,7 @@ fn apply_linux_settings(path: &Path) -> Result<(), InitError> {
 
 /// The guest's link as pct would have configured it with host-managed=1
 /// (and as LXC does then, lo comes up with it).
-fn configure_link(net: &crate::backend::proxmox::translate::InitNet) -> Result<(), InitError> {
+fn configure_link(net: &super::settings::InitNet) -> Result<(), InitError> {
     use super::netlink;
     let fail = |e: netlink::NetlinkError| InitError::Network(e.to_string());
     netlink::link_up("lo").map_err(fail)?;
@@ -1024,7 +1024,7 @@ fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> InitError {
 /// startContainer hooks (inside the guest, before the process) and tell
 /// start '0', or '1' and why, which it fails with.
 fn wait_for_start() -> Result<(), InitError> {
-    let fifo = Path::new(MOUNT_POINT).join("exec.fifo");
+    let fifo = Path::new(MOUNT_POINT).join(FIFO_FILE);
     // std opens with O_CLOEXEC.
     let mut fifo = std::fs::OpenOptions::new()
         .write(true)

@@ -12,7 +12,7 @@
 //! flags the init uses (see src/bridge/init.rs, readonly_bind). Masked
 //! paths need none: tmpfs mounts and binds of /dev/null are allowed.
 
-use super::translate::InitSettings;
+use crate::bridge::settings::InitSettings;
 
 /// The flags the init adds to every read-only bind under /proc and /sys,
 /// so the rule below can name them exactly whatever the mount had.

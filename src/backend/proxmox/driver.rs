@@ -15,7 +15,8 @@ use super::pct::{PctError, Tools};
 use super::template::{self, TemplateError};
 use super::translate::{self, HostFacts, TranslateError};
 use super::vmid::{self, Allocator, VmidError};
-use crate::bridge::{BridgeDir, INIT_CMD, MOUNT_POINT, MOUNT_TARGET};
+use crate::bridge::settings::INIT_SETTINGS_FILE;
+use crate::bridge::{BridgeDir, INIT_CMD, INIT_PATH, MOUNT_TARGET};
 use crate::cgroup;
 use crate::config::ProxmoxSettings;
 use crate::error::{Error, Result};
@@ -412,7 +413,7 @@ impl Backend for Driver {
                 vmid: 0,
                 source: ConfError::Io {
                     what: "write",
-                    path: req.bridge_dir.join(translate::INIT_SETTINGS_FILE),
+                    path: req.bridge_dir.join(INIT_SETTINGS_FILE),
                     source: e,
                 },
             })?;
@@ -574,7 +575,7 @@ impl Backend for Driver {
         for a in ["exec", &vmid.to_string(), "--keep-env", "0", "--"] {
             argv.push(a.into());
         }
-        argv.push(format!("{MOUNT_POINT}/init").into());
+        argv.push(INIT_PATH.into());
         argv.push("init".into());
         argv.push("exec".into());
         argv.push(process_file.into());
