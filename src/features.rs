@@ -7,8 +7,8 @@ use crate::backend;
 use crate::lifecycle::OCI_VERSION;
 
 /// Every mount option the translation accepts on some mount (bind, tmpfs,
-/// mqueue or the container's standard filesystems); kept in step with
-/// translate.rs by a test.
+/// mqueue or the container's standard filesystems); kept in step by hand
+/// with translate/mounts.rs (bind_mount, kernel_fs_options).
 pub const MOUNT_OPTIONS: &[&str] = &[
     "bind",
     "dev",

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{mknod, Mode, SFlag};
 
+use super::settings::{InitDev, InitDevMount};
 use super::MOUNT_POINT;
-use crate::backend::proxmox::translate::{InitDev, InitDevMount};
 
 /// The staging directory in the bridge (created empty by the host).
 pub const STAGE_DIR: &str = "dev";

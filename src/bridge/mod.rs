@@ -23,6 +23,7 @@ pub mod netns;
 pub mod proto;
 pub mod pty;
 pub mod seccomp;
+pub mod settings;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader};
@@ -43,12 +44,28 @@ use crate::cli::{GlobalOpts, LogFormat};
 use crate::procfs::ProcRef;
 use proto::Outcome;
 
+// The bridge directory's name at the container's root and the init's name
+// in it, as macros because concat! (which builds the paths below at compile
+// time) takes only literals.
+macro_rules! mount_name {
+    () => {
+        ".nexcage"
+    };
+}
+macro_rules! init_file {
+    () => {
+        "init"
+    };
+}
+
 /// Where the bridge directory appears inside the container.
-pub const MOUNT_POINT: &str = "/.nexcage";
+pub const MOUNT_POINT: &str = concat!("/", mount_name!());
 /// The same, relative to the container's root (for lxc.mount.entry).
-pub const MOUNT_TARGET: &str = ".nexcage";
-/// nexcage's own binary inside the container, and the command LXC starts.
-pub const INIT_CMD: &str = "/.nexcage/init init";
+pub const MOUNT_TARGET: &str = mount_name!();
+/// nexcage's own binary inside the container.
+pub const INIT_PATH: &str = concat!("/", mount_name!(), "/", init_file!());
+/// The command LXC starts: that binary's `init` subcommand.
+pub const INIT_CMD: &str = concat!("/", mount_name!(), "/", init_file!(), " init");
 
 /// How host and init talk, bumped on every change. A guest's init is the
 /// nexcage binary of its `create` (a bind mount keeps that inode through a
@@ -56,12 +73,18 @@ pub const INIT_CMD: &str = "/.nexcage/init init";
 /// 2: exec passes the caller's descriptors over lxc-attach's stdin.
 pub const PROTOCOL: u32 = 2;
 
-const PROCESS_FILE: &str = "process.json";
-const FIFO_FILE: &str = "exec.fifo";
+// The files of the bridge directory; also settings::INIT_SETTINGS_FILE and
+// seccomp::FILE, and devfs::STAGE_DIR.
+/// The OCI process the init runs.
+pub const PROCESS_FILE: &str = "process.json";
+/// Holds the process until `start` (runc's exec.fifo).
+pub const FIFO_FILE: &str = "exec.fifo";
 /// startContainer hooks and the state they get, for the init (hooks.rs).
 pub const START_HOOKS_FILE: &str = "start-hooks.json";
-const SOCKET_FILE: &str = "sock";
-const INIT_FILE: &str = "init";
+/// The monitor listens here; the init connects.
+pub const SOCKET_FILE: &str = "sock";
+/// The empty file nexcage's binary is bind-mounted onto.
+const INIT_FILE: &str = init_file!();
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -270,7 +293,7 @@ pub fn process_is_terminal(dir: &Path) -> Result<bool, String> {
 /// The network namespace the process joins (for the monitor, which opens it
 /// on the host), from the init settings create wrote.
 pub fn netns_path(dir: &Path) -> Result<Option<PathBuf>, String> {
-    use crate::backend::proxmox::translate::{InitSettings, INIT_SETTINGS_FILE};
+    use settings::{InitSettings, INIT_SETTINGS_FILE};
     let p = dir.join(INIT_SETTINGS_FILE);
     let settings: InitSettings = match fs::read(&p) {
         Ok(text) => {

@@ -12,8 +12,8 @@
 //! flags the init uses (see src/bridge/init/linux.rs, readonly_bind). Masked
 //! paths need none: tmpfs mounts and binds of /dev/null are allowed.
 
-use super::translate::InitSettings;
 use crate::bridge::init::linux::{in_kernel_dir, KERNEL_DIR_LOCKED};
+use crate::bridge::settings::InitSettings;
 
 /// A path the rules can name literally: AppArmor globbing and rule syntax
 /// characters (`*?[]{}^,"\` and blanks) would change what the rule means.

@@ -19,7 +19,8 @@ use super::vmid::{self, Allocator, VmidError};
 use crate::backend::{
     Backend, BackendError, Guest, Provision, Save, Template, TemplateStore, Temporaries,
 };
-use crate::bridge::{BridgeDir, INIT_CMD, MOUNT_POINT, MOUNT_TARGET};
+use crate::bridge::settings::INIT_SETTINGS_FILE;
+use crate::bridge::{BridgeDir, INIT_CMD, INIT_PATH, MOUNT_TARGET};
 use crate::cgroup::{self, CgroupError};
 use crate::fsutil::{own_path, write_atomic};
 use serde::{Deserialize, Serialize};
@@ -487,7 +488,7 @@ impl Backend for Driver {
                 vmid: 0,
                 source: ConfError::Io {
                     what: "write",
-                    path: req.bridge_dir.join(translate::INIT_SETTINGS_FILE),
+                    path: req.bridge_dir.join(INIT_SETTINGS_FILE),
                     source: e,
                 },
             })?;
@@ -672,7 +673,7 @@ impl Backend for Driver {
         for a in ["exec", &vmid.to_string(), "--keep-env", "0", "--"] {
             argv.push(a.into());
         }
-        argv.push(format!("{MOUNT_POINT}/init").into());
+        argv.push(INIT_PATH.into());
         argv.push("init".into());
         argv.push("exec".into());
         argv.push(process_file.into());

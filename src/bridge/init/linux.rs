@@ -7,7 +7,7 @@ use std::path::Path;
 use nix::libc;
 
 use super::error::InitError;
-use crate::backend::proxmox::translate::InitSettings;
+use crate::bridge::settings::InitSettings;
 
 /// The container-side settings the host could not express (maskedPaths,
 /// readonlyPaths, readonly root, domainname), applied in the init while it
@@ -98,7 +98,7 @@ pub(super) fn apply_linux_settings(path: &Path) -> Result<(), InitError> {
 
 /// The guest's link as pct would have configured it with host-managed=1
 /// (and as LXC does then, lo comes up with it).
-fn configure_link(net: &crate::backend::proxmox::translate::InitNet) -> Result<(), InitError> {
+fn configure_link(net: &crate::bridge::settings::InitNet) -> Result<(), InitError> {
     use crate::bridge::netlink;
     let fail = |e: netlink::NetlinkError| InitError::Network(e.to_string());
     netlink::link_up("lo").map_err(fail)?;

@@ -33,7 +33,8 @@ use nix::unistd::{fork, setsid, ForkResult};
 
 use super::proto::{self, Message};
 use super::MOUNT_POINT;
-use crate::backend::proxmox::translate::INIT_SETTINGS_FILE;
+use crate::bridge::settings::INIT_SETTINGS_FILE;
+use crate::bridge::{PROCESS_FILE, SOCKET_FILE};
 use error::InitError;
 use fds::install_fds;
 use linux::apply_linux_settings;
@@ -52,7 +53,7 @@ pub fn run() -> ! {
 }
 
 fn connect_monitor() -> nix::Result<OwnedFd> {
-    let path = Path::new(MOUNT_POINT).join("sock");
+    let path = Path::new(MOUNT_POINT).join(SOCKET_FILE);
     let addr = UnixAddr::new(&path)?;
     let sock = socket(
         AddressFamily::Unix,
@@ -77,7 +78,7 @@ fn serve(conn: &OwnedFd) -> i32 {
         Err(None) => return 1,
         Err(Some(err)) => return fail_and_wait(conn, err),
     };
-    let prepared = match Prepared::load(&Path::new(MOUNT_POINT).join("process.json")) {
+    let prepared = match Prepared::load(&Path::new(MOUNT_POINT).join(PROCESS_FILE)) {
         Ok(p) => p,
         Err(err) => return fail_and_wait(conn, err),
     };

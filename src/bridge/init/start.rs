@@ -44,7 +44,7 @@ pub(super) fn child(p: &Prepared, stdio: Vec<OwnedFd>) -> InitError {
 /// startContainer hooks (inside the guest, before the process) and tell
 /// start '0', or '1' and why, which it fails with.
 fn wait_for_start() -> Result<(), InitError> {
-    let fifo = Path::new(MOUNT_POINT).join("exec.fifo");
+    let fifo = Path::new(MOUNT_POINT).join(crate::bridge::FIFO_FILE);
     // std opens with O_CLOEXEC.
     let mut fifo = std::fs::OpenOptions::new()
         .write(true)

@@ -1,0 +1,284 @@
+//! config.json -> `pct create` options, raw `lxc.*` lines and the settings
+//! the in-container init applies. Proxmox-native settings first, so the
+//! Proxmox UI and backups show the truth; raw lines only where pct has no
+//! option; the process itself never travels through the LXC config but as
+//! JSON to the init (see bridge). Every field is either translated or
+//! refused here: docs/translation.md is the table, and doc_table.rs walks it.
+//!
+//! The spec is walked as JSON so that every error names the field exactly as
+//! config.json spells it.
+//!
+//! One file per part of config.json: process.rs, mounts.rs, namespaces.rs
+//! (with the id maps, hostname and net0), resources.rs, linux.rs (devices,
+//! sysctl, seccomp and the rest of `linux`), annotations.rs; host.rs holds
+//! the host facts the translation depends on, check.rs the validators they
+//! share. Each adds its part to the one [`PctPlan`] through `Translator`.
+
+mod annotations;
+mod check;
+mod host;
+mod linux;
+mod mounts;
+mod namespaces;
+mod process;
+mod resources;
+
+#[cfg(test)]
+mod doc_table;
+#[cfg(test)]
+mod golden;
+#[cfg(test)]
+mod test_support;
+
+use std::path::Path;
+
+use oci_spec::runtime::Spec;
+use serde_json::{Map, Value};
+
+use super::conf::{ConfError, RawLine};
+use crate::backend::proxmox::settings::{CgroupVersion, ProxmoxSettings};
+use crate::bridge::settings::InitSettings;
+pub use annotations::ANNOTATIONS;
+pub use host::HostFacts;
+
+use annotations::Annotations;
+use check::unset;
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error("config.json: {field}: {message}")]
+    Field { field: String, message: String },
+}
+
+fn field(field: impl Into<String>, message: impl Into<String>) -> TranslateError {
+    TranslateError::Field {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn conf_err(f: impl Into<String>) -> impl FnOnce(ConfError) -> TranslateError {
+    let f = f.into();
+    move |e| field(f, e.to_string())
+}
+
+/// The `pct create` options, raw lines and init settings for one bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PctPlan {
+    /// `--name value` pairs, in a fixed order (golden files compare them).
+    pub options: Vec<(String, String)>,
+    pub unprivileged: bool,
+    /// Lines for `<vmid>.conf` where pct has no option, in order.
+    pub raw_lines: Vec<RawLine>,
+    /// Storage for the root volume when an annotation overrides the default.
+    pub storage: Option<String>,
+    /// Root volume size in GiB (pct's format) when an annotation sets it.
+    pub rootfs_size: Option<String>,
+    pub init: InitSettings,
+    /// linux.seccomp compiled for the init (crate::bridge::seccomp), which
+    /// loads it last before exec; written beside the init settings.
+    pub seccomp: Option<crate::bridge::seccomp::Filter>,
+}
+
+impl PctPlan {
+    /// The complete argument vector for `pct create`. The root volume gets
+    /// the annotation's size, else `measured_gib` (see [`root_volume_gib`]).
+    pub fn create_args(
+        &self,
+        vmid: u32,
+        volid: &str,
+        storage: &str,
+        measured_gib: u64,
+    ) -> Vec<String> {
+        let storage = self.storage.as_deref().unwrap_or(storage);
+        let mut args = vec!["create".to_string(), vmid.to_string(), volid.to_string()];
+        for (k, v) in &self.options {
+            args.push(format!("--{k}"));
+            args.push(v.clone());
+        }
+        let size = self
+            .rootfs_size
+            .clone()
+            .unwrap_or_else(|| measured_gib.to_string());
+        args.push("--rootfs".into());
+        args.push(format!("{storage}:{size}"));
+        args.push("--storage".into());
+        args.push(storage.into());
+        args
+    }
+
+    fn opt(&mut self, k: impl Into<String>, v: impl Into<String>) {
+        self.options.push((k.into(), v.into()));
+    }
+
+    fn raw(&mut self, f: &str, key: &str, value: &str) -> Result<(), TranslateError> {
+        let line = RawLine::new(key, value).map_err(conf_err(f))?;
+        self.raw_lines.push(line);
+        Ok(())
+    }
+}
+
+/// The root volume for a rootfs needing `data_bytes` (the template walk's
+/// measure): a quarter more, plus 512 MiB for ext4's journal, inode tables
+/// and reserved blocks and for the guest's first writes, in whole GiB (the
+/// unit pct takes), at least 1 GiB.
+pub fn root_volume_gib(data_bytes: u64) -> u64 {
+    let need = data_bytes
+        .saturating_add(data_bytes / 4)
+        .saturating_add(512 * MIB);
+    need.div_ceil(GIB).max(1)
+}
+
+/// The translation without a rootfs to check mount destinations against:
+/// for `update`, whose bundle holds only resources, and for the tests and
+/// golden files, which must not depend on a rootfs.
+pub fn plan(
+    spec: &Spec,
+    settings: &ProxmoxSettings,
+    host: HostFacts,
+) -> Result<PctPlan, TranslateError> {
+    plan_bundle(spec, None, settings, host)
+}
+
+/// The translation of a loaded bundle. `rootfs`, when given, is where mount
+/// destinations are checked for symlinks leading out of the container.
+pub fn plan_bundle(
+    spec: &Spec,
+    rootfs: Option<&Path>,
+    settings: &ProxmoxSettings,
+    host: HostFacts,
+) -> Result<PctPlan, TranslateError> {
+    let v = serde_json::to_value(spec).map_err(|e| field("config.json", e.to_string()))?;
+    let empty = Map::new();
+    let obj = |v: &Value| v.as_object().cloned();
+    let linux = v.get("linux").and_then(obj).unwrap_or_default();
+    let annotations = v.get("annotations").and_then(obj).unwrap_or_default();
+    let cgroup = match settings.cgroup_version {
+        CgroupVersion::Auto => host.cgroup,
+        fixed => fixed,
+    };
+    let mut t = Translator {
+        plan: PctPlan {
+            options: Vec::new(),
+            unprivileged: false,
+            raw_lines: Vec::new(),
+            storage: None,
+            rootfs_size: None,
+            init: InitSettings::default(),
+            seccomp: None,
+        },
+        settings,
+        host,
+        cgroup,
+        rootfs,
+        ann: Annotations::parse(&annotations, settings)?,
+    };
+    t.top_level(&v)?;
+    t.process(
+        v.get("process")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty),
+    )?;
+    t.resources(
+        linux
+            .get("resources")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty),
+    )?;
+    t.linux(&linux)?;
+    t.mounts(
+        v.get("mounts")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
+    )?;
+    // After everything that fills plan.init: the init's own mounts need
+    // allow rules in the node's AppArmor profile (super::apparmor).
+    for (f, rule) in super::apparmor::rules(&t.plan.init).map_err(|(f, m)| field(f, m))? {
+        t.plan.raw(&f, "lxc.apparmor.raw", &rule)?;
+    }
+    t.annotation_options();
+    Ok(t.plan)
+}
+
+/// The plan being built and what every section consults; each section's
+/// file adds its own `impl Translator` block.
+struct Translator<'a> {
+    plan: PctPlan,
+    settings: &'a ProxmoxSettings,
+    host: HostFacts,
+    cgroup: CgroupVersion,
+    rootfs: Option<&'a Path>,
+    ann: Annotations,
+}
+
+impl Translator<'_> {
+    fn top_level(&mut self, v: &Value) -> Result<(), TranslateError> {
+        self.uts(v)?;
+        if v.get("root")
+            .and_then(|r| r.get("readonly"))
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
+            self.plan.init.readonly_root = true;
+        }
+        // hooks: run by nexcage itself around the guest's lifecycle
+        // (src/hooks.rs); nothing of them goes into the guest's config.
+        for other in ["solaris", "windows", "vm", "zos"] {
+            if !unset(v.get(other)) {
+                return Err(field(other, "only Linux containers are supported"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{spec, HOST};
+    use super::*;
+
+    #[test]
+    fn minimal_bundle_gives_unmanaged_privileged_guest_on_the_bridge() {
+        let p = plan(
+            &spec(serde_json::json!({})),
+            &ProxmoxSettings::default(),
+            HOST,
+        )
+        .unwrap();
+        assert_eq!(
+            p.create_args(150, "local:vztmpl/t.tar.zst", "local-lvm", 2),
+            [
+                "create",
+                "150",
+                "local:vztmpl/t.tar.zst",
+                "--memory",
+                "24000",
+                "--swap",
+                "0",
+                "--ostype",
+                "unmanaged",
+                "--unprivileged",
+                "0",
+                "--net0",
+                "name=eth0,bridge=vmbr0",
+                "--rootfs",
+                "local-lvm:2",
+                "--storage",
+                "local-lvm"
+            ]
+        );
+    }
+
+    #[test]
+    fn root_volume_size_rule() {
+        assert_eq!(root_volume_gib(0), 1);
+        // 400 MiB of data: 500 + 512 MiB still fits one GiB.
+        assert_eq!(root_volume_gib(400 * MIB), 1);
+        assert_eq!(root_volume_gib(410 * MIB), 2);
+        assert_eq!(root_volume_gib(3 * GIB), 5);
+    }
+}
