@@ -57,11 +57,7 @@ pub trait Backend {
     fn resume(&self, record: &Record) -> Result<()>;
     /// Apply new limits (an OCI LinuxResources object) to the running guest
     /// and to the backend's own configuration; refuse what cannot be.
-    fn update(
-        &self,
-        record: &Record,
-        resources: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<()>;
+    fn update(&self, record: &Record, resources: &oci_spec::runtime::LinuxResources) -> Result<()>;
 }
 
 /// Names of the backends this build has.

@@ -9,6 +9,7 @@ mod fuzz_tests;
 pub mod pct;
 pub mod template;
 pub mod translate;
+mod update;
 pub mod vmid;
 
 pub use driver::Driver;
