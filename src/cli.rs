@@ -246,26 +246,26 @@ pub struct UpdateArgs {
     /// LinuxResources JSON file, or - for stdin.
     #[arg(short = 'r', long)]
     pub resources: Option<PathBuf>,
-    /// Memory limit in bytes (k, m, g suffixes allowed).
-    #[arg(short = 'm', long)]
+    /// Memory limit: bytes, or with a k, m, g or t suffix (512m, 1.5g); -1 for none.
+    #[arg(short = 'm', long, allow_hyphen_values = true)]
     pub memory: Option<String>,
     /// Memory reservation (soft limit).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub memory_reservation: Option<String>,
     /// Memory plus swap limit; -1 for unlimited swap.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub memory_swap: Option<String>,
     /// Kernel memory limit (refused: obsolete).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub kernel_memory: Option<String>,
     /// Kernel TCP memory limit (refused).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub kernel_memory_tcp: Option<String>,
     /// CPU CFS period in microseconds.
     #[arg(long)]
     pub cpu_period: Option<u64>,
     /// CPU CFS quota in microseconds.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub cpu_quota: Option<i64>,
     /// CPU shares (relative weight).
     #[arg(long = "cpu-share", alias = "cpu-shares")]
@@ -274,7 +274,7 @@ pub struct UpdateArgs {
     #[arg(long)]
     pub cpu_rt_period: Option<u64>,
     /// Realtime runtime (refused).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub cpu_rt_runtime: Option<i64>,
     /// CPUs to use (0-3, 0,1).
     #[arg(long)]

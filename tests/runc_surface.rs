@@ -360,6 +360,52 @@ fn update_sets_proxmox_config_and_live_cgroup_limits() {
 }
 
 #[test]
+fn update_reads_sizes_as_runc_does() {
+    let node = Node::new();
+    // A size that is not one is refused before the container is looked up.
+    for (flag, bad) in [
+        ("--memory", "1.5.g"),
+        ("--memory-swap", "-1m"),
+        ("--memory", "g"),
+        ("--memory-reservation", "8192p"),
+    ] {
+        let out = node.run(["update", flag, bad, "ghost"]);
+        fails_with(&out, &format!("invalid value for {flag}: {bad:?}"));
+    }
+
+    start_running(&node, "sz", json!(["sleep", "1000"]));
+    let vmid = node.vmids()[0].to_string();
+    for (args, want) in [
+        (&["--memory", "1.5g"][..], &["memory: 1536\n"][..]),
+        (
+            &["--memory", "512MB", "--memory-swap", "1G"],
+            &["memory: 512\n", "swap: 512\n"],
+        ),
+        (&["--memory", "262144k"], &["memory: 256\n"]),
+        (
+            &[
+                "--memory",
+                "128m",
+                "--memory-swap",
+                "-1",
+                "--cpu-quota",
+                "-1",
+            ],
+            &["memory: 128\n"],
+        ),
+    ] {
+        let out = node.run(["update"].iter().chain(args).chain(&["sz"]));
+        assert!(out.status.success(), "update {args:?}: {}", stderr(&out));
+        let config = stdout(&node.pct(["config", &vmid]));
+        for w in want {
+            assert!(config.contains(w), "{args:?}: {config}");
+        }
+    }
+    assert!(node.run(["delete", "--force", "sz"]).status.success());
+    assert_clean(&node);
+}
+
+#[test]
 fn events_print_stats_and_stream_until_the_container_stops() {
     let node = Node::new();
     start_running(&node, "ev", json!(["sleep", "1000"]));

@@ -72,7 +72,7 @@ impl Backend for Fake {
         guest_name(g).map(drop)
     }
 
-    fn update(&self, g: &Guest, _: &serde_json::Map<String, Value>) -> Result<(), BackendError> {
+    fn update(&self, g: &Guest, _: &oci_spec::runtime::LinuxResources) -> Result<(), BackendError> {
         guest_name(g).map(drop)
     }
 

@@ -135,7 +135,7 @@ pub trait Backend {
     fn update(
         &self,
         guest: &Guest,
-        resources: &serde_json::Map<String, Value>,
+        resources: &oci_spec::runtime::LinuxResources,
     ) -> Result<(), BackendError>;
     /// The images this backend keeps converted for reuse, if it keeps any.
     fn templates(&self) -> Option<&dyn TemplateStore> {

@@ -15,6 +15,7 @@ use super::settings::ProxmoxSettings;
 use super::template::cache::{self, CacheError, Meta};
 use super::template::{self, TemplateError};
 use super::translate::{self, HostFacts, TranslateError};
+use super::update::UpdateRequest;
 use super::vmid::{self, Allocator, VmidError};
 use crate::backend::{
     Backend, BackendError, Guest, Provision, Save, Template, TemplateStore, Temporaries,
@@ -23,8 +24,9 @@ use crate::bridge::settings::INIT_SETTINGS_FILE;
 use crate::bridge::{BridgeDir, INIT_CMD, INIT_PATH, MOUNT_TARGET};
 use crate::cgroup::{self, CgroupError};
 use crate::fsutil::{own_path, write_atomic};
+use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -694,9 +696,9 @@ impl Backend for Driver {
 
     /// Memory and CPU through `pct set`, so that Proxmox's config agrees and
     /// pct applies them to the running guest; the pids limit (no pct option)
-    /// live in the guest's cgroup. Everything is checked before anything is
+    /// lives in the guest's cgroup. Everything is checked before anything is
     /// applied.
-    fn update(&self, guest: &Guest, resources: &Map<String, Value>) -> Result<(), BackendError> {
+    fn update(&self, guest: &Guest, resources: &LinuxResources) -> Result<(), BackendError> {
         let vmid = GuestData::vmid_of(guest)?;
         let req = UpdateRequest::check(resources)?;
         let mut args = vec!["set".to_string(), vmid.to_string()];
@@ -713,150 +715,8 @@ impl Backend for Driver {
     }
 }
 
-/// The parts of a LinuxResources update nexcage can apply.
-#[derive(Debug, Default, PartialEq)]
-struct UpdateRequest {
-    memory: Option<Value>,
-    swap: bool,
-    cpu: Map<String, Value>,
-    /// pids.max; <= 0 means no limit.
-    pids: Option<i64>,
-}
-
-impl UpdateRequest {
-    /// Which fields are set; anything beyond memory.limit/swap,
-    /// cpu.shares/quota/period and pids.limit is refused by name.
-    fn check(r: &Map<String, Value>) -> Result<UpdateRequest, DriverError> {
-        let unset = |v: &Value| match v {
-            Value::Null => true,
-            Value::String(s) => s.is_empty(),
-            Value::Array(a) => a.is_empty(),
-            Value::Object(o) => o.is_empty(),
-            Value::Number(n) => n.as_i64() == Some(0),
-            Value::Bool(b) => !b,
-        };
-        let mut req = UpdateRequest::default();
-        let refuse = |what: String| -> DriverError {
-            DriverError::Update(format!("update of {what} is not supported yet"))
-        };
-        for (k, v) in r {
-            if unset(v) {
-                continue;
-            }
-            let empty = Map::new();
-            let obj = v.as_object().unwrap_or(&empty);
-            match k.as_str() {
-                "memory" => {
-                    for (mk, mv) in obj {
-                        match mk.as_str() {
-                            _ if unset(mv) => {}
-                            "limit" => req.memory = Some(mv.clone()),
-                            "swap" => req.swap = true,
-                            other => return Err(refuse(format!("memory.{other}"))),
-                        }
-                    }
-                }
-                "cpu" => {
-                    for (ck, cv) in obj {
-                        match ck.as_str() {
-                            _ if unset(cv) => {}
-                            "shares" | "quota" | "period" => {
-                                req.cpu.insert(ck.clone(), cv.clone());
-                            }
-                            other => return Err(refuse(format!("cpu.{other}"))),
-                        }
-                    }
-                }
-                "pids" => {
-                    for (pk, pv) in obj {
-                        match pk.as_str() {
-                            "limit" => req.pids = pv.as_i64(),
-                            other => return Err(refuse(format!("pids.{other}"))),
-                        }
-                    }
-                }
-                other => return Err(refuse(other.to_string())),
-            }
-        }
-        if req.swap && req.memory.is_none() {
-            return Err(DriverError::Update(
-                "update: memory.swap (memory+swap) needs memory.limit in the same update".into(),
-            ));
-        }
-        if req.cpu.contains_key("period") && !req.cpu.contains_key("quota") {
-            return Err(DriverError::Update(
-                "update: cpu.period needs cpu.quota in the same update".into(),
-            ));
-        }
-        let mut mem = Map::new();
-        if let Some(limit) = &req.memory {
-            mem.insert("limit".into(), limit.clone());
-            if req.swap {
-                let swap = r["memory"]["swap"].clone();
-                mem.insert("swap".into(), swap);
-            }
-            req.memory = Some(Value::Object(mem));
-        }
-        Ok(req)
-    }
-
-    /// `pct set` options, converted by the create translation itself (the
-    /// same MiB rounding, cpulimit and cpuunits), from a spec holding only
-    /// these resources; only the options asked for are taken from its plan.
-    fn pct_options(&self, settings: &ProxmoxSettings) -> Result<Vec<String>, DriverError> {
-        let mut resources = Map::new();
-        if let Some(m) = &self.memory {
-            resources.insert("memory".into(), m.clone());
-        }
-        let quota = self.cpu.get("quota").and_then(Value::as_i64);
-        let mut cpu = self.cpu.clone();
-        if quota.is_some_and(|q| q < 0) {
-            cpu.remove("quota");
-            cpu.remove("period");
-        }
-        resources.insert("cpu".into(), Value::Object(cpu));
-        let spec: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "root": {"path": "rootfs"},
-            "linux": {
-                "resources": resources,
-                // A guest always has these; the translation insists.
-                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
-                               {"type": "uts"}, {"type": "mount"}]
-            }
-        }))
-        .map_err(|e| DriverError::Update(format!("update: invalid resources: {e}")))?;
-        let plan = translate::plan(&spec, settings, HostFacts::read())?;
-        let mut wanted: Vec<&str> = Vec::new();
-        if self.memory.is_some() {
-            wanted.push("memory");
-        }
-        if self.swap {
-            wanted.push("swap");
-        }
-        if quota.is_some_and(|q| q > 0) {
-            wanted.push("cpulimit");
-        }
-        if self.cpu.contains_key("shares") {
-            wanted.push("cpuunits");
-        }
-        let mut out = Vec::new();
-        for (k, v) in &plan.options {
-            if wanted.contains(&k.as_str()) {
-                out.push(format!("--{k}"));
-                out.push(v.clone());
-            }
-        }
-        // A negative quota is "no limit", which is cpulimit 0 for Proxmox.
-        if quota.is_some_and(|q| q < 0) {
-            out.extend(["--cpulimit".to_string(), "0".to_string()]);
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
-mod update_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -884,40 +744,5 @@ mod update_tests {
             probe_says_host_managed(&new.trim().replace('\n', "; ")),
             Some(true)
         );
-    }
-
-    fn req(v: Value) -> Result<UpdateRequest, DriverError> {
-        UpdateRequest::check(v.as_object().unwrap())
-    }
-
-    #[test]
-    fn update_takes_memory_cpu_and_pids_and_refuses_the_rest_by_name() {
-        let r = req(serde_json::json!({
-            "memory": {"limit": 268435456, "swap": 536870912},
-            "cpu": {"shares": 1024, "quota": 150000, "period": 100000, "cpus": "", "mems": ""},
-            "pids": {"limit": 64}, "devices": []
-        }))
-        .unwrap();
-        assert_eq!(r.pids, Some(64));
-        let opts = r.pct_options(&ProxmoxSettings::default()).unwrap();
-        let text = opts.join(" ");
-        for want in ["--memory 256", "--swap 256", "--cpulimit 1.5", "--cpuunits"] {
-            assert!(text.contains(want), "{text}");
-        }
-        for (bad, name) in [
-            (serde_json::json!({"blockIO": {"weight": 10}}), "blockIO"),
-            (serde_json::json!({"cpu": {"cpus": "0-1"}}), "cpu.cpus"),
-            (
-                serde_json::json!({"memory": {"reservation": 1}}),
-                "memory.reservation",
-            ),
-        ] {
-            let e = req(bad).unwrap_err().to_string();
-            assert!(e.contains(name) && e.contains("not supported yet"), "{e}");
-        }
-        assert!(req(serde_json::json!({"memory": {"swap": 5}})).is_err());
-        let none = req(serde_json::json!({"cpu": {"quota": -1}})).unwrap();
-        let opts = none.pct_options(&ProxmoxSettings::default()).unwrap();
-        assert_eq!(opts, ["--cpulimit", "0"]);
     }
 }

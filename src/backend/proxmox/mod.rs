@@ -9,6 +9,7 @@ pub mod pct;
 pub mod settings;
 pub mod template;
 pub mod translate;
+mod update;
 pub mod vmid;
 
 pub use driver::Driver;
