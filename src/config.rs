@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::backend;
-
 pub const DEFAULT_PATH: &str = "/etc/nexcage/config.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +20,12 @@ pub enum ConfigError {
     },
     #[error("invalid configuration {path}: {message}")]
     Parse { path: PathBuf, message: String },
+}
+
+/// A table of the file that another module owns and checks (a backend's).
+pub struct Section {
+    pub name: &'static str,
+    pub check: fn(&toml::Table) -> Result<(), String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -57,42 +61,47 @@ impl RuntimeSettings {
 impl Settings {
     /// Load from $NEXCAGE_CONFIG, else the default path; a missing default file
     /// means "all defaults", a missing explicitly named file is an error.
-    pub fn load() -> Result<Settings, ConfigError> {
+    pub fn load(sections: &[Section]) -> Result<Settings, ConfigError> {
         match std::env::var_os("NEXCAGE_CONFIG") {
-            Some(p) => Settings::from_file(Path::new(&p)),
+            Some(p) => Settings::from_file(Path::new(&p), sections),
             None if Path::new(DEFAULT_PATH).exists() => {
-                Settings::from_file(Path::new(DEFAULT_PATH))
+                Settings::from_file(Path::new(DEFAULT_PATH), sections)
             }
             None => Ok(Settings::default()),
         }
     }
 
-    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+    pub fn from_file(path: &Path, sections: &[Section]) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Settings::parse(&text).map_err(|message| ConfigError::Parse {
+        Settings::parse(&text, sections).map_err(|message| ConfigError::Parse {
             path: path.to_path_buf(),
             message,
         })
     }
 
-    pub fn parse(text: &str) -> Result<Settings, String> {
+    /// The file's text; each of `sections` is taken out and checked, and
+    /// what is left must be the runtime's own keys.
+    pub fn parse(text: &str, sections: &[Section]) -> Result<Settings, String> {
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
-        let mut sections = BTreeMap::new();
-        for reg in backend::registry() {
-            let table = match doc.remove(reg.section) {
+        let mut tables = BTreeMap::new();
+        for s in sections {
+            let table = match doc.remove(s.name) {
                 None => toml::Table::new(),
                 Some(toml::Value::Table(t)) => t,
-                Some(_) => return Err(format!("{} must be a table ([{0}])", reg.section)),
+                Some(_) => return Err(format!("{} must be a table ([{0}])", s.name)),
             };
-            (reg.check)(&table)?;
-            sections.insert(reg.section.to_string(), table);
+            (s.check)(&table)?;
+            tables.insert(s.name.to_string(), table);
         }
         let runtime = RuntimeSettings::deserialize(toml::Value::Table(doc))
             .map_err(|e| e.message().to_string())?;
-        Ok(Settings { runtime, sections })
+        Ok(Settings {
+            runtime,
+            sections: tables,
+        })
     }
 
     /// The table of backend section `name` (empty when the file has none).
@@ -108,27 +117,39 @@ impl Settings {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Result<Settings, String> {
+        let sections = [Section {
+            name: "proxmox",
+            check: |t| match t.get("bridge") {
+                Some(b) if b.as_str().is_none() => Err("bridge: not a string".into()),
+                _ if t.contains_key("bogus") => Err("bogus".into()),
+                _ => Ok(()),
+            },
+        }];
+        Settings::parse(text, &sections)
+    }
+
     #[test]
     fn empty_file_gives_defaults() {
-        let s = Settings::parse("").unwrap();
+        let s = parse("").unwrap();
         assert_eq!(s.runtime.start_timeout_secs, 60);
         assert!(s.section("proxmox").is_empty());
     }
 
     #[test]
     fn runtime_keys_sit_at_the_top_and_backend_tables_are_checked_at_load() {
-        let s = Settings::parse("start_timeout_secs = 5\n[proxmox]\nbridge = \"vmbr1\"\n").unwrap();
+        let s = parse("start_timeout_secs = 5\n[proxmox]\nbridge = \"vmbr1\"\n").unwrap();
         assert_eq!(s.runtime.start_timeout(), Duration::from_secs(5));
         assert_eq!(s.section("proxmox")["bridge"].as_str(), Some("vmbr1"));
         for bad in [
             "bogus = 1\n",
             "start_timeout_secs = \"x\"\n",
             "[proxmox]\nbogus = 1\n",
-            "[proxmox]\nstart_timeout_secs = 5\n",
+            "[proxmox]\nbridge = 5\n",
             "proxmox = 3\n",
             "[elsewhere]\nx = 1\n",
         ] {
-            assert!(Settings::parse(bad).is_err(), "{bad}");
+            assert!(parse(bad).is_err(), "{bad}");
         }
     }
 }

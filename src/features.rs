@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 
-use crate::backend;
 use crate::lifecycle::OCI_VERSION;
+use crate::router;
 
 /// Every mount option the translation accepts on some mount (bind, tmpfs,
 /// mqueue or the container's standard filesystems); kept in step by hand
@@ -71,9 +71,9 @@ fn annotations() -> Value {
     let mut a = serde_json::Map::new();
     a.insert(
         "org.nexcage.backends".into(),
-        backend::names().join(",").into(),
+        router::names().join(",").into(),
     );
-    for reg in backend::registry() {
+    for reg in router::registry() {
         if !reg.annotations.is_empty() {
             a.insert(
                 format!("org.nexcage.{}.annotations", reg.section),

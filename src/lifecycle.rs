@@ -15,7 +15,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::backend::{self, BackendError, Provision};
+use crate::backend::{BackendError, Provision};
 use crate::bridge::{self, BridgeDir};
 use crate::bundle;
 use crate::cgroup;
@@ -24,7 +24,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::procfs::{self, ProcRef};
 use crate::router;
-use crate::state::{self, validate_id, ContainerLock, Record, Status, Store};
+use crate::state::{validate_id, ContainerLock, Record, Status, Store};
 
 pub const OCI_VERSION: &str = "1.2.0";
 
@@ -124,7 +124,7 @@ pub fn create_with_console(
             .unwrap_or_default()
             .into_iter()
             .collect(),
-        created: state::now_rfc3339(),
+        created: crate::logging::now_rfc3339(),
         owner: String::new(),
         backend: backend.name().into(),
         backend_data: serde_json::Value::Null,
@@ -453,7 +453,7 @@ fn delete_leftovers(
         wait_gone(Some(monitor), Duration::from_secs(5));
         tracing::debug!(pid = monitor.pid, "removed the monitor of {id}");
     }
-    for name in backend::names() {
+    for name in router::names() {
         let backend = router::open(name, settings, store.root())?;
         for what in backend.destroy_leftovers(id, bridge.path())? {
             tracing::debug!("removed {what} of {id}");

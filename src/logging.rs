@@ -17,7 +17,6 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
 use crate::cli::{GlobalOpts, LogFormat};
-use crate::state::now_rfc3339;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -63,6 +62,11 @@ pub fn format_line(format: LogFormat, level: &str, msg: &str, time: &str) -> Str
         }
         LogFormat::Text => format!("time={time:?} level={level} msg={msg:?}\n"),
     }
+}
+
+/// RFC 3339 UTC timestamp with nanoseconds, as runc writes `created`.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
 /// An error message as one printable line. Messages quote the input they

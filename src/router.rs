@@ -1,14 +1,54 @@
-//! Which backend runs a container. The choice is made once, at create, and
+//! Which backend runs a container: the registry of backends this build
+//! has, and the choice among them. The choice is made once, at create, and
 //! stored in the state so every later command reaches the same backend.
-//! Backends come from `crate::backend::registry`; this module only chooses.
 
 use std::path::Path;
 
-use crate::backend::{self, Backend};
+use crate::backend::{self, Backend, Registration};
 use crate::bundle::Bundle;
-use crate::config::Settings;
+use crate::config::{ConfigError, Section, Settings};
 use crate::error::{Error, Result};
 use crate::state::Record;
+
+/// Every backend this build has, the default first, in the order
+/// `delete --force` asks them for leftovers.
+pub fn registry() -> Vec<&'static Registration> {
+    #[allow(unused_mut)]
+    let mut r = vec![&backend::proxmox::REGISTRATION];
+    #[cfg(test)]
+    r.push(&backend::fake::REGISTRATION);
+    r
+}
+
+/// The backend a bundle gets when nothing chooses another.
+pub fn default_name() -> &'static str {
+    registry()[0].name
+}
+
+/// Names of the registered backends.
+pub fn names() -> Vec<&'static str> {
+    registry().iter().map(|r| r.name).collect()
+}
+
+fn find(name: &str) -> Option<&'static Registration> {
+    registry().into_iter().find(|r| r.name == name)
+}
+
+/// config.toml, with each backend's table checked by that backend.
+pub fn load_settings() -> Result<Settings, ConfigError> {
+    Settings::load(&sections())
+}
+
+/// The config.toml tables the backends own.
+pub fn sections() -> Vec<Section> {
+    registry()
+        .iter()
+        .map(|r| Section {
+            name: r.section,
+            check: r.check,
+        })
+        .collect()
+}
 
 /// Annotation that names a backend explicitly.
 pub const BACKEND_ANNOTATION: &str = "org.nexcage.backend";
@@ -28,16 +68,16 @@ pub fn select(bundle: &Bundle, settings: &Settings, state_root: &Path) -> Result
 
 /// The backend called `name`, configured from its config.toml table.
 pub fn open(name: &str, settings: &Settings, state_root: &Path) -> Result<Box<dyn Backend>> {
-    let reg = backend::find(name).ok_or_else(|| Error::UnknownBackend {
+    let reg = find(name).ok_or_else(|| Error::UnknownBackend {
         name: name.to_string(),
-        known: backend::names().join(", "),
+        known: names().join(", "),
     })?;
     Ok((reg.open)(settings.section(reg.section), state_root)?)
 }
 
 /// The default backend (for what is not about one container: `template`).
 pub fn open_default(settings: &Settings, state_root: &Path) -> Result<Box<dyn Backend>> {
-    open(backend::default_name(), settings, state_root)
+    open(default_name(), settings, state_root)
 }
 
 /// The backend that manages `record`.
@@ -85,6 +125,23 @@ mod tests {
                 && err.to_string().contains("proxmox-lxc"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn each_backend_checks_its_own_table_when_the_configuration_loads() {
+        let ok = Settings::parse(
+            "start_timeout_secs = 5\n[proxmox]\nbridge = \"vmbr1\"\n",
+            &sections(),
+        )
+        .unwrap();
+        assert_eq!(ok.section("proxmox")["bridge"].as_str(), Some("vmbr1"));
+        for bad in [
+            "[proxmox]\nbridge = \"vmbr0\\nlxc.x=1\"\n",
+            "[proxmox]\nstart_timeout_secs = 5\n",
+            "[fake]\nanything = 1\n",
+        ] {
+            assert!(Settings::parse(bad, &sections()).is_err(), "{bad}");
+        }
     }
 
     #[test]

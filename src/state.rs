@@ -205,7 +205,7 @@ impl Record {
             bundle: "/b".into(),
             rootfs: "/b/rootfs".into(),
             annotations: BTreeMap::new(),
-            created: now_rfc3339(),
+            created: crate::logging::now_rfc3339(),
             owner: String::new(),
             backend: "proxmox-lxc".into(),
             backend_data: serde_json::json!({"vmid": 123}),
@@ -438,11 +438,6 @@ fn migrate_own_files(root: &Path) -> Result<(), StateError> {
     fs::rename(&staging, &own).map_err(io("move into place", &own))?;
     let d = File::open(root).map_err(io("open", root))?;
     nix::unistd::fsync(d.as_fd()).map_err(|e| io("sync", root)(e.into()))
-}
-
-/// RFC 3339 UTC timestamp with nanoseconds, as runc writes `created`.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]

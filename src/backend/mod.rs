@@ -1,11 +1,12 @@
 //! The seam between the runtime and what turns a container into a guest.
 //!
 //! The core (lifecycle, exec, the commands) knows backends only through the
-//! [`Backend`] trait and the [`registry`]; a backend knows nothing of the
-//! core's state file, router or error type. What a backend must remember
-//! about one container (Proxmox: its VMID and template) it keeps as its own
-//! JSON in the state record ([`Guest::data`]), typed on its side. Adding a
-//! backend is a new module plus one line in [`registry`].
+//! [`Backend`] trait and the router's registry (`crate::router::registry`);
+//! a backend knows nothing of the core's state file, router or error type.
+//! What a backend must remember about one container (Proxmox: its VMID and
+//! template) it keeps as its own JSON in the state record ([`Guest::data`]),
+//! typed on its side. Adding a backend is a new module plus one line in the
+//! registry.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -17,18 +18,8 @@ use crate::bundle::Bundle;
 use crate::procfs::ProcRef;
 
 #[cfg(test)]
-mod fake;
+pub mod fake;
 pub mod proxmox;
-
-/// Every backend this build has, the default first, in the order
-/// `delete --force` asks them for leftovers.
-pub fn registry() -> Vec<&'static Registration> {
-    #[allow(unused_mut)]
-    let mut r = vec![&proxmox::REGISTRATION];
-    #[cfg(test)]
-    r.push(&fake::REGISTRATION);
-    r
-}
 
 /// Makes a backend from its config.toml table and the state root.
 pub type Open = fn(&toml::Table, &Path) -> Result<Box<dyn Backend>, BackendError>;
@@ -47,21 +38,6 @@ pub struct Registration {
     pub open: Open,
     /// Annotations the backend reads, reported by `features`.
     pub annotations: &'static [&'static str],
-}
-
-/// The backend a bundle gets when nothing chooses another.
-pub fn default_name() -> &'static str {
-    registry()[0].name
-}
-
-/// Names of the registered backends.
-pub fn names() -> Vec<&'static str> {
-    registry().iter().map(|r| r.name).collect()
-}
-
-/// The registration called `name`.
-pub fn find(name: &str) -> Option<&'static Registration> {
-    registry().into_iter().find(|r| r.name == name)
 }
 
 /// What a backend gets to make a guest whose PID 1 is nexcage's init.

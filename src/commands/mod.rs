@@ -47,7 +47,7 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
 
 /// What almost every command needs: the node settings and the state store.
 pub fn context(global: &GlobalOpts) -> Result<(Settings, Store)> {
-    Ok((Settings::load()?, Store::open(&global.root)?))
+    Ok((crate::router::load_settings()?, Store::open(&global.root)?))
 }
 
 /// Columns padded to their widest cell plus three, as runc's tabwriter does

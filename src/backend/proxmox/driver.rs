@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::conf::{self, ConfError, RawLine};
+use super::node::Node;
 use super::pct::{PctError, Tools};
 use super::settings::ProxmoxSettings;
 use super::template::cache::{self, CacheError, Meta};
@@ -23,7 +24,6 @@ use crate::backend::{
 use crate::bridge::settings::INIT_SETTINGS_FILE;
 use crate::bridge::{BridgeDir, INIT_CMD, INIT_PATH, MOUNT_TARGET};
 use crate::cgroup::{self, CgroupError};
-use crate::fsutil::{own_path, write_atomic};
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -154,136 +154,23 @@ impl Driver {
         }
     }
 
+    fn node(&self) -> Node<'_> {
+        Node {
+            settings: &self.settings,
+            tools: &self.tools,
+            state_root: &self.state_root,
+        }
+    }
+
     fn allocator(&self) -> Allocator<'_> {
         Allocator::new(&self.settings, &self.tools, &self.state_root)
-    }
-
-    /// A fact about the node remembered under the state root, so that
-    /// `pvesm` runs once per node rather than once per container.
-    fn cache_file(&self, name: &str) -> PathBuf {
-        own_path(&self.state_root, "cache").join(name)
-    }
-
-    fn remember(&self, cache: &Path, value: &[u8]) {
-        if let Some(parent) = cache.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        // Only a shortcut: if it cannot be written, the node is asked again.
-        let _ = write_atomic(cache, value, 0o600);
-    }
-
-    /// The storage for `key` in config.toml: the configured one, else the
-    /// node's only enabled storage with `content` (as
-    /// `pvesm status --content C --enabled 1` lists them), remembered.
-    fn storage_for(
-        &self,
-        key: &'static str,
-        configured: Option<&str>,
-        content: &'static str,
-    ) -> Result<String, DriverError> {
-        if let Some(id) = configured {
-            return Ok(id.to_string());
-        }
-        let cache = self.cache_file(&format!("storage.{content}"));
-        if let Ok(id) = std::fs::read_to_string(&cache) {
-            let id = id.trim();
-            if super::settings::is_storage_id(id) {
-                return Ok(id.to_string());
-            }
-        }
-        let out = self
-            .tools
-            .pvesm(["status", "--content", content, "--enabled", "1"])
-            .map_err(|e| DriverError::StorageList {
-                key,
-                message: e.to_string(),
-            })?;
-        let candidates =
-            storages_listed(&out).map_err(|message| DriverError::StorageList { key, message })?;
-        match candidates.as_slice() {
-            [] => Err(DriverError::NoStorage { key, content }),
-            [one] => {
-                self.remember(&cache, one.as_bytes());
-                Ok(one.clone())
-            }
-            _ => Err(DriverError::AmbiguousStorage {
-                key,
-                content,
-                candidates,
-            }),
-        }
-    }
-
-    /// Where converted templates go (`template_storage`).
-    fn template_storage(&self) -> Result<String, DriverError> {
-        let configured = self.settings.template_storage.as_deref();
-        self.storage_for("template_storage", configured, "vztmpl")
-    }
-
-    /// Where root volumes go (`storage`).
-    fn root_storage(&self) -> Result<String, DriverError> {
-        self.storage_for("storage", self.settings.storage.as_deref(), "rootdir")
-    }
-
-    /// The template storage's directory, asked of `pvesm` once and then
-    /// remembered under the state root.
-    fn template_dir(&self, storage: &str) -> Result<PathBuf, DriverError> {
-        let cache = self.cache_file(&format!("template-dir.{storage}"));
-        if let Ok(dir) = std::fs::read_to_string(&cache) {
-            let dir = PathBuf::from(dir.trim());
-            if dir.is_dir() {
-                return Ok(dir);
-            }
-        }
-        let err = |message: String| DriverError::TemplateDir {
-            storage: storage.to_string(),
-            message,
-        };
-        let out = self
-            .tools
-            .pvesm(["path", &format!("{storage}:vztmpl/nexcage-probe.tar.zst")])?;
-        let file = PathBuf::from(out.trim());
-        let dir = file
-            .parent()
-            .filter(|d| d.is_absolute())
-            .ok_or_else(|| err(format!("pvesm printed {:?}", out.trim())))?
-            .to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
-        self.remember(&cache, dir.as_os_str().as_encoded_bytes());
-        Ok(dir)
-    }
-
-    /// Whether the node's pct knows `host-managed` on netN (pve-container
-    /// 6.0.15+). Asked once by a `pct create` that can only fail parameter
-    /// verification (VMID 0), whose errors name `host-managed` only where
-    /// the schema lacks it; remembered under the state root like the
-    /// template directory.
-    fn host_managed(&self) -> Result<bool, DriverError> {
-        let cache = self.cache_file("host-managed");
-        match std::fs::read_to_string(&cache).as_deref().map(str::trim) {
-            Ok("1") => return Ok(true),
-            Ok("0") => return Ok(false),
-            _ => {}
-        }
-        let probe = format!("name=eth0,bridge={},host-managed=1", self.settings.bridge);
-        // Never looked at: VMID 0 fails verification, so nothing is made.
-        let volid = "local:vztmpl/nexcage-probe.tar.zst";
-        let err = match self.tools.pct(["create", "0", volid, "--net0", &probe]) {
-            Ok(out) => return Err(DriverError::HostManagedProbe(out)),
-            Err(e) => e,
-        };
-        let stderr = err.stderr();
-        let supported = probe_says_host_managed(stderr)
-            .ok_or_else(|| DriverError::HostManagedProbe(stderr.trim().to_string()))?;
-        self.remember(&cache, if supported { b"1" } else { b"0" });
-        Ok(supported)
     }
 
     /// The template storage, its directory and what this root keeps about
     /// its templates, for `nexcage template`.
     fn template_store(&self) -> Result<(String, PathBuf, Meta), DriverError> {
-        let storage = self.template_storage()?;
-        let dir = self.template_dir(&storage)?;
+        let storage = self.node().template_storage()?;
+        let dir = self.node().template_dir(&storage)?;
         Ok((storage, dir, Meta::new(&self.state_root)))
     }
 
@@ -389,44 +276,6 @@ fn check_searchable(path: &Path) -> Result<(), DriverError> {
     Ok(())
 }
 
-/// The storage ids of a `pvesm status` table (pvesm.pm print_status: a
-/// header line starting with `Name`, then one row per storage).
-fn storages_listed(out: &str) -> Result<Vec<String>, String> {
-    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
-    match lines.next() {
-        Some(h) if h.split_whitespace().next() == Some("Name") => {}
-        other => {
-            return Err(format!(
-                "pvesm status printed {:?} as its header",
-                other.unwrap_or("")
-            ))
-        }
-    }
-    lines
-        .map(|l| {
-            let id = l.split_whitespace().next().unwrap_or("");
-            if super::settings::is_storage_id(id) {
-                Ok(id.to_string())
-            } else {
-                Err(format!("pvesm status printed {l:?}"))
-            }
-        })
-        .collect()
-}
-
-/// What pct's parameter verification of the probe says: every failing
-/// parameter gets a line, so `host-managed` is named only where netN lacks
-/// it, and `vmid` always. Anything else is not an answer.
-fn probe_says_host_managed(stderr: &str) -> Option<bool> {
-    if stderr.contains("host-managed") {
-        Some(false)
-    } else if stderr.contains("vmid: ") {
-        Some(true)
-    } else {
-        None
-    }
-}
-
 /// Whether a guest configuration bind-mounts `bridge_dir` (the first field
 /// of an `lxc.mount.entry`, as `bridge_lines` writes it).
 fn mounts_bridge(conf: &str, bridge_dir: &Path) -> bool {
@@ -472,7 +321,7 @@ impl Backend for Driver {
         )
         .map_err(DriverError::from)?;
         if plan.options.iter().any(|(k, _)| k == "net0") {
-            let host_managed = self.host_managed()?;
+            let host_managed = self.node().host_managed()?;
             plan.manage_net0(host_managed).map_err(DriverError::from)?;
         }
         // The monitor opens it again once the guest runs; checking now
@@ -505,10 +354,10 @@ impl Backend for Driver {
         // An annotation naming the storage needs no discovery.
         let storage = match &plan.storage {
             Some(s) => s.clone(),
-            None => self.root_storage()?,
+            None => self.node().root_storage()?,
         };
-        let template_storage = self.template_storage()?;
-        let dir = self.template_dir(&template_storage)?;
+        let template_storage = self.node().template_storage()?;
+        let dir = self.node().template_dir(&template_storage)?;
         let meta = Meta::new(&self.state_root);
         // Held until pct create has unpacked the archive (the end of
         // provision): eviction and prune skip a template so held.
@@ -537,7 +386,7 @@ impl Backend for Driver {
                 // the next create asks the node again rather than failing
                 // the same way until someone deletes the cache.
                 if plan.storage.is_none() && self.settings.storage.is_none() {
-                    let _ = std::fs::remove_file(self.cache_file("storage.rootdir"));
+                    self.node().forget_root_storage();
                 }
             })?;
         conf::append(&self.conf_path(vmid), &self.settings.lock_dir, vmid, &lines)
@@ -729,20 +578,5 @@ mod tests {
             "description: lxc.mount.entry: /run/nexcage/b/bridge\n",
             Path::new("/run/nexcage/b/bridge")
         ));
-    }
-
-    #[test]
-    fn the_host_managed_probe_reads_pcts_verification_errors() {
-        let new =
-            "400 Parameter verification failed.\nvmid: value does not look like a valid VM ID\n";
-        let old = "400 Parameter verification failed.\nnet0: invalid format - invalid key in comma-separated list property: host-managed\nvmid: value does not look like a valid VM ID\n";
-        assert_eq!(probe_says_host_managed(new), Some(true));
-        assert_eq!(probe_says_host_managed(old), Some(false));
-        assert_eq!(probe_says_host_managed("permission denied"), None);
-        // As PctError hands it over: lines joined.
-        assert_eq!(
-            probe_says_host_managed(&new.trim().replace('\n', "; ")),
-            Some(true)
-        );
     }
 }

@@ -5,6 +5,7 @@ pub mod conf;
 pub mod driver;
 #[cfg(test)]
 mod fuzz_tests;
+mod node;
 pub mod pct;
 pub mod settings;
 pub mod template;

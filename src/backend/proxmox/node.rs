@@ -1,0 +1,205 @@
+//! What nexcage needs to know about the node it runs on, asked of the
+//! node's tools once and remembered under the state root: the storages for
+//! root volumes and templates (`pvesm status`), the template directory
+//! (`pvesm path`), and whether pct knows `host-managed` networks.
+
+use std::path::{Path, PathBuf};
+
+use super::driver::DriverError;
+use super::pct::Tools;
+use super::settings::{is_storage_id, ProxmoxSettings};
+use crate::fsutil::{own_path, write_atomic};
+
+pub struct Node<'a> {
+    pub settings: &'a ProxmoxSettings,
+    pub tools: &'a Tools,
+    pub state_root: &'a Path,
+}
+
+impl Node<'_> {
+    /// A fact about the node remembered under the state root, so that
+    /// `pvesm` runs once per node rather than once per container.
+    fn cache_file(&self, name: &str) -> PathBuf {
+        own_path(self.state_root, "cache").join(name)
+    }
+
+    fn remember(&self, cache: &Path, value: &[u8]) {
+        if let Some(parent) = cache.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        // Only a shortcut: if it cannot be written, the node is asked again.
+        let _ = write_atomic(cache, value, 0o600);
+    }
+
+    /// The storage for `key` in config.toml: the configured one, else the
+    /// node's only enabled storage with `content` (as
+    /// `pvesm status --content C --enabled 1` lists them), remembered.
+    fn storage_for(
+        &self,
+        key: &'static str,
+        configured: Option<&str>,
+        content: &'static str,
+    ) -> Result<String, DriverError> {
+        if let Some(id) = configured {
+            return Ok(id.to_string());
+        }
+        let cache = self.cache_file(&format!("storage.{content}"));
+        if let Ok(id) = std::fs::read_to_string(&cache) {
+            let id = id.trim();
+            if is_storage_id(id) {
+                return Ok(id.to_string());
+            }
+        }
+        let out = self
+            .tools
+            .pvesm(["status", "--content", content, "--enabled", "1"])
+            .map_err(|e| DriverError::StorageList {
+                key,
+                message: e.to_string(),
+            })?;
+        let candidates =
+            storages_listed(&out).map_err(|message| DriverError::StorageList { key, message })?;
+        match candidates.as_slice() {
+            [] => Err(DriverError::NoStorage { key, content }),
+            [one] => {
+                self.remember(&cache, one.as_bytes());
+                Ok(one.clone())
+            }
+            _ => Err(DriverError::AmbiguousStorage {
+                key,
+                content,
+                candidates,
+            }),
+        }
+    }
+
+    /// Where converted templates go (`template_storage`).
+    pub fn template_storage(&self) -> Result<String, DriverError> {
+        let configured = self.settings.template_storage.as_deref();
+        self.storage_for("template_storage", configured, "vztmpl")
+    }
+
+    /// Where root volumes go (`storage`).
+    pub fn root_storage(&self) -> Result<String, DriverError> {
+        self.storage_for("storage", self.settings.storage.as_deref(), "rootdir")
+    }
+
+    /// The template storage's directory, asked of `pvesm` once and then
+    /// remembered under the state root.
+    pub fn template_dir(&self, storage: &str) -> Result<PathBuf, DriverError> {
+        let cache = self.cache_file(&format!("template-dir.{storage}"));
+        if let Ok(dir) = std::fs::read_to_string(&cache) {
+            let dir = PathBuf::from(dir.trim());
+            if dir.is_dir() {
+                return Ok(dir);
+            }
+        }
+        let err = |message: String| DriverError::TemplateDir {
+            storage: storage.to_string(),
+            message,
+        };
+        let out = self
+            .tools
+            .pvesm(["path", &format!("{storage}:vztmpl/nexcage-probe.tar.zst")])?;
+        let file = PathBuf::from(out.trim());
+        let dir = file
+            .parent()
+            .filter(|d| d.is_absolute())
+            .ok_or_else(|| err(format!("pvesm printed {:?}", out.trim())))?
+            .to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        self.remember(&cache, dir.as_os_str().as_encoded_bytes());
+        Ok(dir)
+    }
+
+    /// Whether the node's pct knows `host-managed` on netN (pve-container
+    /// 6.0.15+). Asked once by a `pct create` that can only fail parameter
+    /// verification (VMID 0), whose errors name `host-managed` only where
+    /// the schema lacks it; remembered under the state root like the
+    /// template directory.
+    pub fn host_managed(&self) -> Result<bool, DriverError> {
+        let cache = self.cache_file("host-managed");
+        match std::fs::read_to_string(&cache).as_deref().map(str::trim) {
+            Ok("1") => return Ok(true),
+            Ok("0") => return Ok(false),
+            _ => {}
+        }
+        let probe = format!("name=eth0,bridge={},host-managed=1", self.settings.bridge);
+        // Never looked at: VMID 0 fails verification, so nothing is made.
+        let volid = "local:vztmpl/nexcage-probe.tar.zst";
+        let err = match self.tools.pct(["create", "0", volid, "--net0", &probe]) {
+            Ok(out) => return Err(DriverError::HostManagedProbe(out)),
+            Err(e) => e,
+        };
+        let stderr = err.stderr();
+        let supported = probe_says_host_managed(stderr)
+            .ok_or_else(|| DriverError::HostManagedProbe(stderr.trim().to_string()))?;
+        self.remember(&cache, if supported { b"1" } else { b"0" });
+        Ok(supported)
+    }
+
+    /// A remembered root storage may have gone from storage.cfg since: the
+    /// next create asks the node again rather than failing the same way
+    /// until someone deletes the file.
+    pub fn forget_root_storage(&self) {
+        let _ = std::fs::remove_file(self.cache_file("storage.rootdir"));
+    }
+}
+
+/// The storage ids of a `pvesm status` table (pvesm.pm print_status: a
+/// header line starting with `Name`, then one row per storage).
+fn storages_listed(out: &str) -> Result<Vec<String>, String> {
+    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
+    match lines.next() {
+        Some(h) if h.split_whitespace().next() == Some("Name") => {}
+        other => {
+            return Err(format!(
+                "pvesm status printed {:?} as its header",
+                other.unwrap_or("")
+            ))
+        }
+    }
+    lines
+        .map(|l| {
+            let id = l.split_whitespace().next().unwrap_or("");
+            if is_storage_id(id) {
+                Ok(id.to_string())
+            } else {
+                Err(format!("pvesm status printed {l:?}"))
+            }
+        })
+        .collect()
+}
+
+/// What pct's parameter verification of the probe says: every failing
+/// parameter gets a line, so `host-managed` is named only where netN lacks
+/// it, and `vmid` always. Anything else is not an answer.
+fn probe_says_host_managed(stderr: &str) -> Option<bool> {
+    if stderr.contains("host-managed") {
+        Some(false)
+    } else if stderr.contains("vmid: ") {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_managed_probe_reads_pcts_verification_errors() {
+        let new =
+            "400 Parameter verification failed.\nvmid: value does not look like a valid VM ID\n";
+        let old = "400 Parameter verification failed.\nnet0: invalid format - invalid key in comma-separated list property: host-managed\nvmid: value does not look like a valid VM ID\n";
+        assert_eq!(probe_says_host_managed(new), Some(true));
+        assert_eq!(probe_says_host_managed(old), Some(false));
+        assert_eq!(probe_says_host_managed("permission denied"), None);
+        // As PctError hands it over: lines joined.
+        assert_eq!(
+            probe_says_host_managed(&new.trim().replace('\n', "; ")),
+            Some(true)
+        );
+    }
+}
