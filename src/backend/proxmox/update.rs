@@ -1,9 +1,7 @@
 //! `update` of a running Proxmox guest: which parts of an OCI
 //! LinuxResources it can take, and the `pct set` options for them.
 
-use oci_spec::runtime::{
-    Linux, LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxNetwork, LinuxResources, Root, Spec,
-};
+use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxNetwork, LinuxResources};
 
 use super::driver::DriverError;
 use super::settings::ProxmoxSettings;
@@ -92,8 +90,8 @@ impl UpdateRequest {
     }
 
     /// `pct set` options, converted by the create translation itself (the
-    /// same MiB rounding, cpulimit and cpuunits), from a spec holding only
-    /// these resources; only the options asked for are taken from its plan.
+    /// same MiB rounding, cpulimit and cpuunits); only the options asked
+    /// for are taken from its plan.
     pub fn pct_options(&self, settings: &ProxmoxSettings) -> Result<Vec<String>, DriverError> {
         let unlimited_cpu = self.quota.is_some_and(|q| q < 0);
         let mut memory = LinuxMemory::default();
@@ -105,8 +103,7 @@ impl UpdateRequest {
         }
         let mut resources = LinuxResources::default();
         resources.set_memory(Some(memory)).set_cpu(Some(cpu));
-        let plan = translate::plan(&resources_only(resources), settings, HostFacts::read())
-            .map_err(DriverError::from)?;
+        let plan = translate::resources_plan(&resources, settings, HostFacts::read())?;
         let mut wanted: Vec<&str> = Vec::new();
         if self.limit.is_some() {
             wanted.push("memory");
@@ -133,27 +130,6 @@ impl UpdateRequest {
         }
         Ok(out)
     }
-}
-
-/// The smallest spec the create translation takes, holding `resources`:
-/// oci-spec's defaults without process, mounts and paths to mask, and with
-/// the namespaces a guest always has (the translation insists on them).
-fn resources_only(resources: LinuxResources) -> Spec {
-    let mut linux = Linux::default();
-    linux
-        .set_resources(Some(resources))
-        .set_masked_paths(None)
-        .set_readonly_paths(None);
-    let mut root = Root::default();
-    root.set_readonly(None);
-    let mut spec = Spec::default();
-    spec.set_process(None)
-        .set_mounts(None)
-        .set_hostname(None)
-        .set_annotations(None)
-        .set_root(Some(root))
-        .set_linux(Some(linux));
-    spec
 }
 
 fn block_io_given(b: &LinuxBlockIo) -> bool {

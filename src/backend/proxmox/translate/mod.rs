@@ -32,7 +32,7 @@ mod test_support;
 
 use std::path::Path;
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
 use serde_json::{Map, Value};
 
 use super::conf::{ConfError, RawLine};
@@ -132,9 +132,9 @@ pub fn root_volume_gib(data_bytes: u64) -> u64 {
     need.div_ceil(GIB).max(1)
 }
 
-/// The translation without a rootfs to check mount destinations against:
-/// for `update`, whose bundle holds only resources, and for the tests and
-/// golden files, which must not depend on a rootfs.
+/// The translation without a rootfs to check mount destinations against,
+/// for the tests and golden files, which must not depend on one.
+#[cfg(test)]
 pub fn plan(
     spec: &Spec,
     settings: &ProxmoxSettings,
@@ -156,26 +156,8 @@ pub fn plan_bundle(
     let obj = |v: &Value| v.as_object().cloned();
     let linux = v.get("linux").and_then(obj).unwrap_or_default();
     let annotations = v.get("annotations").and_then(obj).unwrap_or_default();
-    let cgroup = match settings.cgroup_version {
-        CgroupVersion::Auto => host.cgroup,
-        fixed => fixed,
-    };
-    let mut t = Translator {
-        plan: PctPlan {
-            options: Vec::new(),
-            unprivileged: false,
-            raw_lines: Vec::new(),
-            storage: None,
-            rootfs_size: None,
-            init: InitSettings::default(),
-            seccomp: None,
-        },
-        settings,
-        host,
-        cgroup,
-        rootfs,
-        ann: Annotations::parse(&annotations, settings)?,
-    };
+    let ann = Annotations::parse(&annotations, settings)?;
+    let mut t = Translator::new(settings, host, rootfs, ann);
     t.top_level(&v)?;
     t.process(
         v.get("process")
@@ -204,6 +186,21 @@ pub fn plan_bundle(
     Ok(t.plan)
 }
 
+/// `linux.resources` alone, converted exactly as create converts them (the
+/// same MiB rounding, cpulimit and cpuunits): for `update`, which takes the
+/// options it was asked for from the plan.
+pub fn resources_plan(
+    resources: &LinuxResources,
+    settings: &ProxmoxSettings,
+    host: HostFacts,
+) -> Result<PctPlan, TranslateError> {
+    let v = serde_json::to_value(resources).map_err(|e| field("linux.resources", e.to_string()))?;
+    let ann = Annotations::parse(&Map::new(), settings)?;
+    let mut t = Translator::new(settings, host, None, ann);
+    t.resources(v.as_object().unwrap_or(&Map::new()))?;
+    Ok(t.plan)
+}
+
 /// The plan being built and what every section consults; each section's
 /// file adds its own `impl Translator` block.
 struct Translator<'a> {
@@ -215,7 +212,35 @@ struct Translator<'a> {
     ann: Annotations,
 }
 
-impl Translator<'_> {
+impl<'a> Translator<'a> {
+    fn new(
+        settings: &'a ProxmoxSettings,
+        host: HostFacts,
+        rootfs: Option<&'a Path>,
+        ann: Annotations,
+    ) -> Self {
+        let cgroup = match settings.cgroup_version {
+            CgroupVersion::Auto => host.cgroup,
+            fixed => fixed,
+        };
+        Translator {
+            plan: PctPlan {
+                options: Vec::new(),
+                unprivileged: false,
+                raw_lines: Vec::new(),
+                storage: None,
+                rootfs_size: None,
+                init: InitSettings::default(),
+                seccomp: None,
+            },
+            settings,
+            host,
+            cgroup,
+            rootfs,
+            ann,
+        }
+    }
+
     fn top_level(&mut self, v: &Value) -> Result<(), TranslateError> {
         self.uts(v)?;
         if v.get("root")
