@@ -1,0 +1,219 @@
+//! The source tree keeps the shape docs/architecture.md describes: the core
+//! reaches the Proxmox backend only through the router's registry line, the
+//! backend reaches the core only through the seam (`crate::backend`) and
+//! shared leaf modules, the module graph has no cycle, and no file holds
+//! more than 700 lines of code (tests apart).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const MAX_CODE_LINES: usize = 700;
+
+/// Modules of the core a backend must not import.
+const CORE: &[&str] = &[
+    "cli",
+    "commands",
+    "config",
+    "error",
+    "exec",
+    "features",
+    "lifecycle",
+    "router",
+    "state",
+    "terminal",
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// `backend/proxmox/driver.rs` -> `backend::proxmox`, `lifecycle.rs` ->
+/// `lifecycle`: the unit the graph is drawn between.
+fn module_of(file: &Path) -> String {
+    let rel = file.strip_prefix(src()).unwrap().with_extension("");
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    match parts.as_slice() {
+        [b, sub, ..] if b == "backend" && sub != "mod" => format!("backend::{sub}"),
+        [first, ..] => first.clone(),
+        [] => unreachable!(),
+    }
+}
+
+/// Files that are test code as a whole: declared `#[cfg(test)] mod x;`.
+fn test_only_files(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    for f in files {
+        let text = fs::read_to_string(f).unwrap();
+        let dir = match f.file_name().unwrap().to_str().unwrap() {
+            "mod.rs" | "main.rs" => f.parent().unwrap().to_path_buf(),
+            _ => f.with_extension(""),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        for w in lines.windows(2) {
+            if w[0].trim() != "#[cfg(test)]" {
+                continue;
+            }
+            let decl = w[1].trim().trim_start_matches("pub ");
+            if let Some(name) = decl.strip_prefix("mod ").and_then(|r| r.strip_suffix(';')) {
+                out.insert(dir.join(format!("{name}.rs")));
+                out.insert(dir.join(name).join("mod.rs"));
+            }
+        }
+    }
+    out
+}
+
+/// The code of a file before its test module, comment lines dropped.
+fn code(file: &Path) -> Vec<String> {
+    fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .take_while(|l| l.trim() != "#[cfg(test)]")
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `crate::x` and `crate::backend::y` names used in `lines`.
+fn imports(lines: &[String]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for l in lines {
+        let mut rest = l.as_str();
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            let word: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if word == "backend" {
+                let sub: String = rest["backend".len()..]
+                    .strip_prefix("::")
+                    .unwrap_or("")
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if ["proxmox", "fake"].contains(&sub.as_str()) {
+                    out.insert(format!("backend::{sub}"));
+                    continue;
+                }
+            }
+            out.insert(word);
+        }
+    }
+    out
+}
+
+fn production_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let tests = test_only_files(&files);
+    files.retain(|f| !tests.contains(f));
+    files.sort();
+    files
+}
+
+#[test]
+fn only_the_registry_line_reaches_into_the_proxmox_backend() {
+    for f in production_files() {
+        let m = module_of(&f);
+        if m.starts_with("backend") {
+            continue;
+        }
+        let uses: Vec<String> = code(&f)
+            .into_iter()
+            .filter(|l| l.contains("backend::proxmox"))
+            .collect();
+        let allowed = m == "router" && uses.len() == 1 && uses[0].contains("REGISTRATION");
+        assert!(
+            uses.is_empty() || allowed,
+            "{} reaches into backend::proxmox: {uses:?}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn backends_import_only_the_seam_and_shared_modules() {
+    for f in production_files() {
+        if !module_of(&f).starts_with("backend") {
+            continue;
+        }
+        let core: Vec<String> = imports(&code(&f))
+            .into_iter()
+            .filter(|i| CORE.contains(&i.as_str()))
+            .collect();
+        assert!(
+            core.is_empty(),
+            "{} imports core modules {core:?}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn the_module_graph_has_no_cycle() {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in production_files() {
+        let m = module_of(&f);
+        let deps = graph.entry(m.clone()).or_default();
+        deps.extend(imports(&code(&f)).into_iter().filter(|i| *i != m));
+    }
+    // Depth-first search with colours: grey on the stack, black done.
+    fn visit(
+        n: &str,
+        g: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+    ) {
+        match state.get(n) {
+            Some(2) => return,
+            Some(1) => {
+                let at = path.iter().position(|p| p == n).unwrap();
+                panic!("module cycle: {} -> {n}", path[at..].join(" -> "));
+            }
+            _ => {}
+        }
+        state.insert(n.to_string(), 1);
+        path.push(n.to_string());
+        for d in g.get(n).into_iter().flatten() {
+            visit(d, g, state, path);
+        }
+        path.pop();
+        state.insert(n.to_string(), 2);
+    }
+    let mut state = BTreeMap::new();
+    for n in graph.keys() {
+        visit(n, &graph, &mut state, &mut Vec::new());
+    }
+}
+
+#[test]
+fn no_file_holds_more_than_700_lines_of_code() {
+    for f in production_files() {
+        let n = fs::read_to_string(&f)
+            .unwrap()
+            .lines()
+            .take_while(|l| l.trim() != "#[cfg(test)]")
+            .count();
+        assert!(
+            n <= MAX_CODE_LINES,
+            "{}: {n} lines before its tests",
+            f.display()
+        );
+    }
+}
