@@ -1,5 +1,5 @@
 //! The error every command returns. Variants that clients (containerd, CRI-O,
-//! podman) match on by text carry runc's wording; see shared/reference/clients.md.
+//! podman) match on by text carry runc's wording (docs/clients.md says which).
 //! `Usage` is for what the caller asked wrongly; failures of the system keep
 //! their source in their own variants.
 
@@ -65,6 +65,14 @@ pub enum Error {
         code: i32,
         said: Vec<String>,
     },
+    #[error("exec: cannot pass descriptors 0..{count} to the process: {message}")]
+    ExecHandOff { count: usize, message: String },
+    #[error("exec: the process did not start within {0} s")]
+    ExecTimeout(u64),
+    #[error("cannot find a free process file name in {}", .0.display())]
+    NoProcessFileName(PathBuf),
+    #[error("ps {args}: {stderr}")]
+    Ps { args: String, stderr: String },
     #[error("{error}; rollback failed: {undo}")]
     Rollback {
         error: Box<Error>,

@@ -175,11 +175,9 @@ impl Started {
             }
         };
         fds.extend((0..preserve_fds as RawFd).map(|i| 3 + i));
-        proto::send(ours.as_fd(), &msg, &fds).map_err(|e| {
-            Error::Usage(format!(
-                "exec: cannot pass descriptors 0..{} to the process: {e}",
-                fds.len()
-            ))
+        proto::send(ours.as_fd(), &msg, &fds).map_err(|message| Error::ExecHandOff {
+            count: fds.len(),
+            message,
         })?;
         drop(ours);
         let child = Command::new(&argv[0])
@@ -355,10 +353,7 @@ impl ProcessFile {
                 Err(e) => return Err(Error::io(&path, e)),
             }
         }
-        Err(Error::Usage(format!(
-            "cannot find a free process file name in {}",
-            bridge.display()
-        )))
+        Err(Error::NoProcessFileName(bridge.to_path_buf()))
     }
 
     fn guest_path(&self) -> String {
@@ -425,10 +420,7 @@ fn detached(
         if Instant::now() > deadline {
             let _ = started.child.kill();
             let _ = started.child.wait();
-            return Err(Error::Usage(format!(
-                "exec: the process did not start within {} s",
-                timeout.as_secs()
-            )));
+            return Err(Error::ExecTimeout(timeout.as_secs()));
         }
     }
     write_pid_file(pid_file, started.child.id())?;

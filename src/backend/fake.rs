@@ -1,5 +1,6 @@
 //! A backend that makes no guest, for unit tests of the seam: it shows that
-//! a backend is this one file plus its line in `super::registry`.
+//! a backend is this one file, its `mod` line in `super` and its line in
+//! `crate::router::registry`.
 
 use std::ffi::OsString;
 use std::path::Path;

@@ -27,11 +27,10 @@ pub fn run(global: &GlobalOpts, args: &PsArgs) -> Result<i32> {
                 .output()
                 .map_err(|e| Error::io("ps", e))?;
             if !out.status.success() {
-                return Err(Error::Usage(format!(
-                    "ps {}: {}",
-                    ps_args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
+                return Err(Error::Ps {
+                    args: ps_args.join(" "),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
             }
             print!(
                 "{}",
