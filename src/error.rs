@@ -18,7 +18,8 @@ pub enum Error {
     /// go-runc and CRI-O look for "container does not exist" / "does not exist".
     #[error("container does not exist: {0}")]
     NotFound(String),
-    #[error("container with id exists: {0}")]
+    /// runc 1.1's words (Debian 12's runc), with the id.
+    #[error("container with given ID already exists: {0}")]
     Exists(String),
     #[error("container not running: {0}")]
     NotRunning(String),

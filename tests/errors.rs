@@ -35,7 +35,7 @@ fn duplicate_id_start_twice_delete_running_kill_stopped() {
     let bundle = node.bundle("dup", json!({"process": {"args": ["sleep", "1000"]}}));
     let create = || node.create(&bundle, "dup", &[]);
     assert!(create().status.success());
-    fails_with(&create(), "container with id exists: dup");
+    fails_with(&create(), "container with given ID already exists: dup");
     assert_eq!(node.vmids().len(), 1, "the duplicate made a guest");
 
     assert!(node.run(["start", "dup"]).status.success());

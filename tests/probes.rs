@@ -411,7 +411,7 @@ fn racing_creates_of_one_id_have_one_winner_and_losers_leave_nothing() {
         outs.iter().map(stderr).collect::<Vec<_>>()
     );
     for out in outs.iter().filter(|o| !o.status.success()) {
-        fails_with(out, "container with id exists: contested");
+        fails_with(out, "container with given ID already exists: contested");
     }
     assert_eq!(node.vmids().len(), 1, "{:?}", node.vmids());
     assert_eq!(node.reservations().len(), 1);
