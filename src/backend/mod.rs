@@ -147,6 +147,21 @@ pub struct Template {
     pub recorded: bool,
 }
 
+#[cfg(test)]
+impl Template {
+    /// A recorded template on `local`, last used `age` seconds before
+    /// 1,000,000 s after the epoch.
+    pub fn sample(name: &str, bytes: u64, age: u64) -> Template {
+        Template {
+            name: name.into(),
+            volid: format!("local:vztmpl/{name}"),
+            bytes,
+            last_used: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 - age),
+            recorded: true,
+        }
+    }
+}
+
 /// Temporary files in a template store: stale ones (left by a crash, swept
 /// by the next conversion) and others (being written now, or another
 /// node's).

@@ -288,13 +288,7 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     fn entry(name: &str, bytes: u64, age: u64) -> Template {
-        Template {
-            name: name.into(),
-            volid: format!("local:vztmpl/{name}"),
-            bytes,
-            last_used: UNIX_EPOCH + Duration::from_secs(1_000_000 - age),
-            recorded: true,
-        }
+        Template::sample(name, bytes, age)
     }
 
     #[test]

@@ -594,13 +594,7 @@ mod tests {
     use crate::backend::proxmox::template::ensure;
 
     fn entry(name: &str, bytes: u64, age: u64) -> Template {
-        Template {
-            name: name.into(),
-            volid: format!("local:vztmpl/{name}"),
-            bytes,
-            last_used: UNIX_EPOCH + Duration::from_secs(1_000_000 - age),
-            recorded: true,
-        }
+        Template::sample(name, bytes, age)
     }
 
     #[test]
