@@ -427,3 +427,38 @@ fn run_through_a_delegate_returns_its_exit_status_and_leaves_nothing() {
     assert_eq!(stdout(&out), "ran\n");
     assert_all_clean(&node);
 }
+
+#[test]
+fn a_delegate_as_default_takes_what_no_rule_matches_and_reports_its_features() {
+    let node = Node::with_config("[router]\ndefault = \"runc\"\n");
+    let features = node.run(["features"]);
+    assert!(features.status.success(), "{}", stderr(&features));
+    let ours: Value = serde_json::from_slice(&features.stdout).unwrap();
+    let runc = std::process::Command::new("runc")
+        .arg("features")
+        .output()
+        .unwrap();
+    let theirs: Value = serde_json::from_slice(&runc.stdout).unwrap();
+    assert_eq!(ours, theirs);
+    let bundle = runc_bundle(&node, "dflt", json!({}));
+    let route = node
+        .nexcage(["route", "--bundle"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&route), "runc default\n");
+    // The annotation still reaches the Proxmox backend.
+    let named = node.bundle(
+        "named",
+        json!({"annotations": {"org.nexcage.backend": "proxmox-lxc"}}),
+    );
+    let route = node
+        .nexcage(["route", "--bundle"])
+        .arg(&named)
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&route),
+        "proxmox-lxc annotation org.nexcage.backend\n"
+    );
+}
