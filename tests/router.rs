@@ -115,6 +115,14 @@ fn a_sandbox_container_runs_its_whole_lifecycle_under_runc() {
     assert!(resume.status.success(), "resume: {}", stderr(&resume));
     assert_eq!(node.status(id), "running");
 
+    let update = node.run(["update", "--pids-limit", "77", id]);
+    assert!(update.status.success(), "update: {}", stderr(&update));
+    let stats = node.run(["events", "--stats", id]);
+    assert!(stats.status.success(), "events: {}", stderr(&stats));
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["type"], "stats");
+    assert_eq!(stats["data"]["pids"]["limit"], 77, "{stats}");
+
     // A second create of the id is refused by nexcage, whatever backend.
     let again = node.create(&node.bundle("plain", json!({})), id, &[]);
     fails_with(&again, &format!("container with id exists: {id}"));
@@ -339,6 +347,27 @@ fn delete_force_cleans_a_delegated_container_whose_record_is_lost() {
     assert!(d.status.success(), "delete --force: {}", stderr(&d));
     reap(pid, Duration::from_secs(10));
     assert!(runc_state(&node, id).is_none(), "runc's state is gone too");
+    assert_all_clean(&node);
+
+    // The other way round: runc lost the container, nexcage's record stays
+    // (listed as stopped) until delete --force.
+    let (_, pid) = create_logged(&node, &bundle, id);
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(delegate_root(&node, "runc"))
+        .args(["delete", "--force", id])
+        .status()
+        .unwrap();
+    assert!(runc.success());
+    reap(pid, Duration::from_secs(10));
+    let list = node.run(["list", "--format", "json"]);
+    let all: Vec<Value> = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(
+        (all[0]["id"].as_str(), all[0]["status"].as_str()),
+        (Some(id), Some("stopped"))
+    );
+    let d = node.run(["delete", "--force", id]);
+    assert!(d.status.success(), "delete --force: {}", stderr(&d));
     assert_all_clean(&node);
 }
 
