@@ -83,6 +83,8 @@ pub enum Command {
     Update(UpdateArgs),
     /// Print container events and statistics.
     Events(EventsArgs),
+    /// Print which backend a bundle would get, and the rule that chose it.
+    Route(RouteArgs),
     /// List or prune the templates nexcage converted on the template storage.
     #[command(subcommand)]
     Template(TemplateCommand),
@@ -92,6 +94,34 @@ pub enum Command {
     /// Internal: the process bridge's PID 1 inside the container.
     #[command(hide = true)]
     Init(InitArgs),
+}
+
+impl Command {
+    /// The container an existing-container command is about: the router
+    /// sends it to that container's backend.
+    pub fn container_id(&self) -> Option<&str> {
+        Some(match self {
+            Command::Start(a) | Command::State(a) | Command::Pause(a) | Command::Resume(a) => &a.id,
+            Command::Kill(a) => &a.id,
+            Command::Delete(a) => &a.id,
+            Command::Exec(a) => &a.id,
+            Command::Ps(a) => &a.id,
+            Command::Update(a) => &a.id,
+            Command::Events(a) => &a.id,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RouteArgs {
+    /// Path to the OCI bundle.
+    #[arg(short = 'b', long, default_value = ".")]
+    pub bundle: PathBuf,
+    #[arg(short = 'f', long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+    /// The container id the bundle would be created as (for `id` rules).
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -11,6 +11,7 @@ use crate::bridge::BridgeError;
 use crate::bundle::BundleError;
 use crate::cgroup::CgroupError;
 use crate::config::ConfigError;
+use crate::delegate::DelegateError;
 use crate::state::StateError;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,8 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Delegate(#[from] DelegateError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]

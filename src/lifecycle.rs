@@ -15,12 +15,13 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::backend::{BackendError, Provision};
+use crate::backend::{Backend, BackendError, Provision};
 use crate::bridge::{self, BridgeDir};
 use crate::bundle;
 use crate::cgroup;
 use crate::cli::{CreateArgs, GlobalOpts};
 use crate::config::Settings;
+use crate::delegate;
 use crate::error::{Error, Result};
 use crate::procfs::{self, ProcRef};
 use crate::router;
@@ -80,8 +81,9 @@ pub fn create(
     settings: &Settings,
     global: &GlobalOpts,
     args: &CreateArgs,
+    backend: Box<dyn Backend>,
 ) -> Result<Child> {
-    create_with_console(store, settings, global, args, None)
+    create_with_console(store, settings, global, args, backend, None)
 }
 
 /// `create`, where `own_console` (a socket of `run`'s own, which relays the
@@ -91,6 +93,7 @@ pub fn create_with_console(
     settings: &Settings,
     global: &GlobalOpts,
     args: &CreateArgs,
+    backend: Box<dyn Backend>,
     own_console: Option<OwnedFd>,
 ) -> Result<Child> {
     check_id(&args.id)?;
@@ -107,7 +110,6 @@ pub fn create_with_console(
         Some(fd) if terminal => Some(fd),
         _ => bridge::pty::connect(terminal, args.console_socket.as_deref())?,
     };
-    let backend = router::select(&bundle, settings, store.root())?;
     let lock = store
         .claim(&args.id)?
         .ok_or_else(|| Error::Exists(args.id.clone()))?;
@@ -453,11 +455,20 @@ fn delete_leftovers(
         wait_gone(Some(monitor), Duration::from_secs(5));
         tracing::debug!(pid = monitor.pid, "removed the monitor of {id}");
     }
-    for name in router::names() {
-        let backend = router::open(name, settings, store.root())?;
+    for reg in router::registry() {
+        let backend = router::open(reg.name, settings, store.root())?;
         for what in backend.destroy_leftovers(id, bridge.path())? {
             tracing::debug!("removed {what} of {id}");
         }
+    }
+    // A create that a delegate ran but whose record is lost.
+    for name in delegate::NAMES {
+        if !delegate::root_of(name, store.root()).join(id).exists() {
+            continue;
+        }
+        let d = router::open_delegate(name, settings, store.root())?;
+        let done = d.delete_force(id);
+        tracing::debug!(?done, "removed what {name} held of {id}");
     }
     let had_dir = store.dir(id).join("state.json").exists() || bridge.path().exists();
     store.remove(lock)?;

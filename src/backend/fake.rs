@@ -26,6 +26,13 @@ struct Fake;
 #[error("fake backend: container {0} has no guest")]
 struct NoGuest(String);
 
+#[derive(Debug, thiserror::Error)]
+#[error("fake backend: {0}")]
+struct Refused(String);
+
+/// Bundles carrying it are ones the fake cannot express.
+pub const REFUSE_ANNOTATION: &str = "fake.refuse";
+
 fn guest_name(g: &Guest) -> Result<String, BackendError> {
     g.data["guest"]
         .as_str()
@@ -36,6 +43,18 @@ fn guest_name(g: &Guest) -> Result<String, BackendError> {
 impl Backend for Fake {
     fn name(&self) -> &'static str {
         REGISTRATION.name
+    }
+
+    fn check(&self, bundle: &crate::bundle::Bundle) -> Result<(), BackendError> {
+        match bundle
+            .spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(REFUSE_ANNOTATION))
+        {
+            Some(why) => Err(BackendError::new(Refused(why.clone()))),
+            None => Ok(()),
+        }
     }
 
     fn provision(

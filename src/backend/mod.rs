@@ -67,6 +67,12 @@ pub type Save<'a> = dyn FnMut(&Value) -> Result<(), BackendError> + 'a;
 
 pub trait Backend {
     fn name(&self) -> &'static str;
+    /// Whether this backend can run the bundle, making nothing: its
+    /// translation's refusal, if any. The router's `unexpressible` rules
+    /// send what the default backend refuses elsewhere.
+    fn check(&self, _bundle: &Bundle) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Make the guest (not started), keeping what later commands need in
     /// `data`.
     fn provision(

@@ -1,10 +1,17 @@
 use crate::cli::{CreateArgs, GlobalOpts};
 use crate::error::Result;
-use crate::lifecycle;
+use crate::router::Runtime;
+use crate::{bundle, forward, lifecycle};
 
 pub fn run(global: &GlobalOpts, args: &CreateArgs) -> Result<i32> {
     let (settings, store) = super::context(global)?;
-    // The monitor outlives us on purpose: the caller's subreaper adopts it.
-    let _monitor = lifecycle::create(&store, &settings, global, args)?;
-    Ok(0)
+    let bundle = bundle::load(&args.bundle)?;
+    match super::route_new(&settings, &store, &bundle, &args.id)? {
+        Runtime::Delegate(d) => forward::launch(&store, &d, &bundle, &args.id, false),
+        Runtime::Guest(backend) => {
+            // The monitor outlives us on purpose: the caller's subreaper adopts it.
+            let _monitor = lifecycle::create(&store, &settings, global, args, backend)?;
+            Ok(0)
+        }
+    }
 }

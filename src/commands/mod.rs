@@ -11,6 +11,7 @@ pub mod list;
 pub mod pause;
 pub mod ps;
 pub mod resume;
+pub mod route;
 pub mod run;
 pub mod spec;
 pub mod start;
@@ -24,6 +25,13 @@ use crate::error::Result;
 use crate::state::Store;
 
 pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
+    // A delegated container's commands all go to its runtime, whatever
+    // they are; the guest backends' containers take the paths below.
+    if let Some(id) = command.container_id() {
+        if let Some(code) = crate::forward::existing(global, &command, id)? {
+            return Ok(code);
+        }
+    }
     match command {
         Command::Create(a) => create::run(global, &a),
         Command::Start(a) => start::run(global, &a.id),
@@ -33,7 +41,8 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
         Command::Run(a) => run::run(global, &a),
         Command::List(a) => list::run(global, &a),
         Command::Spec(a) => spec::run(global, &a),
-        Command::Features => features::run(),
+        Command::Features => features::run(global),
+        Command::Route(a) => route::run(global, &a),
         Command::Exec(a) => exec::run(global, &a),
         Command::Ps(a) => ps::run(global, &a),
         Command::Pause(a) => pause::run(global, &a.id),
@@ -48,6 +57,19 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
 /// What almost every command needs: the node settings and the state store.
 pub fn context(global: &GlobalOpts) -> Result<(Settings, Store)> {
     Ok((crate::router::load_settings()?, Store::open(&global.root)?))
+}
+
+/// The backend the router gives a new container (`create`, `run`).
+pub fn route_new(
+    settings: &Settings,
+    store: &Store,
+    bundle: &crate::bundle::Bundle,
+    id: &str,
+) -> Result<crate::router::Runtime> {
+    crate::lifecycle::check_id(id)?;
+    let route = crate::router::route(bundle, Some(id), settings, store.root())?;
+    tracing::debug!(backend = route.backend, chosen_by = %route.chosen_by, "routed {id}");
+    crate::router::runtime(&route.backend, settings, store.root())
 }
 
 /// Columns padded to their widest cell plus three, as runc's tabwriter does

@@ -5,18 +5,25 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use crate::cli::{GlobalOpts, RunArgs};
 use crate::error::{Error, Result};
 use crate::procfs::ProcRef;
-use crate::{bundle, lifecycle, terminal};
+use crate::router::Runtime;
+use crate::{bundle, forward, lifecycle, terminal};
 
 pub fn run(global: &GlobalOpts, args: &RunArgs) -> Result<i32> {
     let (settings, store) = super::context(global)?;
+    let loaded = bundle::load(&args.create.bundle)?;
+    let backend = match super::route_new(&settings, &store, &loaded, &args.create.id)? {
+        Runtime::Delegate(d) => {
+            // The runtime's own `run` relays the terminal and waits.
+            let foreground = !args.detach;
+            return forward::launch(&store, &d, &loaded, &args.create.id, foreground);
+        }
+        Runtime::Guest(b) => b,
+    };
     // runc's `run` of a terminal process in a person's shell: no socket to
     // send the pty to, so we take it ourselves and relay it.
     let relay = if !args.detach
         && args.create.console_socket.is_none()
-        && bundle::load(&args.create.bundle)?
-            .process()
-            .terminal()
-            .unwrap_or(false)
+        && loaded.process().terminal().unwrap_or(false)
     {
         let pair = socketpair(
             AddressFamily::Unix,
@@ -34,7 +41,7 @@ pub fn run(global: &GlobalOpts, args: &RunArgs) -> Result<i32> {
         None => (None, None),
     };
     let mut monitor =
-        lifecycle::create_with_console(&store, &settings, global, &args.create, theirs)?;
+        lifecycle::create_with_console(&store, &settings, global, &args.create, backend, theirs)?;
     let id = &args.create.id;
     if let Err(e) = lifecycle::start(&store, &settings, id) {
         let _ = lifecycle::delete(&store, &settings, id, true);

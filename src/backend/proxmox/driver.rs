@@ -23,6 +23,7 @@ use crate::backend::{
 };
 use crate::bridge::settings::INIT_SETTINGS_FILE;
 use crate::bridge::{BridgeDir, INIT_CMD, INIT_PATH, MOUNT_TARGET};
+use crate::bundle::Bundle;
 use crate::cgroup::{self, CgroupError};
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
@@ -300,6 +301,17 @@ fn is_taken(stderr: &str) -> bool {
 impl Backend for Driver {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn check(&self, bundle: &Bundle) -> Result<(), BackendError> {
+        translate::plan_bundle(
+            &bundle.spec,
+            Some(&bundle.rootfs),
+            &self.settings,
+            HostFacts::read(),
+        )
+        .map(drop)
+        .map_err(|e| DriverError::from(e).into())
     }
 
     fn provision(

@@ -1,0 +1,146 @@
+//! Containers of a delegate (runc, crun): nexcage keeps a record of each,
+//! claimed under its own lock like any container (ids are unique across
+//! backends, `list` shows them, later commands find their backend), and
+//! forwards every command to the runtime, which does all the work.
+
+use std::ffi::OsString;
+
+use crate::bundle::Bundle;
+use crate::cli::{Command, GlobalOpts};
+use crate::delegate::Delegate;
+use crate::error::{Error, Result};
+use crate::lifecycle::{self, OCI_VERSION};
+use crate::router;
+use crate::state::{validate_id, Record, Status, Store};
+
+/// nexcage's command line without argv[0], as the caller gave it.
+fn argv() -> Vec<OsString> {
+    std::env::args_os().skip(1).collect()
+}
+
+/// `create` or `run` of a container the router gave to `d`: claim the id,
+/// record it, and run the runtime with the same command line. The record
+/// stays exactly as long as the runtime keeps the container (`run`
+/// without `--detach` or `--keep` ends with the container deleted; a
+/// failed create leaves none).
+pub fn launch(
+    store: &Store,
+    d: &Delegate,
+    bundle: &Bundle,
+    id: &str,
+    foreground: bool,
+) -> Result<i32> {
+    lifecycle::check_id(id)?;
+    d.prepare_root()?;
+    let lock = store
+        .claim(id)?
+        .ok_or_else(|| Error::Exists(id.to_string()))?;
+    let record = Record {
+        oci_version: OCI_VERSION.into(),
+        id: id.to_string(),
+        status: Status::Created,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        annotations: bundle
+            .spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        created: crate::logging::now_rfc3339(),
+        owner: String::new(),
+        backend: d.name.into(),
+        backend_data: serde_json::json!({"binary": d.binary, "version": d.version}),
+        monitor: None,
+        init: None,
+        process: None,
+        systemd_cgroup: false,
+        hooks: None,
+        bridge_protocol: 0,
+    };
+    if let Err(e) = store.save(&lock, &record) {
+        store.remove(lock)?;
+        return Err(e.into());
+    }
+    // A foreground `run` lasts as long as the container: the lock must not,
+    // or `delete --force` of it would wait for it to end.
+    let lock = if foreground {
+        drop(lock);
+        None
+    } else {
+        Some(lock)
+    };
+    let code = run_forwarded(d, id);
+    let lock = match lock {
+        Some(l) => Some(l),
+        None => store.lock(id)?,
+    };
+    if let Some(lock) = lock {
+        if !d.holds(id) {
+            store.remove(lock)?;
+        }
+    }
+    code
+}
+
+/// The runtime with nexcage's command line, waited for, signals relayed.
+fn run_forwarded(d: &Delegate, id: &str) -> Result<i32> {
+    let (globals, rest) = crate::delegate::split_args(&argv(), id);
+    tracing::debug!(backend = d.name, binary = %d.binary.display(), ?rest, "forwarding");
+    let signals = lifecycle::block_relayed_signals()?;
+    let mut child = d.command(&globals, &rest).spawn().map_err(|source| {
+        crate::delegate::DelegateError::Spawn {
+            name: d.name.into(),
+            binary: d.binary.clone(),
+            source,
+        }
+    })?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    lifecycle::wait_relaying(&mut child, &signals, |sig| {
+        let _ = nix::sys::signal::kill(pid, sig);
+    })
+}
+
+/// A command about an existing container: when its record names a
+/// delegate, forward it and return its exit status; None for a guest
+/// backend's container (or none known: the command's own path says so).
+pub fn existing(global: &GlobalOpts, command: &Command, id: &str) -> Result<Option<i32>> {
+    if validate_id(id).is_err() {
+        return Ok(None);
+    }
+    let store = Store::open(&global.root)?;
+    let Some(record) = store.load(id).ok().flatten() else {
+        return Ok(None);
+    };
+    if !router::is_delegate(&record.backend) {
+        return Ok(None);
+    }
+    let settings = router::load_settings()?;
+    let d = router::open_delegate(&record.backend, &settings, store.root())?;
+    if let Command::Delete(_) = command {
+        // Under nexcage's lock, so no create of the id starts meanwhile;
+        // the record goes once the runtime has no container left.
+        let Some(lock) = store.lock(id)? else {
+            return Err(Error::NotFound(id.to_string()));
+        };
+        let code = run_forwarded(&d, id)?;
+        if !d.holds(id) {
+            store.remove(lock)?;
+        }
+        return Ok(Some(code));
+    }
+    let (globals, rest) = crate::delegate::split_args(&argv(), id);
+    tracing::debug!(backend = d.name, ?rest, "forwarding");
+    Err(d.replace_process(&globals, &rest).into())
+}
+
+/// `list`: the runtime's own status and pid of a delegated container.
+pub fn live(d: &Delegate, id: &str) -> (Status, i32) {
+    let Some(state) = d.state(id) else {
+        return (Status::Stopped, 0);
+    };
+    let status = serde_json::from_value(state["status"].clone()).unwrap_or(Status::Stopped);
+    let pid = state["pid"].as_i64().unwrap_or(0) as i32;
+    (status, pid)
+}
