@@ -347,7 +347,18 @@ impl Node {
 }
 
 impl Drop for Node {
+    /// A test that failed midway leaves its containers: remove them, so
+    /// that none outlives the node (delegated ones run in host cgroups
+    /// named by their id, where the next run of the test would see them).
     fn drop(&mut self) {
+        let ids: Vec<_> = std::fs::read_dir(self.state_root())
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        for id in ids {
+            if !id.to_string_lossy().starts_with('~') {
+                let _ = self.run([std::ffi::OsStr::new("delete"), "--force".as_ref(), &id]);
+            }
+        }
         let _ = Command::new(sim_binary())
             .arg("node-cleanup")
             .arg(self.root())
