@@ -125,7 +125,10 @@ fn a_sandbox_container_runs_its_whole_lifecycle_under_runc() {
 
     // A second create of the id is refused by nexcage, whatever backend.
     let again = node.create(&node.bundle("plain", json!({})), id, &[]);
-    fails_with(&again, &format!("container with given ID already exists: {id}"));
+    fails_with(
+        &again,
+        &format!("container with given ID already exists: {id}"),
+    );
 
     let kill = node.run(["kill", id, "KILL"]);
     assert!(kill.status.success(), "kill: {}", stderr(&kill));
