@@ -93,7 +93,7 @@ pub enum InitError {
     #[error("{0}")]
     Bridge(String),
     #[error("the monitor sent no {0} namespace to join")]
-    NoNetns(String),
+    JoinWithoutNamespace(String),
     #[error("exec: nexcage exec sent no descriptors")]
     ExecNoDescriptors,
     #[error("exec: {0}")]

@@ -172,7 +172,7 @@ fn receive_stdio(conn: &OwnedFd) -> Result<Vec<OwnedFd>, Option<InitError>> {
     let mut msg = proto::recv(conn.as_fd());
     while let Ok(Some((Message::Join { namespace }, fds))) = &msg {
         let (Some(kind), [ns]) = (super::netns::Kind::from_name(namespace), &fds[..]) else {
-            return Err(Some(InitError::NoNetns(namespace.clone())));
+            return Err(Some(InitError::JoinWithoutNamespace(namespace.clone())));
         };
         super::netns::join(ns.as_fd(), kind).map_err(|e| Some(InitError::Bridge(e)))?;
         msg = proto::recv(conn.as_fd());
