@@ -7,7 +7,9 @@
 # the CNI reference plugins (/usr/lib/cni) that tests run as nerdctl does;
 # libseccomp's static archive (libseccomp-dev), which nexcage links to
 # compile linux.seccomp profiles; runc and crun, the runtimes the router
-# delegates to.
+# delegates to; protoc (protobuf-compiler), which the CRI API crate of the
+# test-only CRI client (fixtures/cri-client) compiles its protobuf
+# definitions with.
 # Idempotent and quiet; works from any directory.
 set -euo pipefail
 
@@ -20,7 +22,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok instal
 
 missing=()
 for pkg in lxc busybox-static zstd uidmap tar file util-linux mount e2fsprogs iproute2 \
-    containernetworking-plugins libseccomp-dev runc crun; do
+    containernetworking-plugins libseccomp-dev runc crun protobuf-compiler; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

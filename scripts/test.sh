@@ -17,3 +17,5 @@ echo "== scripts/integration.sh on the simulated node"
 scripts/with-sim scripts/integration.sh
 echo "== scripts/clients.sh: podman and containerd through nexcage on the simulated node"
 scripts/clients.sh
+echo "== scripts/cri.sh: Kubernetes pods through containerd's CRI, handler nexcage, on the simulated node"
+scripts/cri.sh

@@ -111,7 +111,7 @@ fn netns_path_is_refused_for_unprivileged_guests_and_when_not_a_netns() {
         "notns",
         json!({"type": "network", "path": "/proc/self/ns/uts"}),
         false,
-        "not a network namespace",
+        "not a namespace of type network",
     );
 }
 
@@ -140,5 +140,67 @@ fn state_pid_is_in_the_network_namespace_named_by_path() {
         ns.path()
     );
     assert!(node.run(["delete", "--force", "bypath"]).status.success());
+    assert_clean(&node);
+}
+
+/// A Kubernetes pod as containerd's CRI lays it out: the sandbox guest joins
+/// the pod's network namespace by path; an app container names the
+/// sandbox's state pid's network, ipc and uts namespaces and so shares its
+/// address, its SysV IPC and its hostname.
+#[test]
+fn app_container_joins_the_sandboxs_ipc_and_uts_namespaces() {
+    use std::os::unix::fs::MetadataExt;
+    let ns = Netns::new(format!("nexcage-pod-{}", std::process::id()));
+    let node = Node::new();
+    let sandbox = node.bundle(
+        "sandbox",
+        json!({
+            "hostname": "podhost",
+            "process": {"args": ["sleep", "1000"]},
+            "linux": {"namespaces": namespaces(json!({"type": "network", "path": ns.path()}), false)}
+        }),
+    );
+    let out = node.create(&sandbox, "sandbox", &[]);
+    assert!(out.status.success(), "create sandbox: {}", stderr(&out));
+    let pid = node.state("sandbox")["pid"].as_i64().unwrap();
+    let app = |name: &str, script: &str, hostname: &str| {
+        node.bundle(
+            name,
+            json!({
+                "hostname": hostname,
+                "process": {"args": ["sh", "-c", script]},
+                "linux": {"namespaces": [
+                    {"type": "pid"},
+                    {"type": "ipc", "path": format!("/proc/{pid}/ns/ipc")},
+                    {"type": "uts", "path": format!("/proc/{pid}/ns/uts")},
+                    {"type": "mount"},
+                    {"type": "network", "path": format!("/proc/{pid}/ns/net")}
+                ]}
+            }),
+        )
+    };
+    let bundle = app(
+        "app",
+        "hostname; readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts; cat /proc/net/dev",
+        "",
+    );
+    let out = node.run_bundle(&bundle, "app");
+    assert!(out.status.success(), "run app: {}", stderr(&out));
+    let text = stdout(&out);
+    let inode = |t: &str| {
+        let m = std::fs::metadata(format!("/proc/{pid}/ns/{t}")).unwrap();
+        format!("{t}:[{}]", m.ino())
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"podhost"), "{text}");
+    assert_eq!(lines.get(1).copied(), Some(inode("ipc").as_str()), "{text}");
+    assert_eq!(lines.get(2).copied(), Some(inode("uts").as_str()), "{text}");
+    assert!(text.contains("d0:"), "not in the pod's netns: {text}");
+    // Its own hostname in a namespace it joins: refused, as by runc.
+    let named = app("named", "true", "apphost");
+    let out = node.create(&named, "named", &[]);
+    fails_with(&out, "hostname and domainname cannot be set");
+    assert!(!node.state_root().join("named").exists(), "state left");
+    assert!(node.run(["delete", "--force", "sandbox"]).status.success());
     assert_clean(&node);
 }

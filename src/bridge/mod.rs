@@ -290,19 +290,19 @@ pub fn process_is_terminal(dir: &Path) -> Result<bool, String> {
     Ok(process.terminal().unwrap_or(false))
 }
 
-/// The network namespace the process joins (for the monitor, which opens it
-/// on the host), from the init settings create wrote.
-pub fn netns_path(dir: &Path) -> Result<Option<PathBuf>, String> {
+/// The namespaces the process joins by path (for the monitor, which opens
+/// them on the host), from the init settings create wrote, network first.
+pub fn joined_namespaces(dir: &Path) -> Result<Vec<(netns::Kind, PathBuf)>, String> {
     use settings::{InitSettings, INIT_SETTINGS_FILE};
     let p = dir.join(INIT_SETTINGS_FILE);
     let settings: InitSettings = match fs::read(&p) {
         Ok(text) => {
             serde_json::from_slice(&text).map_err(|e| format!("invalid {}: {e}", p.display()))?
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
     };
-    Ok(settings.netns.map(PathBuf::from))
+    Ok(settings.joined())
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), BridgeError> {

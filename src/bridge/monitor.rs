@@ -187,8 +187,8 @@ pub fn console_fd(status_fd: RawFd) -> RawFd {
 struct Extras {
     /// Terminal mode: the caller's console socket, connected by create.
     console: Option<OwnedFd>,
-    /// A network namespace to join, opened here on the host.
-    netns: Option<OwnedFd>,
+    /// Namespaces to join, opened here on the host.
+    namespaces: Vec<(super::netns::Kind, OwnedFd)>,
 }
 
 impl Extras {
@@ -212,14 +212,15 @@ impl Extras {
             }
             extras.console = Some(console);
         }
-        if let Some(path) = super::netns_path(dir)? {
-            extras.netns = Some(super::netns::open(&path).map_err(|e| e.to_string())?);
+        for (kind, path) in super::joined_namespaces(dir)? {
+            let fd = super::netns::open(&path, kind).map_err(|e| e.to_string())?;
+            extras.namespaces.push((kind, fd));
         }
         Ok(extras)
     }
 }
 
-/// Give the init our stdio (and the namespace to join); once it has forked
+/// Give the init our stdio (and the namespaces to join); once it has forked
 /// the process, find its host pid. In terminal mode the init sends the pty's
 /// master first, and it goes to the console socket before create hears
 /// "ready", so create returns only once the caller holds the terminal.
@@ -229,8 +230,11 @@ fn set_up(
     preserve_fds: u32,
     mut extras: Extras,
 ) -> Result<ProcRef, String> {
-    if let Some(ns) = extras.netns.take() {
-        proto::send(conn.as_fd(), &Message::Netns, &[ns.as_raw_fd()])?;
+    for (kind, ns) in std::mem::take(&mut extras.namespaces) {
+        let msg = Message::Join {
+            namespace: kind.name().to_string(),
+        };
+        proto::send(conn.as_fd(), &msg, &[ns.as_raw_fd()])?;
     }
     let passed: Vec<RawFd> = (0..3 + preserve_fds as RawFd).collect();
     proto::send(conn.as_fd(), &Message::Stdio, &passed)?;

@@ -19,9 +19,10 @@ const MAX_MESSAGE: usize = 64 * 1024;
 pub enum Message {
     /// monitor -> init: the caller's stdio (and preserved fds) ride along.
     Stdio,
-    /// monitor -> init, before `Stdio`: the network namespace the bundle
-    /// names (`linux.namespaces[].path`), opened on the host, rides along.
-    Netns,
+    /// monitor -> init, before `Stdio`, once per namespace the bundle names
+    /// by path (`linux.namespaces[].path`): `namespace` is its OCI type
+    /// (network, ipc, uts); the namespace, opened on the host, rides along.
+    Join { namespace: String },
     /// init -> monitor (terminal mode), before `Ready`: the master of the pty
     /// the init opened in the guest's devpts rides along; `pty` names the
     /// slave inside the guest.

@@ -2,7 +2,7 @@
 //! the bridge directory and applies before it runs the process. A backend's
 //! translation builds them (backend::proxmox::translate); the init
 //! (super::init and super::devfs) applies them, and the monitor reads the
-//! network namespace to join from them (super::netns_path).
+//! namespaces to join from them (super::joined_namespaces).
 
 use std::path::Path;
 
@@ -10,6 +10,22 @@ use serde::{Deserialize, Serialize};
 
 /// The file name, in the bridge directory, of the settings the init applies.
 pub const INIT_SETTINGS_FILE: &str = "linux.json";
+
+impl InitSettings {
+    /// The namespaces to join by path, network first (the order the init
+    /// joins them in).
+    pub fn joined(&self) -> Vec<(super::netns::Kind, std::path::PathBuf)> {
+        use super::netns::Kind;
+        [
+            (Kind::Network, &self.netns),
+            (Kind::Ipc, &self.ipcns),
+            (Kind::Uts, &self.utsns),
+        ]
+        .into_iter()
+        .filter_map(|(k, p)| Some((k, p.as_ref()?.into())))
+        .collect()
+    }
+}
 
 /// Settings the in-container init applies before it runs the process: they
 /// concern the container's own mounts and UTS namespace, which neither pct
@@ -35,6 +51,12 @@ pub struct InitSettings {
     /// the init (src/bridge/netns.rs); the path means nothing in the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// An ipc and a uts namespace to join by path, as for `netns`: a
+    /// Kubernetes pod's sandbox's (containerd's `/proc/<pid>/ns/ipc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipcns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utsns: Option<String>,
     /// The guest's own link, configured by the init when the node's pct has
     /// no `host-managed` (set by the driver, which knows the node).
     #[serde(default, skip_serializing_if = "Option::is_none")]

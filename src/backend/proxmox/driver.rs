@@ -338,8 +338,8 @@ impl Backend for Driver {
         }
         // The monitor opens it again once the guest runs; checking now
         // (exists, a network namespace) fails create before anything is made.
-        if let Some(ns) = &plan.init.netns {
-            crate::bridge::netns::open(Path::new(ns)).map_err(DriverError::from)?;
+        for (kind, ns) in plan.init.joined() {
+            crate::bridge::netns::open(&ns, kind).map_err(DriverError::from)?;
         }
         let mut lines =
             Self::bridge_lines(req).map_err(|source| DriverError::Conf { vmid: 0, source })?;

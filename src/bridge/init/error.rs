@@ -92,8 +92,8 @@ pub enum InitError {
     /// their own one-line messages.
     #[error("{0}")]
     Bridge(String),
-    #[error("the monitor sent no network namespace")]
-    NoNetns,
+    #[error("the monitor sent no {0} namespace to join")]
+    JoinWithoutNamespace(String),
     #[error("exec: nexcage exec sent no descriptors")]
     ExecNoDescriptors,
     #[error("exec: {0}")]

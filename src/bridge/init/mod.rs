@@ -164,17 +164,17 @@ pub fn exec(file: &Path) -> ! {
     die(become_process(&prepared))
 }
 
-/// The caller's stdio from the monitor, after joining the network namespace
-/// it may send first (before the sysctls, which then apply to that
-/// namespace; `pct exec` joins the init's namespaces, so exec'd processes
-/// share it too). Err(None): nobody to tell.
+/// The caller's stdio from the monitor, after joining the namespaces it may
+/// send first (network, ipc, uts: before the sysctls, which then apply to
+/// that network namespace; `pct exec` joins the init's namespaces, so
+/// exec'd processes share them too). Err(None): nobody to tell.
 fn receive_stdio(conn: &OwnedFd) -> Result<Vec<OwnedFd>, Option<InitError>> {
     let mut msg = proto::recv(conn.as_fd());
-    if let Ok(Some((Message::Netns, fds))) = &msg {
-        let [ns] = &fds[..] else {
-            return Err(Some(InitError::NoNetns));
+    while let Ok(Some((Message::Join { namespace }, fds))) = &msg {
+        let (Some(kind), [ns]) = (super::netns::Kind::from_name(namespace), &fds[..]) else {
+            return Err(Some(InitError::JoinWithoutNamespace(namespace.clone())));
         };
-        super::netns::join(ns.as_fd()).map_err(|e| Some(InitError::Bridge(e)))?;
+        super::netns::join(ns.as_fd(), kind).map_err(|e| Some(InitError::Bridge(e)))?;
         msg = proto::recv(conn.as_fd());
     }
     match msg {

@@ -230,8 +230,18 @@ fn case(row: &str) -> Option<(Value, CgroupVersion, Expect)> {
                 V1,
                 Refused,
             ),
-            "`linux.namespaces[].path` (other types)" => (
-                json!({"linux": {"namespaces": [{"type": "network"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]}}),
+            "`linux.namespaces[].path` (ipc, uts)" => (
+                json!({"linux": {"namespaces": [{"type": "network"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}, {"type": "uts", "path": "/proc/1/ns/uts"}]}}),
+                V1,
+                Init("\"ipcns\":\"/proc/1/ns/ipc\",\"utsns\":\"/proc/1/ns/uts\""),
+            ),
+            "`linux.namespaces[].path` (uts, with hostname or domainname)" => (
+                json!({"hostname": "h", "linux": {"namespaces": [{"type": "network"}, {"type": "uts", "path": "/proc/1/ns/uts"}]}}),
+                V1,
+                Refused,
+            ),
+            "`linux.namespaces[].path` (pid, mount, cgroup, user)" => (
+                json!({"linux": {"namespaces": [{"type": "network"}, {"type": "pid", "path": "/proc/1/ns/pid"}]}}),
                 V1,
                 Refused,
             ),

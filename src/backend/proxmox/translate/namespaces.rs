@@ -90,6 +90,7 @@ impl Translator<'_> {
             .unwrap_or_default();
         let mut user = false;
         let mut net = None;
+        let mut joined: Vec<(&str, &str)> = Vec::new();
         for (i, n) in ns.iter().enumerate() {
             let f = format!("linux.namespaces[{i}]");
             let typ = n.get("type").and_then(Value::as_str).unwrap_or("");
@@ -99,7 +100,14 @@ impl Translator<'_> {
                 .filter(|p| !p.is_empty());
             match typ {
                 "network" => net = Some(path),
-                "user" | "pid" | "ipc" | "uts" | "mount" | "cgroup" if path.is_some() => {
+                // A Kubernetes pod's app containers share its sandbox's ipc
+                // and uts namespaces (containerd's CRI names
+                // /proc/<sandbox pid>/ns/{ipc,uts}): the bridge joins them as
+                // it joins a network namespace.
+                "ipc" | "uts" if path.is_some() => {
+                    joined.push((typ, path.unwrap_or_default()));
+                }
+                "user" | "pid" | "mount" | "cgroup" if path.is_some() => {
                     return Err(field(f, format!("joining an existing {typ} namespace is not possible for a Proxmox container")))
                 }
                 "user" => user = true,
@@ -125,6 +133,20 @@ impl Translator<'_> {
             "unprivileged",
             if self.plan.unprivileged { "1" } else { "0" },
         );
+        for (typ, p) in joined {
+            let f = "linux.namespaces";
+            self.check_joinable(typ, p)?;
+            if typ == "uts" {
+                // As runc: the names belong to whoever made that namespace.
+                let named = self.plan.options.iter().any(|(k, _)| k == "hostname");
+                if named || self.plan.init.domainname.is_some() {
+                    return Err(field(f, format!("hostname and domainname cannot be set in the uts namespace {p:?} the container joins")));
+                }
+                self.plan.init.utsns = Some(p.to_string());
+            } else {
+                self.plan.init.ipcns = Some(p.to_string());
+            }
+        }
         match net {
             None => Err(field("linux.namespaces", "sharing the host's network namespace is not possible for a Proxmox container; add a network namespace")),
             // LXC can share a namespace only with a process (pid) or another
@@ -133,14 +155,7 @@ impl Translator<'_> {
             // needs no Proxmox NIC. Only a privileged guest's root may join
             // a namespace owned by the host's user namespace.
             Some(Some(p)) => {
-                let f = "linux.namespaces";
-                if self.plan.unprivileged {
-                    return Err(field(f, format!("joining the host network namespace {p:?} requires a privileged guest (no user namespace)")));
-                }
-                if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
-                    return Err(field(f, format!("network namespace path {p:?} must be absolute, without ..")));
-                }
-                check_text(f, p)?;
+                self.check_joinable("network", p)?;
                 if self.ann.bridge.is_some() || self.ann.ip.is_some() || self.ann.gw.is_some() || self.ann.tag.is_some() {
                     return Err(field("annotations", format!("org.proxmox.net0.* configure the guest's own network card, which a guest joining {p:?} does not get")));
                 }
@@ -158,6 +173,22 @@ impl Translator<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// A namespace joined by path: the host's, so only a privileged guest's
+    /// root may enter it; the path is read on the host by the monitor.
+    fn check_joinable(&self, typ: &str, p: &str) -> Result<(), TranslateError> {
+        let f = "linux.namespaces";
+        if self.plan.unprivileged {
+            return Err(field(f, format!("joining the host {typ} namespace {p:?} requires a privileged guest (no user namespace)")));
+        }
+        if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
+            return Err(field(
+                f,
+                format!("{typ} namespace path {p:?} must be absolute, without .."),
+            ));
+        }
+        check_text(f, p)
     }
 
     pub(super) fn idmaps(&mut self, l: &Map<String, Value>) -> Result<(), TranslateError> {
@@ -313,6 +344,57 @@ mod tests {
             "linux": {"namespaces": [{"type": "network", "path": "/run/netns/x"}]}
         }));
         assert!(e.contains("annotations"), "{e}");
+    }
+
+    #[test]
+    fn a_pods_ipc_and_uts_namespaces_are_joined_by_the_bridge() {
+        let d = ProxmoxSettings::default();
+        let pod = |extra: serde_json::Value| {
+            let mut j = serde_json::json!({"linux": {"namespaces": [
+                {"type": "pid"},
+                {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                {"type": "uts", "path": "/proc/7/ns/uts"},
+                {"type": "mount"},
+                {"type": "network", "path": "/proc/7/ns/net"}
+            ]}});
+            if let (Some(o), Some(e)) = (j.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            plan(&spec(j), &d, HOST)
+        };
+        let p = pod(serde_json::json!({})).unwrap();
+        assert_eq!(p.init.ipcns.as_deref(), Some("/proc/7/ns/ipc"));
+        assert_eq!(p.init.utsns.as_deref(), Some("/proc/7/ns/uts"));
+        assert_eq!(p.init.netns.as_deref(), Some("/proc/7/ns/net"));
+        let e = pod(serde_json::json!({"hostname": "app"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("linux.namespaces") && e.contains("hostname"),
+            "{e}"
+        );
+        let e = pod(serde_json::json!({"domainname": "example"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("domainname"), "{e}");
+        let err = |j: serde_json::Value| plan(&spec(j), &d, HOST).unwrap_err().to_string();
+        let e = err(serde_json::json!({"linux": {"namespaces": [
+            {"type": "user"}, {"type": "network"}, {"type": "ipc", "path": "/proc/7/ns/ipc"}
+        ]}}));
+        assert!(e.contains("ipc") && e.contains("privileged guest"), "{e}");
+        let e = err(serde_json::json!({"linux": {"namespaces": [
+            {"type": "network"}, {"type": "uts", "path": "proc/7/ns/uts"}
+        ]}}));
+        assert!(e.contains("must be absolute"), "{e}");
+        for typ in ["pid", "mount", "cgroup", "user"] {
+            let e = err(serde_json::json!({"linux": {"namespaces": [
+                {"type": "network"}, {"type": typ, "path": "/proc/7/ns/x"}
+            ]}}));
+            assert!(
+                e.contains("not possible for a Proxmox container"),
+                "{typ}: {e}"
+            );
+        }
     }
 
     #[test]
