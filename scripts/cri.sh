@@ -96,17 +96,15 @@ NEXCAGE_CRI_CONFIG="$W/nexcage-cri.toml"
 cat "$NEXCAGE_CONFIG" > "$NEXCAGE_CRI_CONFIG"
 cat >> "$NEXCAGE_CRI_CONFIG" <<'EOF'
 
-# ---- router rules for the CRI pods (issue 13, "Router") ----
-# When the router has its rules, the pod's sandbox ("pause") container goes
-# to runc here, e.g. a rule matching the annotation
-# io.kubernetes.cri.container-type = sandbox -> runc (and set
-# sandbox_guests=0 in scripts/cri.sh). Until then every container of the
-# pod, the sandbox included, is a Proxmox guest.
-# ---- end of router rules ----
+# The pod's sandbox ("pause") container goes to runc, as in a cluster: it
+# only holds the pod's namespaces, and a whole Proxmox guest for it would
+# be waste. containerd marks it with this annotation.
+[[router.rule]]
+backend = "runc"
+annotations = { "io.kubernetes.cri.container-type" = "sandbox" }
 EOF
-# Guests per pod sandbox: 1 while the sandbox is a Proxmox guest, 0 once the
-# rule above sends it to runc.
-sandbox_guests=1
+# Guests per pod sandbox: none, the rule above sends it to runc.
+sandbox_guests=0
 NEXCAGE_CRI_RT="$W/bin/nexcage-cri"
 cat > "$NEXCAGE_CRI_RT" <<EOF
 #!/bin/sh
@@ -216,9 +214,10 @@ netns_left() { ls -A "$D/state/io.containerd.grpc.v1.cri/netns" 2>/dev/null; }
 # Nothing left: no guest, no nexcage state under the handler's Root, no
 # network namespace.
 nothing_left() {
-  local state
+  local state delegated
   state=$(ls -A "$NEXCAGE_CRI_ROOT"/k8s.io 2>/dev/null | grep -v -e "^~nexcage$")
-  [ -z "$(guests)" ] && [ -z "$state" ] && [ -z "$(netns_left)" ]
+  delegated=$(ls -A "$NEXCAGE_CRI_ROOT"/k8s.io/~nexcage/delegate/runc 2>/dev/null)
+  [ -z "$(guests)" ] && [ -z "$state" ] && [ -z "$delegated" ] && [ -z "$(netns_left)" ]
 }
 show_left() {
   echo "   left: guests [$(guests | tr '\n' ' ')] state [$(ls -A "$NEXCAGE_CRI_ROOT" "$NEXCAGE_CRI_ROOT"/* 2>/dev/null | tr '\n' ' ')] netns [$(netns_left | tr '\n' ' ')]"
@@ -293,6 +292,8 @@ one_pod() { # handler, pod name
   if [ "$h" = nexcage ]; then
     check "  both containers (and the sandbox: $sandbox_guests) are guests on the node" \
       [ "$(guests | wc -l)" = $((2 + sandbox_guests)) ]
+    check "  the sandbox runs under runc, by the router's sandbox rule" \
+      [ -d "$NEXCAGE_CRI_ROOT/k8s.io/~nexcage/delegate/runc/$pod" ]
   fi
   t0=$(date +%s%N)
   check "StopContainer --timeout 10 of the one that exits on TERM" cri stop-container --timeout 10 "$c1"

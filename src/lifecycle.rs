@@ -291,7 +291,13 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
 
 pub fn kill(store: &Store, id: &str, signal: Signal, all: bool) -> Result<()> {
     let record = load(store, id)?;
-    if !status(store, &record).can_kill() {
+    let st = status(store, &record);
+    // runc: with --all, a stopped container is no error (containerd's shim
+    // sends `kill --all` after every exit).
+    if all && st == Status::Stopped {
+        return Ok(());
+    }
+    if !st.can_kill() {
         return Err(Error::NotRunning(id.to_string()));
     }
     let process = record.process.expect("live containers have a process");

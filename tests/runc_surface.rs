@@ -285,6 +285,16 @@ fn ps_pause_resume_and_kill_all() {
         "{}",
         stderr(&out)
     );
+    // As runc: a plain kill of a stopped container fails, with --all it
+    // succeeds (containerd's shim sends it after every exit).
+    let out = node.run(["kill", "pp", "KILL"]);
+    assert!(
+        stderr(&out).contains("container not running"),
+        "{}",
+        stderr(&out)
+    );
+    let out = node.run(["kill", "--all", "pp", "KILL"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(node.run(["delete", "pp"]).status.success());
 }
 
