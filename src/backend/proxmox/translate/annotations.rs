@@ -5,7 +5,9 @@ use serde_json::{Map, Value};
 
 use super::check::{check_text, is_dns_name, is_ipv4_cidr};
 use super::{field, TranslateError, Translator};
-use crate::backend::proxmox::settings::{is_bridge_name, is_storage_id, ProxmoxSettings};
+use crate::backend::proxmox::settings::{
+    is_bridge_name, is_storage_id, ProxmoxSettings, RootMode,
+};
 
 /// Proxmox settings a bundle may ask for through `org.proxmox.*`
 /// annotations; every value is validated for its pct format.
@@ -24,6 +26,7 @@ pub(super) struct Annotations {
     description: Option<String>,
     features: Option<String>,
     pub(super) unprivileged: Option<bool>,
+    pub(super) root: Option<RootMode>,
 }
 
 pub const ANNOTATION_PREFIX: &str = "org.proxmox.";
@@ -43,6 +46,7 @@ pub const ANNOTATIONS: &[&str] = &[
     "org.proxmox.description",
     "org.proxmox.features",
     "org.proxmox.unprivileged",
+    "org.proxmox.root",
 ];
 
 impl Annotations {
@@ -174,6 +178,9 @@ impl Annotations {
                 }
                 "org.proxmox.unprivileged" => {
                     a.unprivileged = Some(flag(v).ok_or_else(|| bad("0 or 1"))?);
+                }
+                "org.proxmox.root" => {
+                    a.root = Some(RootMode::parse(v).ok_or_else(|| bad("template or bundle"))?);
                 }
                 _ => {
                     return Err(field(

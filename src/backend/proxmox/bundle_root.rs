@@ -1,0 +1,190 @@
+//! Root mode `bundle` on the host side: the stub the guest's root volume
+//! is made from, the mount entry of the bundle's rootfs, and the one
+//! directory nexcage adds to that rootfs (the bridge's mount point).
+//!
+//! Proxmox makes every guest boot on its own root volume (pve-container
+//! refuses a raw `lxc.rootfs.path`), so the volume holds a stub: the mount
+//! points LXC and the init need, converted once per node through the
+//! template cache like any rootfs (it is a few hundred bytes). The bundle's
+//! rootfs is bound into it at /.nexcage-root (idmapped for unprivileged
+//! guests, so files owned by host uid 0 are uid 0 inside), and the init
+//! pivots there (src/bridge/init/root.rs).
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{open, Flock, FlockArg, OFlag};
+use nix::sys::stat::Mode;
+
+use super::conf::{ConfError, RawLine};
+use crate::bridge::{MOUNT_TARGET, ROOT_MOUNT_TARGET};
+
+/// The stub's directories: the bridge, the rootfs's mount point, and what
+/// LXC mounts before the init runs.
+const STUB_DIRS: &[&str] = &[MOUNT_TARGET, ROOT_MOUNT_TARGET, "dev", "proc", "sys"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleRootError {
+    #[error("cannot make the stub root {}: {source}", path.display())]
+    Stub {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("root.path: {}: {reason}", path.display())]
+    Rootfs { path: PathBuf, reason: String },
+}
+
+/// The stub's source tree under the state root, made on first use. Only
+/// directories, all 0755 and root's: its fingerprint, and so its template,
+/// is the same on every create.
+pub fn stub_tree(state_root: &Path) -> Result<PathBuf, BundleRootError> {
+    let dir = state_root.join("~nexcage/cache/stub-root");
+    let fail = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BundleRootError::Stub { path, source }
+    };
+    for d in STUB_DIRS {
+        let p = dir.join(d);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&p)
+            .map_err(fail(&p))?;
+        // The umask may have narrowed it; the fingerprint covers modes.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+            .map_err(fail(&p))?;
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(fail(&dir))?;
+    Ok(dir)
+}
+
+/// The bundle's rootfs as the guest's `/.nexcage-root`: recursive like
+/// runc's rootfs bind, idmapped to the guest's user namespace when
+/// unprivileged (LXC 5: `idmap=container`, bind mounts only).
+pub fn mount_line(rootfs: &Path, unprivileged: bool) -> Result<RawLine, ConfError> {
+    let mut o = vec!["rbind"];
+    if unprivileged {
+        o.push("idmap=container");
+    }
+    RawLine::bind_mount(rootfs, ROOT_MOUNT_TARGET, &o)
+}
+
+/// The rootfs, resolved, with the bridge's mount point made in it (the
+/// init moves the bridge there before it pivots). A non-directory by that
+/// name (a symlink could lead the host's removal elsewhere) is refused.
+pub fn prepare(rootfs: &Path) -> Result<PathBuf, BundleRootError> {
+    let bad = |reason: String| BundleRootError::Rootfs {
+        path: rootfs.to_path_buf(),
+        reason,
+    };
+    let real = std::fs::canonicalize(rootfs).map_err(|e| bad(e.to_string()))?;
+    let point = real.join(MOUNT_TARGET);
+    match std::fs::symlink_metadata(&point) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(bad(format!(
+                "/{MOUNT_TARGET} is not a directory: it is reserved for nexcage's process bridge"
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::DirBuilder::new().mode(0o755).create(&point) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(bad(format!("cannot make /{MOUNT_TARGET}: {e}"))),
+            }
+        }
+        Err(e) => return Err(bad(format!("/{MOUNT_TARGET}: {e}"))),
+    }
+    Ok(real)
+}
+
+/// Removes the bridge's mount point from the rootfs once no guest uses it:
+/// every running init of this rootfs holds it share-locked, so it stays
+/// while another guest of the same rootfs runs. Only an empty directory is
+/// removed; failures are logged, the guest is gone either way.
+pub fn release(rootfs: &Path) {
+    let Ok(dir) = open(
+        rootfs,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let point = match nix::fcntl::openat(
+        &dir,
+        MOUNT_TARGET,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(_) => return,
+    };
+    let Ok(_lock) = Flock::lock(point, FlockArg::LockExclusiveNonblock) else {
+        tracing::debug!(rootfs = %rootfs.display(), "bridge mount point in use by another guest: kept");
+        return;
+    };
+    // SAFETY: dir is an open directory descriptor and the name a valid C string.
+    let name = std::ffi::CString::new(MOUNT_TARGET).expect("no NUL");
+    let r = unsafe { nix::libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), nix::libc::AT_REMOVEDIR) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        // ENOTEMPTY: the process put something there; it stays, as runc
+        // leaves what a process wrote.
+        tracing::warn!(rootfs = %rootfs.display(), error = %e, "cannot remove /{MOUNT_TARGET} from the rootfs");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stub_is_the_same_tree_every_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = stub_tree(tmp.path()).unwrap();
+        let b = stub_tree(tmp.path()).unwrap();
+        assert_eq!(a, b);
+        let mut names: Vec<_> = std::fs::read_dir(&a)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".nexcage", ".nexcage-root", "dev", "proc", "sys"]);
+    }
+
+    #[test]
+    fn the_mount_point_is_made_and_removed_when_free() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = prepare(tmp.path()).unwrap();
+        assert!(real.join(".nexcage").is_dir());
+        let held = Flock::lock(
+            std::fs::File::open(real.join(".nexcage")).unwrap(),
+            FlockArg::LockShared,
+        )
+        .unwrap();
+        release(&real);
+        assert!(real.join(".nexcage").is_dir(), "kept while locked");
+        drop(held);
+        release(&real);
+        assert!(!real.join(".nexcage").exists());
+    }
+
+    #[test]
+    fn a_symlink_by_the_bridge_s_name_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", tmp.path().join(".nexcage")).unwrap();
+        assert!(prepare(tmp.path()).is_err());
+    }
+
+    #[test]
+    fn unprivileged_guests_get_an_idmapped_bind() {
+        let l = mount_line(Path::new("/b/rootfs"), true).unwrap().render();
+        assert_eq!(
+            l,
+            "lxc.mount.entry: /b/rootfs .nexcage-root none bind,rbind,idmap=container 0 0"
+        );
+        let l = mount_line(Path::new("/b/rootfs"), false).unwrap().render();
+        assert!(l.ends_with("none bind,rbind 0 0"), "{l}");
+    }
+}
