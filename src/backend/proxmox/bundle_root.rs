@@ -11,7 +11,7 @@
 //! pivots there (src/bridge/init/root.rs).
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{open, Flock, FlockArg, OFlag};
@@ -52,22 +52,53 @@ pub fn stub_tree(state_root: &Path) -> Result<PathBuf, BundleRootError> {
             .create(&p)
             .map_err(fail(&p))?;
         // The umask may have narrowed it; the fingerprint covers modes.
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
-            .map_err(fail(&p))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(fail(&p))?;
     }
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(fail(&dir))?;
     Ok(dir)
 }
 
 /// The bundle's rootfs as the guest's `/.nexcage-root`: recursive like
-/// runc's rootfs bind, idmapped to the guest's user namespace when
-/// unprivileged (LXC 5: `idmap=container`, bind mounts only).
-pub fn mount_line(rootfs: &Path, unprivileged: bool) -> Result<RawLine, ConfError> {
+/// runc's rootfs bind, idmapped to the guest's user namespace when asked
+/// (LXC 5: `idmap=container`, bind mounts only; see [`needs_idmap`]).
+pub fn mount_line(rootfs: &Path, idmap: bool) -> Result<RawLine, ConfError> {
     let mut o = vec!["rbind"];
-    if unprivileged {
+    if idmap {
         o.push("idmap=container");
     }
     RawLine::bind_mount(rootfs, ROOT_MOUNT_TARGET, &o)
+}
+
+/// Whether an unprivileged guest needs the rootfs idmapped. A rootfs whose
+/// root directory belongs to the guest's mapped root (host uid 100000 with
+/// Proxmox's map) was laid out for the map, as runc expects of a bundle
+/// with a user namespace, and is bound as it is. One owned by anyone else
+/// (host root, as podman and containerd unpack images) is idmapped, so the
+/// guest's root owns what the host's root owns; overlayfs cannot be
+/// idmapped (the kernel refuses MOUNT_ATTR_IDMAP on it), so that case is
+/// refused before anything is made.
+pub fn needs_idmap(rootfs: &Path, unprivileged: bool) -> Result<bool, BundleRootError> {
+    if !unprivileged {
+        return Ok(false);
+    }
+    let bad = |reason: String| BundleRootError::Rootfs {
+        path: rootfs.to_path_buf(),
+        reason,
+    };
+    let uid = std::fs::metadata(rootfs)
+        .map_err(|e| bad(e.to_string()))?
+        .uid();
+    let mapped_root = super::translate::namespaces::DEFAULT_IDMAP.1;
+    if u64::from(uid) == mapped_root {
+        return Ok(false);
+    }
+    let fs = nix::sys::statfs::statfs(rootfs).map_err(|e| bad(e.to_string()))?;
+    if fs.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC {
+        return Err(bad(format!(
+            "owned by host uid {uid} on overlayfs, which cannot be idmapped for an unprivileged guest in root mode bundle: use org.proxmox.root=template, a privileged guest, or a rootfs owned by the guest's mapped ids (host uid {mapped_root} for root)"
+        )));
+    }
+    Ok(true)
 }
 
 /// The rootfs, resolved, with the bridge's mount point made in it (the
@@ -175,6 +206,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/etc", tmp.path().join(".nexcage")).unwrap();
         assert!(prepare(tmp.path()).is_err());
+    }
+
+    #[test]
+    fn only_unprivileged_guests_of_unshifted_rootfs_are_idmapped() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(!needs_idmap(tmp.path(), false).unwrap());
+        assert!(needs_idmap(tmp.path(), true).unwrap());
+        std::os::unix::fs::chown(tmp.path(), Some(100_000), Some(100_000)).unwrap();
+        assert!(!needs_idmap(tmp.path(), true).unwrap());
     }
 
     #[test]

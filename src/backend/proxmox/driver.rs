@@ -382,12 +382,16 @@ impl Backend for Driver {
                 if plan.unprivileged {
                     check_searchable(&req.bundle.rootfs)?;
                 }
+                let idmap = bundle_root::needs_idmap(&req.bundle.rootfs, plan.unprivileged)
+                    .map_err(DriverError::from)?;
+                // Saved before the mount point is made: a crash from here
+                // on leaves a record that removes it.
                 d.rootfs = Some(req.bundle.rootfs.clone());
                 save(&d)?;
                 let rootfs = bundle_root::prepare(&req.bundle.rootfs).map_err(DriverError::from)?;
                 d.rootfs = Some(rootfs.clone());
                 lines.push(
-                    bundle_root::mount_line(&rootfs, plan.unprivileged)
+                    bundle_root::mount_line(&rootfs, idmap)
                         .map_err(|source| DriverError::Conf { vmid: 0, source })?,
                 );
                 bundle_root::stub_tree(&self.state_root).map_err(DriverError::from)?
@@ -403,9 +407,8 @@ impl Backend for Driver {
         let meta = Meta::new(&self.state_root);
         // Held until pct create has unpacked the archive (the end of
         // provision): eviction and prune skip a template so held.
-        let (tpl, _in_use) =
-            template::ensure_with(&tree, &dir, |name| Ok(meta.lock_shared(name)?))
-                .map_err(DriverError::from)?;
+        let (tpl, _in_use) = template::ensure_with(&tree, &dir, |name| Ok(meta.lock_shared(name)?))
+            .map_err(DriverError::from)?;
         if let Err(e) = meta.touch(&tpl.name, std::time::SystemTime::now()) {
             // Only the LRU order suffers: it falls back to the archive's mtime.
             tracing::warn!(error = %e, "template cache");

@@ -97,9 +97,8 @@ pub(super) fn switch(new_root: &str) -> Result<Option<Flock<OwnedFd>>, InitError
                 Mode::empty(),
             )
             .map_err(|e| InitError::Root(format!("open {}: {e}", target.display())))?;
-            let lock = Flock::lock(fd, FlockArg::LockShared).map_err(|(_, e)| {
-                InitError::Root(format!("lock {}: {e}", target.display()))
-            })?;
+            let lock = Flock::lock(fd, FlockArg::LockShared)
+                .map_err(|(_, e)| InitError::Root(format!("lock {}: {e}", target.display())))?;
             bridge_lock = Some(lock);
         }
         mount(Some(&point), &target, NONE, MsFlags::MS_MOVE, NONE).map_err(|e| {

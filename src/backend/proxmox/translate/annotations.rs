@@ -5,9 +5,7 @@ use serde_json::{Map, Value};
 
 use super::check::{check_text, is_dns_name, is_ipv4_cidr};
 use super::{field, TranslateError, Translator};
-use crate::backend::proxmox::settings::{
-    is_bridge_name, is_storage_id, ProxmoxSettings, RootMode,
-};
+use crate::backend::proxmox::settings::{is_bridge_name, is_storage_id, ProxmoxSettings, RootMode};
 
 /// Proxmox settings a bundle may ask for through `org.proxmox.*`
 /// annotations; every value is validated for its pct format.

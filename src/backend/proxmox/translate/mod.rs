@@ -19,7 +19,7 @@ mod check;
 mod host;
 mod linux;
 mod mounts;
-mod namespaces;
+pub mod namespaces;
 mod process;
 mod resources;
 
