@@ -313,4 +313,36 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn root_annotation_overrides_the_node_s_mode_and_brings_its_rules() {
+        let mut node = ProxmoxSettings::default();
+        let p = plan(&spec(serde_json::json!({})), &node, HOST).unwrap();
+        assert_eq!(p.root, RootMode::Template);
+        assert_eq!(p.init.new_root, None);
+        assert!(!p
+            .raw_lines
+            .iter()
+            .any(|l| l.render().contains("pivot_root")));
+        let s = spec(serde_json::json!({"annotations": {"org.proxmox.root": "bundle"}}));
+        let p = plan(&s, &node, HOST).unwrap();
+        assert_eq!(p.root, RootMode::Bundle);
+        assert_eq!(p.init.new_root.as_deref(), Some("/.nexcage-root"));
+        let raw: Vec<String> = p.raw_lines.iter().map(|l| l.render()).collect();
+        assert!(
+            raw.contains(
+                &"lxc.apparmor.raw: pivot_root oldroot=/.nexcage-root/ /.nexcage-root/,".into()
+            ),
+            "{raw:?}"
+        );
+        node.root = RootMode::Bundle;
+        let s = spec(serde_json::json!({"annotations": {"org.proxmox.root": "template"}}));
+        assert_eq!(plan(&s, &node, HOST).unwrap().root, RootMode::Template);
+        let s = spec(serde_json::json!({"annotations": {"org.proxmox.root": "copy"}}));
+        let err = plan(&s, &node, HOST).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "config.json: annotations.org.proxmox.root: \"copy\" is not template or bundle"
+        );
+    }
 }
