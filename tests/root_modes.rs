@@ -409,3 +409,25 @@ fn unprivileged_bundle_mode_binds_a_shifted_rootfs_as_it_is() {
     assert!(!ovl.merged.join(".nexcage").exists());
     assert_clean(&node);
 }
+
+/// A create that fails once the guest runs (the program is checked in the
+/// new root) rolls back everything, the bridge's mount point in the
+/// rootfs included.
+#[test]
+fn a_failed_create_in_bundle_mode_leaves_the_rootfs_untouched() {
+    let node = Node::with_config("root = \"bundle\"");
+    for (tag, user) in [("fail-priv", false), ("fail-unpriv", true)] {
+        let root = own_rootfs(&node, tag);
+        let bundle = bundle_with(
+            &node,
+            tag,
+            &root,
+            user,
+            json!({"process": {"args": ["/no/such/program"]}}),
+        );
+        let out = node.create(&bundle, tag, &[]);
+        fails_with(&out, "/no/such/program");
+        assert!(!root.join(".nexcage").exists(), "{tag}");
+        assert_clean(&node);
+    }
+}
