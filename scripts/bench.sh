@@ -13,7 +13,9 @@
 # - a warm template-cache hit (the `seconds` of nexcage's "reusing template"
 #   debug line) against `find -printf` of the same tree;
 # - a conversion (template storage pruned first) against
-#   `tar | zstd -T0 -3`: throughput and peak RSS.
+#   `tar | zstd -T0 -3`: throughput and peak RSS;
+# - the PSS of a `sleep` in each of two guests of the Debian image, both
+#   root modes and runc (page cache shared between guests or not).
 # On the simulated node pct is a fast native binary; on a real Proxmox node
 # each pct run starts Perl and each root volume is an LV with mkfs.ext4
 # (README, "Benchmarks").
@@ -157,6 +159,52 @@ for img in busybox debian; do
     echo "$img: ratio nexcage/runc, $mode: $r"
     row "run $img, $mode (ms)" "$nx_ms" "$runc_ms" "$r" "" "none in issue 12"
   done
+done
+
+# Memory: two guests of the Debian image at once, each running `sleep`;
+# the figure is the mean PSS of the sleep processes (pages of the binary
+# and libc shared between the guests count half in each). Template mode
+# unpacks a copy per guest; bundle mode and runc share the image's pages.
+mkdir -p "$work/sleep"
+sed -e 's|"args": \["true"\]|"args": ["sleep", "1000"]|' \
+    -e "s|\"root\": {\"path\": \"rootfs\"}|\"root\": {\"path\": \"$debian_rootfs\"}|" \
+    "$work/debian/config.json" > "$work/sleep/config.json"
+sleep_pids() { # ps --format json output on stdin
+  local p
+  for p in $(tr -d '[] ' | tr , ' '); do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = sleep ] && echo "$p"
+  done
+  return 0
+}
+mean_pss() { # pids...
+  local p t=0
+  for p in "$@"; do t=$((t + $(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup"))); done
+  echo $((t / $#))
+}
+cd "$work/sleep"
+pids=()
+for i in 1 2; do
+  runc --root "$work/runc" run -d --bundle . "m$i" </dev/null >/dev/null 2>&1
+  pids+=($(runc --root "$work/runc" ps --format json "m$i" | sleep_pids))
+done
+runc_pss=$(mean_pss "${pids[@]}")
+for i in 1 2; do runc --root "$work/runc" delete --force "m$i"; done
+for mode in template bundle; do
+  cfg=$NEXCAGE_CONFIG
+  [ "$mode" = bundle ] && cfg=$bundle_config
+  pids=()
+  for i in 1 2; do
+    NEXCAGE_CONFIG=$cfg "$nexcage" --root "$work/nx" create --bundle . "m$i" </dev/null >/dev/null 2>&1
+    NEXCAGE_CONFIG=$cfg "$nexcage" --root "$work/nx" start "m$i"
+  done
+  sleep 0.5
+  for i in 1 2; do
+    pids+=($(NEXCAGE_CONFIG=$cfg "$nexcage" --root "$work/nx" ps --format json "m$i" | sleep_pids))
+  done
+  nx_pss=$(mean_pss "${pids[@]}")
+  for i in 1 2; do NEXCAGE_CONFIG=$cfg "$nexcage" --root "$work/nx" delete --force "m$i"; done
+  printf '%-40s %10s kB (runc: %s kB)\n' "debian: sleep PSS per guest, $mode" "$nx_pss" "$runc_pss"
+  row "sleep PSS, 2 Debian guests, $mode (kB)" "$nx_pss" "$runc_pss" "$(ratio "$nx_pss" "$runc_pss")" "" "none in issue 12"
 done
 
 # Where a lifecycle's time goes: the node's tools versus nexcage itself.
