@@ -10,7 +10,6 @@
 //! guests, so files owned by host uid 0 are uid 0 inside), and the init
 //! pivots there (src/bridge/init/root.rs).
 
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -155,11 +154,9 @@ pub fn release(rootfs: &Path) {
         tracing::debug!(rootfs = %rootfs.display(), "bridge mount point in use by another guest: kept");
         return;
     };
-    // SAFETY: dir is an open directory descriptor and the name a valid C string.
-    let name = std::ffi::CString::new(MOUNT_TARGET).expect("no NUL");
-    let r = unsafe { nix::libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), nix::libc::AT_REMOVEDIR) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
+    // Relative to the rootfs already opened: no path is looked up again.
+    if let Err(e) = nix::unistd::unlinkat(&dir, MOUNT_TARGET, nix::unistd::UnlinkatFlags::RemoveDir)
+    {
         // ENOTEMPTY: the process put something there; it stays, as runc
         // leaves what a process wrote.
         tracing::warn!(rootfs = %rootfs.display(), error = %e, "cannot remove /{MOUNT_TARGET} from the rootfs");
