@@ -4,8 +4,8 @@
 # ratios, not seconds), then a table against issue 12's targets.
 #   scripts/bench.sh [ITERATIONS]       (default 10)
 # Measures, for a busybox rootfs and a Debian bookworm minbase rootfs
-# (debootstrap, cached under target/bench/debian-rootfs), in the template
-# root mode (the only one so far):
+# (debootstrap, cached under target/bench/debian-rootfs), in both root
+# modes (template: converted and unpacked; bundle: the rootfs itself):
 # - `run` of a process that exits at once (create+start+wait+delete);
 # - `podman run --rm IMAGE true` with nexcage and with runc as podman's
 #   runtime (conmon, image, networking and all);
@@ -13,7 +13,9 @@
 # - a warm template-cache hit (the `seconds` of nexcage's "reusing template"
 #   debug line) against `find -printf` of the same tree;
 # - a conversion (template storage pruned first) against
-#   `tar | zstd -T0 -3`: throughput and peak RSS.
+#   `tar | zstd -T0 -3`: throughput and peak RSS;
+# - the PSS of a `sleep` in each of two guests of the Debian image, both
+#   root modes and runc (page cache shared between guests or not).
 # On the simulated node pct is a fast native binary; on a real Proxmox node
 # each pct run starts Perl and each root volume is an LV with mkfs.ext4
 # (README, "Benchmarks").
@@ -137,17 +139,72 @@ row() { # figure, nexcage, reference, ratio, target (awk condition on r), target
   rows+=("$(printf '%-40s %12s %12s %7s  %-26s %s' "$1" "$2" "$3" "$4" "$6" "$met")")
 }
 
+# Root mode bundle through the node's config (the annotation does the same
+# per container; podman below uses that).
+bundle_config="$work/bundle-mode.toml"
+{ cat "$NEXCAGE_CONFIG"; echo 'root = "bundle"'; } > "$bundle_config"
 echo "iterations: $n (medians)"
 for img in busybox debian; do
   cd "$work/$img"
-  "$nexcage" --root "$work/nx" run --bundle . warm >/dev/null   # converts the template once
-  nx_ms=$(time_loop "$nexcage" --root "$work/nx" run --bundle .)
   runc_ms=$(time_loop runc --root "$work/runc" run --bundle .)
-  r=$(ratio "$nx_ms" "$runc_ms")
-  printf '%-40s %10s ms\n' "$img: nexcage run (create..delete)" "$nx_ms"
   printf '%-40s %10s ms\n' "$img: runc run (create..delete)" "$runc_ms"
-  echo "$img: ratio nexcage/runc: $r"
-  row "run $img, template (ms)" "$nx_ms" "$runc_ms" "$r" "" "none in issue 12"
+  for mode in template bundle; do
+    cfg=$NEXCAGE_CONFIG
+    [ "$mode" = bundle ] && cfg=$bundle_config
+    # Converts the template (or the stub) once.
+    NEXCAGE_CONFIG=$cfg "$nexcage" --root "$work/nx" run --bundle . warm >/dev/null
+    nx_ms=$(NEXCAGE_CONFIG=$cfg time_loop "$nexcage" --root "$work/nx" run --bundle .)
+    r=$(ratio "$nx_ms" "$runc_ms")
+    printf '%-40s %10s ms\n' "$img: nexcage run, $mode (create..delete)" "$nx_ms"
+    echo "$img: ratio nexcage/runc, $mode: $r"
+    row "run $img, $mode (ms)" "$nx_ms" "$runc_ms" "$r" "" "none in issue 12"
+  done
+done
+
+# Memory: two guests of the Debian image at once, each running `sleep`;
+# the figure is the mean PSS of the sleep processes (pages of the binary
+# and libc shared between the guests count half in each). Template mode
+# unpacks a copy per guest; bundle mode and runc share the image's pages.
+mkdir -p "$work/sleep"
+sed -e 's|"args": \["true"\]|"args": ["sleep", "1000"]|' \
+    -e "s|\"root\": {\"path\": \"rootfs\"}|\"root\": {\"path\": \"$debian_rootfs\"}|" \
+    "$work/debian/config.json" > "$work/sleep/config.json"
+sleep_pids() { # ps --format json output on stdin
+  local p
+  for p in $(tr -d '[] ' | tr , ' '); do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = sleep ] && echo "$p"
+  done
+  return 0
+}
+mean_pss() { # pids...
+  local p t=0
+  for p in "$@"; do t=$((t + $(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup"))); done
+  echo $((t / $#))
+}
+cd "$work/sleep"
+pids=()
+for i in 1 2; do
+  runc --root "$work/runc" run -d --bundle . "m$i" </dev/null >/dev/null 2>&1
+  pids+=($(runc --root "$work/runc" ps --format json "m$i" | sleep_pids))
+done
+runc_pss=$(mean_pss "${pids[@]}")
+for i in 1 2; do runc --root "$work/runc" delete --force "m$i"; done
+for mode in template bundle; do
+  cfg=$NEXCAGE_CONFIG
+  [ "$mode" = bundle ] && cfg=$bundle_config
+  pids=()
+  for i in 1 2; do
+    NEXCAGE_CONFIG=$cfg "$nexcage" --root "$work/nx" create --bundle . "m$i" </dev/null >/dev/null 2>&1
+    NEXCAGE_CONFIG=$cfg "$nexcage" --root "$work/nx" start "m$i"
+  done
+  sleep 0.5
+  for i in 1 2; do
+    pids+=($(NEXCAGE_CONFIG=$cfg "$nexcage" --root "$work/nx" ps --format json "m$i" | sleep_pids))
+  done
+  nx_pss=$(mean_pss "${pids[@]}")
+  for i in 1 2; do NEXCAGE_CONFIG=$cfg "$nexcage" --root "$work/nx" delete --force "m$i"; done
+  printf '%-40s %10s kB (runc: %s kB)\n' "debian: sleep PSS per guest, $mode" "$nx_pss" "$runc_pss"
+  row "sleep PSS, 2 Debian guests, $mode (kB)" "$nx_pss" "$runc_pss" "$(ratio "$nx_pss" "$runc_pss")" "" "none in issue 12"
 done
 
 # Where a lifecycle's time goes: the node's tools versus nexcage itself.
@@ -255,25 +312,28 @@ clients_setup "$nexcage"
 DEBIAN_IMAGE=localhost/nexcage-debian:latest
 clients_image "$repo/target/fixtures/rootfs"
 clients_image "$debian_rootfs" "$DEBIAN_IMAGE"
-podman_loop() { # runtime, image
-  local i start
+podman_loop() { # runtime, image, podman run options...
+  local i start rt=$1 image=$2
+  shift 2
   for i in $(seq 1 "$n"); do
     start=$(now)
-    podman_any --runtime "$1" run --rm "$2" true >/dev/null
+    podman_any --runtime "$rt" run --rm "$@" "$image" true >/dev/null
     echo $(( ($(now) - start) / 1000 ))
   done | awk '{ print $1 / 1000 }' | median
 }
 for img in busybox debian; do
   image=$IMAGE target=1.5
   [ "$img" = debian ] && image=$DEBIAN_IMAGE target=2.0
-  podman_any --runtime nexcage run --rm "$image" true >/dev/null   # converts the template once
-  podman_nx_ms=$(podman_loop nexcage "$image")
   podman_runc_ms=$(podman_loop runc "$image")
-  r=$(ratio "$podman_nx_ms" "$podman_runc_ms")
-  printf '%-40s %10s ms\n' "$img: podman run --rm (nexcage)" "$podman_nx_ms"
   printf '%-40s %10s ms\n' "$img: podman run --rm (runc)" "$podman_runc_ms"
-  echo "$img: ratio podman nexcage/runc: $r"
-  row "podman run $img, template (ms)" "$podman_nx_ms" "$podman_runc_ms" "$r" "r <= $target" "<= ${target}x"
+  for mode in template bundle; do
+    podman_any --runtime nexcage run --rm --annotation "org.proxmox.root=$mode" "$image" true >/dev/null   # converts once
+    podman_nx_ms=$(podman_loop nexcage "$image" --annotation "org.proxmox.root=$mode")
+    r=$(ratio "$podman_nx_ms" "$podman_runc_ms")
+    printf '%-40s %10s ms\n' "$img: podman run --rm (nexcage, $mode)" "$podman_nx_ms"
+    echo "$img: ratio podman nexcage/runc, $mode: $r"
+    row "podman run $img, $mode (ms)" "$podman_nx_ms" "$podman_runc_ms" "$r" "r <= $target" "<= ${target}x"
+  done
 done
 
 echo

@@ -113,6 +113,22 @@ check "podman rm" quiet podman_nx rm "$id"
 check "  container gone" bash -c "! podman --root '$W/storage' --runroot '$W/run' container exists '$id'"
 check "  nothing left" eventually nothing_left
 
+# Root mode bundle (the org.proxmox.root annotation; `root = "bundle"` in
+# config.toml for every container): the guest runs on podman's overlay
+# itself, so podman sees the process's writes as it does with runc.
+tpl_before=$(templates)
+id=$(podman_nx run -d --annotation org.proxmox.root=bundle "$IMAGE" sh -c 'echo zc > /zero-copy; exec sleep 1000')
+check "podman run -d in root mode bundle" [ "$(podman_nx inspect -f '{{.State.Status}}' "$id")" = running ]
+diff_has() { podman_nx diff "$1" | grep -qx "$2"; }
+check "  podman diff shows the process's write" eventually diff_has "$id" 'A /zero-copy'
+check "  no template made for the image (at most the stub)" [ "$(templates)" -le $((tpl_before + 1)) ]
+check "podman stop" quiet podman_nx stop -t 2 "$id"
+check "  podman diff still shows the write" diff_has "$id" 'A /zero-copy'
+check "  and nothing of nexcage's" bash -c "! podman --root '$W/storage' --runroot '$W/run' diff '$id' | grep -q nexcage"
+check "  podman cp reads the write" [ "$(podman_nx cp "$id":/zero-copy - | tar -xO)" = zc ]
+check "podman rm" quiet podman_nx rm "$id"
+check "  nothing left" eventually nothing_left
+
 out=$(in_pty 'tty; stty size; echo typed-$((6*7)); exit 3' podman --root "$W/storage" --runroot "$W/run" --runtime nexcage run -it --rm "$IMAGE" sh); rc=$?
 check "podman run -it: the process has a terminal" grep -q '^/dev/pts/' <<<"$out"
 check "  of the client's size" grep -q '^33 101' <<<"$out"

@@ -66,6 +66,11 @@ pub const MOUNT_TARGET: &str = mount_name!();
 pub const INIT_PATH: &str = concat!("/", mount_name!(), "/", init_file!());
 /// The command LXC starts: that binary's `init` subcommand.
 pub const INIT_CMD: &str = concat!("/", mount_name!(), "/", init_file!(), " init");
+/// Where a guest whose root is the bundle's rootfs (root mode `bundle`)
+/// finds it mounted, until its init makes it the root.
+pub const ROOT_MOUNT_POINT: &str = concat!("/", mount_name!(), "-root");
+/// The same, relative to the container's root (for lxc.mount.entry).
+pub const ROOT_MOUNT_TARGET: &str = concat!(mount_name!(), "-root");
 
 /// How host and init talk, bumped on every change. A guest's init is the
 /// nexcage binary of its `create` (a bind mount keeps that inode through a

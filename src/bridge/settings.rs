@@ -65,6 +65,12 @@ pub struct InitSettings {
     /// init (src/bridge/devfs.rs) over LXC's autodev tmpfs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<InitDev>,
+    /// Where the bundle's rootfs is mounted in the guest when it is to be
+    /// the process's root (root mode `bundle`): the init moves the guest's
+    /// mounts into it and pivots there before anything else
+    /// (src/bridge/init/root.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_root: Option<String>,
     /// linux.rootfsPropagation, applied by the init to the guest's `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_propagation: Option<String>,

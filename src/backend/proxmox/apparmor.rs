@@ -64,9 +64,32 @@ pub fn readonly_path_rules(p: &str) -> Result<Vec<String>, RuleError> {
 /// The rule for `root.readonly`: a ro bind remount of `/`.
 pub const READONLY_ROOT_RULE: &str = "mount options=(ro,remount,bind) -> /,";
 
+/// The rules for root mode `bundle` (src/bridge/init/root.rs): the
+/// generated profile lets a guest move any mount but /proc, /sys and /dev,
+/// and pivot_root only when unprivileged. Each rule names the one call the
+/// init makes.
+pub fn root_switch_rules(new_root: &str) -> Result<Vec<String>, RuleError> {
+    if !literal(new_root) || !new_root.starts_with('/') {
+        return Err(RuleError::NotLiteral);
+    }
+    let mut out: Vec<String> = ["proc", "sys", "dev"]
+        .iter()
+        .map(|d| format!("mount options=(rw,move) /{d}/ -> {new_root}/{d}/,"))
+        .collect();
+    out.push(format!("pivot_root oldroot={new_root}/ {new_root}/,"));
+    Ok(out)
+}
+
 /// All rules for the init's settings, with the field each comes from.
 pub fn rules(init: &InitSettings) -> Result<Vec<(String, String)>, (String, String)> {
     let mut out = Vec::new();
+    if let Some(r) = &init.new_root {
+        let f = "annotations.org.proxmox.root".to_string();
+        match root_switch_rules(r) {
+            Ok(rules) => out.extend(rules.into_iter().map(|r| (f.clone(), r))),
+            Err(e) => return Err((f, e.reason(r))),
+        }
+    }
     for (i, p) in init.readonly_paths.iter().enumerate() {
         let f = format!("linux.readonlyPaths[{i}]");
         match readonly_path_rules(p) {
@@ -115,6 +138,20 @@ mod tests {
         ] {
             assert_eq!(readonly_path_rules(p), Err(RuleError::NotLiteral), "{p}");
         }
+    }
+
+    #[test]
+    fn the_root_switch_gets_exactly_its_moves_and_pivot() {
+        assert_eq!(
+            root_switch_rules("/.nexcage-root").unwrap(),
+            [
+                "mount options=(rw,move) /proc/ -> /.nexcage-root/proc/,",
+                "mount options=(rw,move) /sys/ -> /.nexcage-root/sys/,",
+                "mount options=(rw,move) /dev/ -> /.nexcage-root/dev/,",
+                "pivot_root oldroot=/.nexcage-root/ /.nexcage-root/,",
+            ]
+        );
+        assert!(root_switch_rules("/a*").is_err());
     }
 
     #[test]

@@ -9,10 +9,11 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use super::bundle_root::{self, BundleRootError};
 use super::conf::{self, ConfError, RawLine};
 use super::node::Node;
 use super::pct::{PctError, Tools};
-use super::settings::ProxmoxSettings;
+use super::settings::{ProxmoxSettings, RootMode};
 use super::template::cache::{self, CacheError, Meta};
 use super::template::{self, TemplateError};
 use super::translate::{self, HostFacts, TranslateError};
@@ -37,6 +38,8 @@ pub enum DriverError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error(transparent)]
+    BundleRoot(#[from] BundleRootError),
     #[error(transparent)]
     Vmid(#[from] VmidError),
     #[error(transparent)]
@@ -110,6 +113,10 @@ pub struct GuestData {
     /// A template this create converted (not reused): removed if create fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_template: Option<PathBuf>,
+    /// Root mode `bundle`: the bundle's rootfs the guest runs on, whose
+    /// bridge mount point goes when the guest does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
 }
 
 impl GuestData {
@@ -186,6 +193,22 @@ impl Driver {
             RawLine::bind_mount(req.init_binary, &BridgeDir::init_mount_target(), &["ro"])?,
             RawLine::new("lxc.init.cmd", INIT_CMD)?,
         ])
+    }
+
+    /// `pct destroy` (which stops a running guest) and the VMID's release.
+    fn destroy_guest(&self, vmid: u32) -> Result<(), DriverError> {
+        let id = vmid.to_string();
+        match self
+            .tools
+            .pct(["destroy", &id, "--force", "1", "--purge", "1"])
+        {
+            Ok(_) => {}
+            // Already gone (destroyed by an admin, or never made): nothing to undo.
+            Err(e) if e.stderr().contains("does not exist") => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.allocator().release(vmid);
+        Ok(())
     }
 
     /// `pct create`, moving to the next VMID whenever the cluster says the
@@ -363,6 +386,29 @@ impl Backend for Driver {
                 check_searchable(p)?;
             }
         }
+        // Root mode bundle: the guest's volume is made from the stub, and
+        // the rootfs itself is mounted into it.
+        let tree = match plan.root {
+            RootMode::Template => req.bundle.rootfs.clone(),
+            RootMode::Bundle => {
+                if plan.unprivileged {
+                    check_searchable(&req.bundle.rootfs)?;
+                }
+                let idmap = bundle_root::needs_idmap(&req.bundle.rootfs, plan.unprivileged)
+                    .map_err(DriverError::from)?;
+                // Saved before the mount point is made: a crash from here
+                // on leaves a record that removes it.
+                d.rootfs = Some(req.bundle.rootfs.clone());
+                save(&d)?;
+                let rootfs = bundle_root::prepare(&req.bundle.rootfs).map_err(DriverError::from)?;
+                d.rootfs = Some(rootfs.clone());
+                lines.push(
+                    bundle_root::mount_line(&rootfs, idmap)
+                        .map_err(|source| DriverError::Conf { vmid: 0, source })?,
+                );
+                bundle_root::stub_tree(&self.state_root).map_err(DriverError::from)?
+            }
+        };
         // An annotation naming the storage needs no discovery.
         let storage = match &plan.storage {
             Some(s) => s.clone(),
@@ -373,9 +419,8 @@ impl Backend for Driver {
         let meta = Meta::new(&self.state_root);
         // Held until pct create has unpacked the archive (the end of
         // provision): eviction and prune skip a template so held.
-        let (tpl, _in_use) =
-            template::ensure_with(&req.bundle.rootfs, &dir, |name| Ok(meta.lock_shared(name)?))
-                .map_err(DriverError::from)?;
+        let (tpl, _in_use) = template::ensure_with(&tree, &dir, |name| Ok(meta.lock_shared(name)?))
+            .map_err(DriverError::from)?;
         if let Err(e) = meta.touch(&tpl.name, std::time::SystemTime::now()) {
             // Only the LRU order suffers: it falls back to the archive's mtime.
             tracing::warn!(error = %e, "template cache");
@@ -436,20 +481,13 @@ impl Backend for Driver {
     }
 
     fn destroy(&self, guest: &Guest) -> Result<(), BackendError> {
-        let Some(vmid) = GuestData::of(guest)?.vmid else {
-            return Ok(());
-        };
-        let id = vmid.to_string();
-        match self
-            .tools
-            .pct(["destroy", &id, "--force", "1", "--purge", "1"])
-        {
-            Ok(_) => {}
-            // Already gone (destroyed by an admin, or never made): nothing to undo.
-            Err(e) if e.stderr().contains("does not exist") => {}
-            Err(e) => return Err(DriverError::from(e).into()),
+        let data = GuestData::of(guest)?;
+        if let Some(vmid) = data.vmid {
+            self.destroy_guest(vmid)?;
         }
-        self.allocator().release(vmid);
+        if let Some(rootfs) = &data.rootfs {
+            bundle_root::release(rootfs);
+        }
         Ok(())
     }
 

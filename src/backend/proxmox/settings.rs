@@ -31,6 +31,31 @@ pub enum UnprivilegedPolicy {
     Always,
 }
 
+/// What a guest's root is (docs/architecture.md, "Root modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootMode {
+    /// The bundle's rootfs converted to a template (cached) and unpacked
+    /// into the guest's own root volume: a self-contained Proxmox guest
+    /// that vzdump backs up, restores and migrates.
+    #[default]
+    Template,
+    /// The bundle's rootfs itself, bind-mounted into a guest whose root
+    /// volume holds only a stub: create costs the same whatever the image's
+    /// size, writes land in the bundle as with runc.
+    Bundle,
+}
+
+impl RootMode {
+    pub fn parse(s: &str) -> Option<RootMode> {
+        match s {
+            "template" => Some(RootMode::Template),
+            "bundle" => Some(RootMode::Bundle),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxmoxSettings {
@@ -69,6 +94,8 @@ pub struct ProxmoxSettings {
     /// hold. Unset: unlimited.
     pub template_cache_max_bytes: Option<u64>,
     pub template_cache_max_count: Option<u32>,
+    /// The default root mode; the `org.proxmox.root` annotation overrides it.
+    pub root: RootMode,
 }
 
 impl Default for ProxmoxSettings {
@@ -93,6 +120,7 @@ impl Default for ProxmoxSettings {
             command_timeout_secs: 300,
             template_cache_max_bytes: None,
             template_cache_max_count: None,
+            root: RootMode::Template,
         }
     }
 }
@@ -215,6 +243,16 @@ mod tests {
         assert_eq!(s.bridge, "vmbr1");
         assert_eq!(s.vmid_min, Some(5000));
         assert_eq!(s.unprivileged, UnprivilegedPolicy::Always);
+    }
+
+    #[test]
+    fn root_mode_is_template_unless_set() {
+        assert_eq!(parse("").unwrap().root, RootMode::Template);
+        assert_eq!(
+            parse("[proxmox]\nroot = \"bundle\"\n").unwrap().root,
+            RootMode::Bundle
+        );
+        assert!(parse("[proxmox]\nroot = \"copy\"\n").is_err());
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum InitError {
     NotExecutable { program: String },
     #[error("cwd {cwd:?}: not a directory in the container")]
     Cwd { cwd: String },
+    /// Root mode `bundle`: making the bundle's rootfs the guest's root.
+    #[error("switch to the bundle's rootfs: {0}")]
+    Root(String),
     #[error("process.args is empty")]
     NoArgs,
     #[error("NUL byte in process settings")]

@@ -13,20 +13,25 @@ use crate::bridge::settings::InitSettings;
 /// readonlyPaths, readonly root, domainname), applied in the init while it
 /// still has every capability, before the process is forked. A missing file
 /// means nothing to do.
-pub(super) fn apply_linux_settings(path: &Path) -> Result<(), InitError> {
-    let settings: InitSettings = match std::fs::read(path) {
+pub(super) fn load_linux_settings(path: &Path) -> Result<InitSettings, InitError> {
+    Ok(match std::fs::read(path) {
         Ok(text) => serde_json::from_slice(&text).map_err(|source| InitError::Parse {
             path: path.to_path_buf(),
             source,
         })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => InitSettings::default(),
         Err(source) => {
             return Err(InitError::Read {
                 path: path.to_path_buf(),
                 source,
             })
         }
-    };
+    })
+}
+
+/// Everything of linux.json but the root switch (super::root), which comes
+/// first.
+pub(super) fn apply_linux_settings(settings: &InitSettings) -> Result<(), InitError> {
     if let Some(net) = &settings.net {
         configure_link(net)?;
     }
@@ -200,6 +205,7 @@ mod tests {
 
     #[test]
     fn missing_linux_settings_file_means_nothing_to_apply() {
-        assert!(apply_linux_settings(Path::new("/nonexistent/linux.json")).is_ok());
+        let s = load_linux_settings(Path::new("/nonexistent/linux.json")).unwrap();
+        assert_eq!(s, InitSettings::default());
     }
 }

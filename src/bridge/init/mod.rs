@@ -6,7 +6,8 @@
 //!
 //! This file holds the two entry points (`run`, `exec`) and the talk with the
 //! monitor; each step has its own file: linux.rs (linux.json, applied before
-//! fork), process.rs (process.json checked before fork; the drop to the user
+//! fork), root.rs (root mode `bundle`: the bundle's rootfs becomes the
+//! root, first), process.rs (process.json checked before fork; the drop to the user
 //! and execve), capabilities.rs, terminal.rs (ptys), start.rs (the forked
 //! child until `start`), supervise.rs (signals, reaping), fds.rs (stdio and
 //! closing the rest), error.rs.
@@ -16,6 +17,7 @@ mod error;
 mod fds;
 pub mod linux;
 mod process;
+mod root;
 mod start;
 mod supervise;
 mod terminal;
@@ -37,7 +39,7 @@ use crate::bridge::settings::INIT_SETTINGS_FILE;
 use crate::bridge::{PROCESS_FILE, SOCKET_FILE};
 use error::InitError;
 use fds::install_fds;
-use linux::apply_linux_settings;
+use linux::{apply_linux_settings, load_linux_settings};
 use process::{become_process, Prepared};
 use start::child;
 use supervise::{block_signals, supervise};
@@ -78,11 +80,22 @@ fn serve(conn: &OwnedFd) -> i32 {
         Err(None) => return 1,
         Err(Some(err)) => return fail_and_wait(conn, err),
     };
+    let settings = match load_linux_settings(&Path::new(MOUNT_POINT).join(INIT_SETTINGS_FILE)) {
+        Ok(s) => s,
+        Err(err) => return fail_and_wait(conn, err),
+    };
+    // First: the program and cwd are checked, and every mount made, in the
+    // root the process will have. The lock lives as long as the init.
+    let _root_lock = match settings.new_root.as_deref().map(root::switch) {
+        None => None,
+        Some(Ok(lock)) => lock,
+        Some(Err(err)) => return fail_and_wait(conn, err),
+    };
     let prepared = match Prepared::load(&Path::new(MOUNT_POINT).join(PROCESS_FILE)) {
         Ok(p) => p,
         Err(err) => return fail_and_wait(conn, err),
     };
-    if let Err(err) = apply_linux_settings(&Path::new(MOUNT_POINT).join(INIT_SETTINGS_FILE)) {
+    if let Err(err) = apply_linux_settings(&settings) {
         return fail_and_wait(conn, err);
     }
     let stdio = match terminal_stdio(conn, &prepared, stdio) {

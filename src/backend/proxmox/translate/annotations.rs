@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::check::{check_text, is_dns_name, is_ipv4_cidr};
 use super::{field, TranslateError, Translator};
-use crate::backend::proxmox::settings::{is_bridge_name, is_storage_id, ProxmoxSettings};
+use crate::backend::proxmox::settings::{is_bridge_name, is_storage_id, ProxmoxSettings, RootMode};
 
 /// Proxmox settings a bundle may ask for through `org.proxmox.*`
 /// annotations; every value is validated for its pct format.
@@ -24,6 +24,7 @@ pub(super) struct Annotations {
     description: Option<String>,
     features: Option<String>,
     pub(super) unprivileged: Option<bool>,
+    pub(super) root: Option<RootMode>,
 }
 
 pub const ANNOTATION_PREFIX: &str = "org.proxmox.";
@@ -43,6 +44,7 @@ pub const ANNOTATIONS: &[&str] = &[
     "org.proxmox.description",
     "org.proxmox.features",
     "org.proxmox.unprivileged",
+    "org.proxmox.root",
 ];
 
 impl Annotations {
@@ -175,6 +177,9 @@ impl Annotations {
                 "org.proxmox.unprivileged" => {
                     a.unprivileged = Some(flag(v).ok_or_else(|| bad("0 or 1"))?);
                 }
+                "org.proxmox.root" => {
+                    a.root = Some(RootMode::parse(v).ok_or_else(|| bad("template or bundle"))?);
+                }
                 _ => {
                     return Err(field(
                         &f,
@@ -306,6 +311,38 @@ mod tests {
         assert!(
             err.contains("org.proxmox.rootfs.size") && err.contains("\"lots\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn root_annotation_overrides_the_node_s_mode_and_brings_its_rules() {
+        let mut node = ProxmoxSettings::default();
+        let p = plan(&spec(serde_json::json!({})), &node, HOST).unwrap();
+        assert_eq!(p.root, RootMode::Template);
+        assert_eq!(p.init.new_root, None);
+        assert!(!p
+            .raw_lines
+            .iter()
+            .any(|l| l.render().contains("pivot_root")));
+        let s = spec(serde_json::json!({"annotations": {"org.proxmox.root": "bundle"}}));
+        let p = plan(&s, &node, HOST).unwrap();
+        assert_eq!(p.root, RootMode::Bundle);
+        assert_eq!(p.init.new_root.as_deref(), Some("/.nexcage-root"));
+        let raw: Vec<String> = p.raw_lines.iter().map(|l| l.render()).collect();
+        assert!(
+            raw.contains(
+                &"lxc.apparmor.raw: pivot_root oldroot=/.nexcage-root/ /.nexcage-root/,".into()
+            ),
+            "{raw:?}"
+        );
+        node.root = RootMode::Bundle;
+        let s = spec(serde_json::json!({"annotations": {"org.proxmox.root": "template"}}));
+        assert_eq!(plan(&s, &node, HOST).unwrap().root, RootMode::Template);
+        let s = spec(serde_json::json!({"annotations": {"org.proxmox.root": "copy"}}));
+        let err = plan(&s, &node, HOST).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "config.json: annotations.org.proxmox.root: \"copy\" is not template or bundle"
         );
     }
 }

@@ -19,7 +19,7 @@ mod check;
 mod host;
 mod linux;
 mod mounts;
-mod namespaces;
+pub mod namespaces;
 mod process;
 mod resources;
 
@@ -36,7 +36,7 @@ use oci_spec::runtime::{LinuxResources, Spec};
 use serde_json::{Map, Value};
 
 use super::conf::{ConfError, RawLine};
-use crate::backend::proxmox::settings::{CgroupVersion, ProxmoxSettings};
+use crate::backend::proxmox::settings::{CgroupVersion, ProxmoxSettings, RootMode};
 use crate::bridge::settings::InitSettings;
 pub use annotations::ANNOTATIONS;
 pub use host::HostFacts;
@@ -81,6 +81,9 @@ pub struct PctPlan {
     /// linux.seccomp compiled for the init (crate::bridge::seccomp), which
     /// loads it last before exec; written beside the init settings.
     pub seccomp: Option<crate::bridge::seccomp::Filter>,
+    /// What the guest's root is: the node's `root` key or the
+    /// `org.proxmox.root` annotation.
+    pub root: RootMode,
 }
 
 impl PctPlan {
@@ -158,6 +161,9 @@ pub fn plan_bundle(
     let annotations = v.get("annotations").and_then(obj).unwrap_or_default();
     let ann = Annotations::parse(&annotations, settings)?;
     let mut t = Translator::new(settings, host, rootfs, ann);
+    if t.plan.root == RootMode::Bundle {
+        t.plan.init.new_root = Some(crate::bridge::ROOT_MOUNT_POINT.to_string());
+    }
     t.top_level(&v)?;
     t.process(
         v.get("process")
@@ -232,6 +238,7 @@ impl<'a> Translator<'a> {
                 rootfs_size: None,
                 init: InitSettings::default(),
                 seccomp: None,
+                root: ann.root.unwrap_or(settings.root),
             },
             settings,
             host,

@@ -10,7 +10,7 @@ use crate::backend::proxmox::settings::UnprivilegedPolicy;
 use crate::bridge::settings::InitNet;
 
 /// Proxmox's default unprivileged map (`u/g 0 100000 65536`).
-const DEFAULT_IDMAP: (u64, u64, u64) = (0, 100_000, 65_536);
+pub const DEFAULT_IDMAP: (u64, u64, u64) = (0, 100_000, 65_536);
 
 impl PctPlan {
     /// Who configures the guest's own link (net0), once the node is known:
