@@ -14,6 +14,7 @@ mod exec;
 mod features;
 mod fsutil;
 mod hooks;
+mod image;
 mod lifecycle;
 mod logging;
 mod procfs;
