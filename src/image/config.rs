@@ -73,7 +73,10 @@ pub fn runtime_spec(
             "the image's WorkingDir {cwd:?} is not absolute"
         )));
     }
-    let user = match run.and_then(|r| r.user.as_deref()).filter(|u| !u.is_empty()) {
+    let user = match run
+        .and_then(|r| r.user.as_deref())
+        .filter(|u| !u.is_empty())
+    {
         Some(u) => resolve_user(u, accounts)?,
         None => User::default(),
     };
@@ -105,7 +108,10 @@ fn annotations(image: &ImageConfig) -> HashMap<String, String> {
     put("architecture", Some(image.architecture.clone()));
     put("variant", image.variant.clone());
     put("os.version", image.os_version.clone());
-    put("os.features", image.os_features.as_ref().map(|f| f.join(",")));
+    put(
+        "os.features",
+        image.os_features.as_ref().map(|f| f.join(",")),
+    );
     put("author", image.author.clone());
     put("created", image.created.clone());
     if let Some(r) = &image.config {

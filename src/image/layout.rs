@@ -304,7 +304,8 @@ impl Source {
             if chosen.media_type != OCI_INDEX && chosen.media_type != DOCKER_LIST {
                 break;
             }
-            let inner: Index = self.json(&blob_path(&chosen.digest)?, Some(hex_of(&chosen.digest)?))?;
+            let inner: Index =
+                self.json(&blob_path(&chosen.digest)?, Some(hex_of(&chosen.digest)?))?;
             chosen = pick(inner.manifests, None, self.describe())?;
         }
         let manifest: Manifest =
@@ -432,7 +433,10 @@ fn choose_error(tag: Option<&str>, found: usize, names: &[String], source: &Path
         names.join(", ")
     };
     ImageError::Usage(match (tag, found) {
-        (Some(t), 0) => format!("{}: no image named {t:?} (it has: {list})", source.display()),
+        (Some(t), 0) => format!(
+            "{}: no image named {t:?} (it has: {list})",
+            source.display()
+        ),
         (Some(t), _) => format!("{}: several images named {t:?}", source.display()),
         (None, 0) => format!("{}: holds no image", source.display()),
         (None, _) => format!(

@@ -74,9 +74,8 @@ pub fn make_bundle(
     let source = Source::open(image)?;
     let selected = source.select(tag)?;
     let tmp = temp_beside(out)?;
-    let result = fill(&source, &selected, &tmp, base).and_then(|()| {
-        std::fs::rename(&tmp, out).map_err(|e| ImageError::io(out, e))
-    });
+    let result = fill(&source, &selected, &tmp, base)
+        .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| ImageError::io(out, e)));
     if result.is_err() {
         if let Err(e) = std::fs::remove_dir_all(&tmp) {
             tracing::warn!("cannot remove {}: {e}", tmp.display());
@@ -196,3 +195,5 @@ fn temp_beside(out: &Path) -> Result<PathBuf, ImageError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testutil;

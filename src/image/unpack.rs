@@ -57,13 +57,11 @@ impl Rootfs {
     }
 
     fn resolve(&self, rel: &OsStr, flags: OFlag) -> nix::Result<OwnedFd> {
-        let how = OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_IN_ROOT
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                    | ResolveFlag::RESOLVE_NO_XDEV,
-            );
+        let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
         openat2(self.fd.as_fd(), rel, how)
     }
 
@@ -84,7 +82,11 @@ impl Rootfs {
                 Err(Errno::ENOENT) => {
                     // `cur` is the resolved parent and the name has no '/':
                     // mkdirat makes it there or fails on whatever is there.
-                    mkdirat(cur.as_fd(), parts[i].as_os_str(), Mode::from_bits_truncate(0o755))?;
+                    mkdirat(
+                        cur.as_fd(),
+                        parts[i].as_os_str(),
+                        Mode::from_bits_truncate(0o755),
+                    )?;
                     self.resolve(&prefix, dirflags)?
                 }
                 other => other?,
@@ -99,9 +101,7 @@ pub fn apply<R: Read>(root: &Rootfs, layer: R) -> Result<(), ImageError> {
     let mut archive = tar::Archive::new(layer);
     // Paths written by this layer: whiteouts hide only lower layers' files.
     let mut ours: HashSet<Vec<u8>> = HashSet::new();
-    let entries = archive
-        .entries()
-        .map_err(|e| ImageError::io("layer", e))?;
+    let entries = archive.entries().map_err(|e| ImageError::io("layer", e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| ImageError::io("layer", e))?;
         let raw = entry.path_bytes().into_owned();
@@ -119,7 +119,9 @@ pub fn apply<R: Read>(root: &Rootfs, layer: R) -> Result<(), ImageError> {
         };
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE.as_bytes() {
-            let dir = root.dir(parent, true).map_err(|e| sys(&shown, "opaque", e))?;
+            let dir = root
+                .dir(parent, true)
+                .map_err(|e| sys(&shown, "opaque", e))?;
             let keep = join(parent);
             clear_dir(dir.as_fd(), keep.as_bytes(), &ours).map_err(|e| sys(&shown, "opaque", e))?;
             continue;
@@ -141,7 +143,9 @@ pub fn apply<R: Read>(root: &Rootfs, layer: R) -> Result<(), ImageError> {
             }
             continue;
         }
-        let dir = root.dir(parent, true).map_err(|e| sys(&shown, "parent directory", e))?;
+        let dir = root
+            .dir(parent, true)
+            .map_err(|e| sys(&shown, "parent directory", e))?;
         ours.insert(join(&parts).as_bytes().to_vec());
         make(root, dir.as_fd(), name, &mut entry, &shown)?;
     }
@@ -255,11 +259,17 @@ fn make<R: Read>(
             let major = entry.header().device_major().ok().flatten().unwrap_or(0);
             let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
             let dev = libc::makedev(major, minor);
-            mknodat(dir, name, sflag, Mode::from_bits_truncate(0o600), dev).map_err(err("mknod"))?;
+            mknodat(dir, name, sflag, Mode::from_bits_truncate(0o600), dev)
+                .map_err(err("mknod"))?;
             chown_at(dir, name, entry).map_err(err("chown"))?;
             // Just made by us in a directory only we write to: not a symlink.
-            fchmodat(dir, name, Mode::from_bits_truncate(mode), FchmodatFlags::FollowSymlink)
-                .map_err(err("chmod"))?;
+            fchmodat(
+                dir,
+                name,
+                Mode::from_bits_truncate(mode),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(err("chmod"))?;
         }
         other => {
             return Err(ImageError::Hostile {
@@ -305,7 +315,10 @@ fn set_meta<R: Read>(
     fchown(fd, Some(u), Some(g)).map_err(|e| sys(shown, "chown", e))?;
     let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
     fchmod(fd, Mode::from_bits_truncate(mode)).map_err(|e| sys(shown, "chmod", e))?;
-    let Some(pax) = entry.pax_extensions().map_err(|e| ImageError::io(shown, e))? else {
+    let Some(pax) = entry
+        .pax_extensions()
+        .map_err(|e| ImageError::io(shown, e))?
+    else {
         return Ok(());
     };
     for ext in pax {
