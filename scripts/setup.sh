@@ -6,7 +6,9 @@
 # namespace and vmbr0), mkfs.ext4, mount and losetup (its root volumes);
 # the CNI reference plugins (/usr/lib/cni) that tests run as nerdctl does;
 # libseccomp's static archive (libseccomp-dev), which nexcage links to
-# compile linux.seccomp profiles.
+# compile linux.seccomp profiles; podman, which tests/image_bundle.rs
+# builds and saves images with (with its recommends, as scripts/clients.sh
+# installs it).
 # Idempotent and quiet; works from any directory.
 set -euo pipefail
 
@@ -26,6 +28,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! installed podman; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq podman >/dev/null
 fi
 
 # Proxmox maps unprivileged containers to 100000..165535.

@@ -104,6 +104,12 @@ pub fn apply<R: Read>(root: &Rootfs, layer: R) -> Result<(), ImageError> {
     let entries = archive.entries().map_err(|e| ImageError::io("layer", e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| ImageError::io("layer", e))?;
+        if matches!(
+            entry.header().entry_type(),
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
+            continue; // pax metadata the tar reader did not fold into an entry
+        }
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let parts = clean(&raw).map_err(|why| ImageError::Hostile {
@@ -129,6 +135,14 @@ pub fn apply<R: Read>(root: &Rootfs, layer: R) -> Result<(), ImageError> {
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT.as_bytes()) {
             if hidden.starts_with(WHITEOUT.as_bytes()) || hidden.is_empty() {
                 continue; // aufs's own bookkeeping (.wh..wh.plnk, ...)
+            }
+            if hidden == b"." || hidden == b".." {
+                // `.wh..` would empty the directory, `.wh...` its parent,
+                // which for the rootfs's top is outside it.
+                return Err(ImageError::Hostile {
+                    entry: shown,
+                    why: "whiteout of '.' or '..'",
+                });
             }
             let mut path = parent.to_vec();
             path.push(OsStr::from_bytes(hidden).to_os_string());

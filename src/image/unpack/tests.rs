@@ -298,3 +298,21 @@ fn open_file_stays_inside_the_rootfs() {
         .unwrap();
     assert_eq!(s, "image");
 }
+
+#[test]
+fn whiteouts_of_dot_or_dotdot_are_refused() {
+    for bad in [".wh..", ".wh...", "sub/.wh..", "sub/.wh..."] {
+        let fs = Fs::new();
+        let host = fs.host();
+        std::fs::write(host.join("sibling"), b"host data").unwrap();
+        fs.apply(&[
+            E::File("sub/keep", b"x", 0o644),
+            E::File("top", b"x", 0o644),
+        ])
+        .unwrap();
+        let err = fs.apply(&[E::File(bad, b"", 0o644)]).unwrap_err();
+        assert!(matches!(err, ImageError::Hostile { .. }), "{bad}: {err}");
+        assert!(host.join("sibling").exists(), "{bad}");
+        assert!(fs.exists("sub/keep") && fs.exists("top"), "{bad}");
+    }
+}
