@@ -79,7 +79,7 @@ fn saved_image(work: &Path) -> (Podman, PathBuf, PathBuf) {
     let podman = Podman::new(work.join("podman"));
     // No registry here: the base is the busybox rootfs imported, as
     // scripts/clients.sh does.
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(rootfs())
         .args(["-c", "."])
@@ -89,9 +89,10 @@ fn saved_image(work: &Path) -> (Podman, PathBuf, PathBuf) {
     let out = podman
         .cmd()
         .args(["import", "-q", "-", BASE])
-        .stdin(tar.stdout.unwrap())
+        .stdin(tar.stdout.take().unwrap())
         .output()
         .unwrap();
+    assert!(tar.wait().unwrap().success(), "tar of the busybox rootfs");
     assert!(out.status.success(), "podman import: {}", stderr(&out));
     let ctx = work.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
