@@ -203,6 +203,45 @@ fn an_image_saved_by_podman_runs_through_nexcage_bundle_and_run() {
 }
 
 #[test]
+fn a_docker_archive_of_several_images_takes_a_tag() {
+    let node = Node::new();
+    let work = node.root().join("image-work");
+    let (podman, _, _) = saved_image(&work);
+    let both = work.join("both.docker.tar");
+    podman.ok(&[
+        "save",
+        "-q",
+        "-m",
+        "--format",
+        "docker-archive",
+        "-o",
+        both.to_str().unwrap(),
+        BASE,
+        IMAGE,
+    ]);
+    let bundle = work.join("bundle");
+    let bundle_cmd = |tag: Option<&str>| {
+        let mut c = node.nexcage(["bundle", "--image"]);
+        c.arg(&both).arg("--out").arg(&bundle);
+        if let Some(t) = tag {
+            c.args(["--tag", t]);
+        }
+        c.output().unwrap()
+    };
+    let out = bundle_cmd(None);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--tag") && err.contains(BASE) && err.contains(IMAGE),
+        "{err}"
+    );
+    assert!(!bundle.exists());
+    let out = bundle_cmd(Some(IMAGE));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(bundle.join("rootfs/app/greeting").exists());
+}
+
+#[test]
 fn a_bad_image_fails_in_one_line_and_leaves_nothing() {
     let node = Node::new();
     let work = node.root().join("bad-image");

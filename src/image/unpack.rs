@@ -82,10 +82,14 @@ impl Rootfs {
                 Err(Errno::ENOENT) => {
                     // `cur` is the resolved parent and the name has no '/':
                     // mkdirat makes it there or fails on whatever is there.
-                    mkdirat(
+                    let mode = Mode::from_bits_truncate(0o755);
+                    mkdirat(cur.as_fd(), parts[i].as_os_str(), mode)?;
+                    // Whatever the umask: implicit parents are 0755, as other unpackers make them.
+                    fchmodat(
                         cur.as_fd(),
                         parts[i].as_os_str(),
-                        Mode::from_bits_truncate(0o755),
+                        mode,
+                        FchmodatFlags::FollowSymlink,
                     )?;
                     self.resolve(&prefix, dirflags)?
                 }
