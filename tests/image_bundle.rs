@@ -200,6 +200,42 @@ fn an_image_saved_by_podman_runs_through_nexcage_bundle_and_run() {
         assert!(del.status.success(), "{}", stderr(&del));
     }
     assert!(node.vmids().is_empty(), "no guest left");
+
+    // The oci-archive unpacked is an OCI image layout directory: same bundle.
+    let layout = work.join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    let untar = Command::new("tar")
+        .arg("-xf")
+        .arg(&oci)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let bundle = work.join("bundle-layout");
+    let out = node
+        .nexcage(["bundle", "--image"])
+        .arg(&layout)
+        .arg("--out")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "layout: {}", stderr(&out));
+    // (The spec's capability sets serialize in no fixed order: compare parts.)
+    let read = |b: &Path| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+        let p = &v["process"];
+        json!([p["args"], p["env"], p["user"], p["cwd"], v["annotations"]])
+    };
+    assert_eq!(read(&bundle), read(&work.join("bundle-oci")));
+    let diff = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(bundle.join("rootfs"))
+        .arg(work.join("bundle-oci/rootfs"))
+        .output()
+        .unwrap();
+    assert!(diff.status.success(), "{}", stdout(&diff));
 }
 
 #[test]
