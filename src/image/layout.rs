@@ -343,12 +343,13 @@ impl Source {
             return Err(choose_error(tag, matching.len(), &names, self.describe()));
         }
         let entry = matching.remove(0);
-        // The config's file name is its digest.
+        // The config's file name is its digest (`HEX.json`, or
+        // `blobs/sha256/HEX` as newer docker writes).
         let config_hex = entry
             .config
             .rsplit('/')
             .next()
-            .and_then(|n| n.strip_suffix(".json"))
+            .map(|n| n.strip_suffix(".json").unwrap_or(n))
             .filter(|h| is_hex64(h));
         let config: ImageConfig = self.json(&entry.config, config_hex)?;
         let diffs = diff_ids(&config, entry.layers.len())?;

@@ -105,9 +105,11 @@ pub fn apply<R: Read>(root: &Rootfs, layer: R) -> Result<(), ImageError> {
     let mut archive = tar::Archive::new(layer);
     // Paths written by this layer: whiteouts hide only lower layers' files.
     let mut ours: HashSet<Vec<u8>> = HashSet::new();
-    let entries = archive.entries().map_err(|e| ImageError::io("layer", e))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| ImageError::io("tar stream", e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| ImageError::io("layer", e))?;
+        let mut entry = entry.map_err(|e| ImageError::io("tar stream", e))?;
         if matches!(
             entry.header().entry_type(),
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
