@@ -9,7 +9,8 @@
 # compile linux.seccomp profiles; runc and crun, the runtimes the router
 # delegates to; protoc (protobuf-compiler), which the CRI API crate of the
 # test-only CRI client (fixtures/cri-client) compiles its protobuf
-# definitions with.
+# definitions with; podman, which tests/image_bundle.rs builds and saves
+# images with (with its recommends, as scripts/clients.sh installs it).
 # Idempotent and quiet; works from any directory.
 set -euo pipefail
 
@@ -29,6 +30,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! installed podman; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq podman >/dev/null
 fi
 
 # Proxmox maps unprivileged containers to 100000..165535.

@@ -69,6 +69,9 @@ pub enum Command {
     List(ListArgs),
     /// Write a default config.json.
     Spec(SpecArgs),
+    /// Make a bundle (config.json, rootfs) from an OCI image layout or an
+    /// oci-archive / docker-archive tar.
+    Bundle(BundleArgs),
     /// Print the OCI features document.
     Features,
     /// Run a process inside a running container.
@@ -203,6 +206,21 @@ pub struct SpecArgs {
     /// also accepted here as runc does) asks for a user namespace.
     #[arg(short = 'b', long, default_value = ".")]
     pub bundle: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BundleArgs {
+    /// OCI image layout directory, or an oci-archive or docker-archive tar
+    /// (`podman save`, `skopeo copy`, `docker save`).
+    #[arg(long, value_name = "DIR|ARCHIVE")]
+    pub image: PathBuf,
+    /// The bundle directory to make; must not exist or be empty.
+    #[arg(long, value_name = "BUNDLE")]
+    pub out: PathBuf,
+    /// Which image of several: its reference name (index annotation
+    /// org.opencontainers.image.ref.name, or a docker RepoTag).
+    #[arg(long, value_name = "REF")]
+    pub tag: Option<String>,
 }
 
 /// `exec`: runc's flags.

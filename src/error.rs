@@ -98,6 +98,8 @@ pub enum Error {
     Bridge(#[from] BridgeError),
     #[error(transparent)]
     Hook(#[from] crate::hooks::HookError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
 }
 
 fn said_suffix(said: &[String]) -> String {

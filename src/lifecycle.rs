@@ -29,6 +29,22 @@ use crate::state::{validate_id, ContainerLock, Record, Status, Store};
 
 pub const OCI_VERSION: &str = "1.2.0";
 
+/// The config.json `nexcage spec` writes (runc's default: a shell in
+/// ./rootfs), also the base `nexcage bundle` puts an image's settings on.
+pub fn default_spec(rootless: bool) -> oci_spec::runtime::Spec {
+    let mut spec = if rootless {
+        oci_spec::runtime::Spec::rootless(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    } else {
+        oci_spec::runtime::Spec::default()
+    };
+    spec.set_version(OCI_VERSION.to_string());
+    spec.set_hostname(Some("nexcage".into()));
+    spec
+}
+
 pub fn check_id(id: &str) -> Result<()> {
     validate_id(id).map_err(|why| Error::InvalidId(id.to_string(), why))
 }

@@ -16,6 +16,7 @@ mod features;
 mod forward;
 mod fsutil;
 mod hooks;
+mod image;
 mod lifecycle;
 mod logging;
 mod procfs;

@@ -1,6 +1,7 @@
 //! One file per subcommand; each only wires arguments to the modules that do
 //! the work. Each returns the process exit code.
 
+pub mod bundle;
 pub mod create;
 pub mod delete;
 pub mod events;
@@ -41,6 +42,7 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
         Command::Run(a) => run::run(global, &a),
         Command::List(a) => list::run(global, &a),
         Command::Spec(a) => spec::run(global, &a),
+        Command::Bundle(a) => bundle::run(&a),
         Command::Features => features::run(global),
         Command::Route(a) => route::run(global, &a),
         Command::Exec(a) => exec::run(global, &a),

@@ -1,7 +1,5 @@
 use std::io::Write;
 
-use oci_spec::runtime::Spec;
-
 use crate::cli::{GlobalOpts, SpecArgs};
 use crate::error::{Error, Result};
 
@@ -9,16 +7,7 @@ use crate::error::{Error, Result};
 pub fn run(global: &GlobalOpts, args: &SpecArgs) -> Result<i32> {
     let path = args.bundle.join("config.json");
     let rootless = matches!(global.rootless.as_deref(), Some("true" | "1"));
-    let mut spec = if rootless {
-        Spec::rootless(
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        )
-    } else {
-        Spec::default()
-    };
-    spec.set_version(crate::lifecycle::OCI_VERSION.to_string());
-    spec.set_hostname(Some("nexcage".into()));
+    let spec = crate::lifecycle::default_spec(rootless);
     let json = serde_json::to_string_pretty(&spec).expect("spec serializes");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
