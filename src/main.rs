@@ -16,6 +16,8 @@ mod fsutil;
 mod hooks;
 mod lifecycle;
 mod logging;
+mod manual;
+mod preflight;
 mod procfs;
 mod router;
 mod state;

@@ -19,6 +19,8 @@ const CORE: &[&str] = &[
     "exec",
     "features",
     "lifecycle",
+    "manual",
+    "preflight",
     "router",
     "state",
     "terminal",

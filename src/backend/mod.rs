@@ -117,6 +117,69 @@ pub trait Backend {
     fn templates(&self) -> Option<&dyn TemplateStore> {
         None
     }
+    /// `nexcage check`: whether the node has what this backend needs, one
+    /// [`Check`] per item. Only reads and asks (facts it learns may be
+    /// remembered under the state root); never makes a guest or template.
+    fn check_node(&self) -> Vec<Check> {
+        Vec::new()
+    }
+}
+
+/// One line of `nexcage check`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: CheckStatus,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it, when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Ok,
+    /// Works, but not as well as it could (or not for every bundle).
+    Warn,
+    /// Creates will fail until it is fixed.
+    Fail,
+}
+
+impl Check {
+    pub fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            status: CheckStatus::Ok,
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+
+    pub fn warn(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Check {
+        Check {
+            status: CheckStatus::Warn,
+            hint: Some(hint.into()),
+            ..Check::ok(name, detail)
+        }
+    }
+
+    pub fn fail(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Check {
+        Check {
+            status: CheckStatus::Fail,
+            hint: Some(hint.into()),
+            ..Check::ok(name, detail)
+        }
+    }
 }
 
 /// A backend's cache of converted images, for `nexcage template`.

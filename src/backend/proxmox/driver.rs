@@ -19,7 +19,7 @@ use super::translate::{self, HostFacts, TranslateError};
 use super::update::UpdateRequest;
 use super::vmid::{self, Allocator, VmidError};
 use crate::backend::{
-    Backend, BackendError, Guest, Provision, Save, Template, TemplateStore, Temporaries,
+    Backend, BackendError, Check, Guest, Provision, Save, Template, TemplateStore, Temporaries,
 };
 use crate::bridge::settings::INIT_SETTINGS_FILE;
 use crate::bridge::{BridgeDir, INIT_CMD, INIT_PATH, MOUNT_TARGET};
@@ -407,6 +407,11 @@ impl Backend for Driver {
 
     fn templates(&self) -> Option<&dyn TemplateStore> {
         Some(self)
+    }
+
+    fn check_node(&self) -> Vec<Check> {
+        let templates = TemplateStore::list(self).map_err(|e| e.to_string());
+        super::check::run(&self.node(), templates)
     }
 
     fn created(&self, data: &mut Value) {

@@ -31,7 +31,7 @@ pub enum UnprivilegedPolicy {
     Always,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxmoxSettings {
     pub pct: PathBuf,
@@ -69,6 +69,10 @@ pub struct ProxmoxSettings {
     /// hold. Unset: unlimited.
     pub template_cache_max_bytes: Option<u64>,
     pub template_cache_max_count: Option<u32>,
+    /// Subordinate id files, where root's range must hold the 100000..165535
+    /// pve-container maps unprivileged guests to (read by `nexcage check`).
+    pub subuid: PathBuf,
+    pub subgid: PathBuf,
 }
 
 impl Default for ProxmoxSettings {
@@ -93,6 +97,8 @@ impl Default for ProxmoxSettings {
             command_timeout_secs: 300,
             template_cache_max_bytes: None,
             template_cache_max_count: None,
+            subuid: "/etc/subuid".into(),
+            subgid: "/etc/subgid".into(),
         }
     }
 }
