@@ -6,7 +6,7 @@
 # namespace and vmbr0), mkfs.ext4, mount and losetup (its root volumes);
 # the CNI reference plugins (/usr/lib/cni) that tests run as nerdctl does;
 # libseccomp's static archive (libseccomp-dev), which nexcage links to
-# compile linux.seccomp profiles.
+# compile linux.seccomp profiles; man-db, for the package test's `man -w`.
 # Idempotent and quiet; works from any directory.
 set -euo pipefail
 
@@ -19,7 +19,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok instal
 
 missing=()
 for pkg in lxc busybox-static zstd uidmap tar file util-linux mount e2fsprogs iproute2 \
-    containernetworking-plugins libseccomp-dev; do
+    containernetworking-plugins libseccomp-dev man-db; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
