@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use super::conf::{self, ConfError, RawLine};
 use super::node::Node;
@@ -313,6 +314,7 @@ impl Backend for Driver {
             *data = d.value();
             save(data)
         };
+        let phase = Instant::now();
         let mut plan = translate::plan_bundle(
             &req.bundle.spec,
             Some(&req.bundle.rootfs),
@@ -356,6 +358,8 @@ impl Backend for Driver {
             Some(s) => s.clone(),
             None => self.node().root_storage()?,
         };
+        req.phases.add("translate", phase.elapsed(), None);
+        let phase = Instant::now();
         let template_storage = self.node().template_storage()?;
         let dir = self.node().template_dir(&template_storage)?;
         let meta = Meta::new(&self.state_root);
@@ -371,6 +375,9 @@ impl Backend for Driver {
         if !tpl.reused {
             d.new_template = Some(tpl.path.clone());
         }
+        let how = if tpl.reused { "hit" } else { "converted" };
+        req.phases.add("template", phase.elapsed(), Some(how));
+        let phase = Instant::now();
         let volid = format!("{template_storage}:vztmpl/{}", tpl.name);
         d.template = Some(volid.clone());
         let gib = translate::root_volume_gib(tpl.data_bytes);
@@ -391,6 +398,7 @@ impl Backend for Driver {
             })?;
         conf::append(&self.conf_path(vmid), &self.settings.lock_dir, vmid, &lines)
             .map_err(|source| DriverError::Conf { vmid, source })?;
+        req.phases.add("pct create", phase.elapsed(), None);
         if !tpl.reused {
             // Our own template is still held shared, so it is never the one
             // evicted, even when it alone is over the limit.
