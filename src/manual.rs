@@ -22,6 +22,26 @@ pub fn command() -> clap::Command {
     cmd
 }
 
+/// The parser without its hidden subcommands (monitor, init, generate),
+/// which completion scripts would otherwise offer: the generators list
+/// every subcommand.
+fn visible() -> clap::Command {
+    let full = Cli::command();
+    let shown: Vec<clap::Command> = full
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .cloned()
+        .collect();
+    // Rebuilt without the hidden ones: clap has no way to remove one.
+    let mut cmd = clap::Command::new("nexcage")
+        .args(full.get_arguments().cloned())
+        .disable_version_flag(true)
+        .disable_help_subcommand(true)
+        .subcommands(shown);
+    cmd.build();
+    cmd
+}
+
 /// File name and roff text of every page: `nexcage.8` and one per visible
 /// subcommand, nested ones included (`nexcage-template-list.8`).
 pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
@@ -55,7 +75,7 @@ pub fn completions() -> Vec<(String, Vec<u8>)> {
     ]
     .into_iter()
     .map(|(shell, file)| {
-        let mut cmd = command();
+        let mut cmd = visible();
         let mut text = Vec::new();
         clap_complete::generate(shell, &mut cmd, "nexcage", &mut text);
         (file.to_string(), text)
@@ -147,6 +167,9 @@ mod tests {
             let text = String::from_utf8_lossy(text);
             for word in ["create", "check", "template", "console-socket"] {
                 assert!(text.contains(word), "{name} lacks {word}");
+            }
+            for hidden in ["monitor", "generate", "listen-fd"] {
+                assert!(!text.contains(hidden), "{name} offers {hidden}");
             }
         }
     }
