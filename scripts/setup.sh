@@ -10,7 +10,8 @@
 # delegates to; protoc (protobuf-compiler), which the CRI API crate of the
 # test-only CRI client (fixtures/cri-client) compiles its protobuf
 # definitions with; podman, which tests/image_bundle.rs builds and saves
-# images with (with its recommends, as scripts/clients.sh installs it).
+# images with (with its recommends, as scripts/clients.sh installs it); man-db, for the package
+# test's `man -w`.
 # Idempotent and quiet; works from any directory.
 set -euo pipefail
 
@@ -23,7 +24,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok instal
 
 missing=()
 for pkg in lxc busybox-static zstd uidmap tar file util-linux mount e2fsprogs iproute2 \
-    containernetworking-plugins libseccomp-dev runc crun protobuf-compiler; do
+    containernetworking-plugins libseccomp-dev runc crun protobuf-compiler man-db; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -91,6 +91,13 @@ pub enum Command {
     /// List or prune the templates nexcage converted on the template storage.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Check that this node has what nexcage needs: one line per item, ok,
+    /// warn or fail, and what to do; exits 1 when an item fails.
+    Check(CheckArgs),
+    /// Internal: man pages or shell completions, generated from this
+    /// command line (scripts/package.sh).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
     /// Internal: the process bridge's host side, started by create.
     #[command(hide = true)]
     Monitor(MonitorArgs),
@@ -383,6 +390,33 @@ pub struct TemplatePruneArgs {
     pub older_than: Option<String>,
     #[arg(short = 'f', long, value_enum, default_value_t = ListFormat::Table)]
     pub format: ListFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[arg(short = 'f', long, value_enum, default_value_t = CheckFormat::Text)]
+    pub format: CheckFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    pub what: GenerateWhat,
+    /// Directory to write the files into (created if missing).
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenerateWhat {
+    /// One page per subcommand, section 8 as runc's (nexcage.8, nexcage-create.8, ...).
+    Man,
+    /// bash (nexcage), zsh (_nexcage) and fish (nexcage.fish) completions.
+    Completions,
 }
 
 /// The hidden `init`: without a mode it is the guest's PID 1 (lxc.init.cmd);

@@ -36,7 +36,7 @@ pub struct Settings {
 }
 
 /// The keys at the top of the file: what holds whatever the backend.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSettings {
     /// How long create waits for the container's init to report ready, and
@@ -127,6 +127,26 @@ mod tests {
             },
         }];
         Settings::parse(text, &sections)
+    }
+
+    /// The conffile scripts/package.sh installs as /etc/nexcage/config.toml.
+    const EXAMPLE: &str = include_str!("../packaging/config.toml");
+
+    #[test]
+    fn the_packaged_example_is_the_readmes_and_holds_the_defaults() {
+        let readme = include_str!("../README.md");
+        let body = EXAMPLE
+            .split_once("\n\n")
+            .map(|(_header, body)| body)
+            .unwrap();
+        assert!(
+            readme.contains(&format!("```toml\n{body}```")),
+            "README.md's configuration example differs from packaging/config.toml"
+        );
+        let s = parse(EXAMPLE).unwrap();
+        assert_eq!(s.runtime, RuntimeSettings::default());
+        let top = EXAMPLE.split("[proxmox]").next().unwrap();
+        assert!(top.contains("start_timeout_secs = 60"), "{top}");
     }
 
     #[test]

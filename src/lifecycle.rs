@@ -15,7 +15,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::backend::{Backend, BackendError, Provision};
+use crate::backend::{Backend, BackendError, Phases, Provision};
 use crate::bridge::{self, BridgeDir};
 use crate::bundle;
 use crate::cgroup;
@@ -112,8 +112,10 @@ pub fn create_with_console(
     backend: Box<dyn Backend>,
     own_console: Option<OwnedFd>,
 ) -> Result<Child> {
+    let started = Instant::now();
+    let phases = Phases::default();
     check_id(&args.id)?;
-    let bundle = bundle::load(&args.bundle)?;
+    let bundle = phases.time("bundle", || bundle::load(&args.bundle))?;
     // Terminal mode: connect to the caller's console socket now, as runc
     // does in create, so a missing flag or socket fails before anything
     // exists; the monitor sends the pty's master over it (bridge/pty.rs).
@@ -165,6 +167,7 @@ pub fn create_with_console(
             bundle: &bundle,
             bridge_dir: bridge.path(),
             init_binary: &exe,
+            phases: &phases,
         };
         let mut data = serde_json::Value::Null;
         let mut save = |d: &serde_json::Value| {
@@ -185,11 +188,15 @@ pub fn create_with_console(
         record.monitor = ProcRef::of(launched.child.id() as i32);
         let child_pid = launched.child.id();
         store.save(&lock, &record)?;
-        let boot = backend.boot(&record.guest()).map_err(Error::from);
+        let boot = phases.time("start", || {
+            backend.boot(&record.guest()).map_err(Error::from)
+        });
         let ready = boot.and_then(|()| {
-            launched
-                .wait_ready(settings.runtime.start_timeout())
-                .map_err(Error::from)
+            phases.time("ready", || {
+                launched
+                    .wait_ready(settings.runtime.start_timeout())
+                    .map_err(Error::from)
+            })
         });
         monitor = Some(launched.child);
         let (init, process) = ready?;
@@ -208,7 +215,10 @@ pub fn create_with_console(
     })();
 
     match result {
-        Ok(()) => Ok(monitor.expect("monitor started")),
+        Ok(()) => {
+            tracing::debug!("create {}: {}", args.id, phases.summary(started.elapsed()));
+            Ok(monitor.expect("monitor started"))
+        }
         Err(e) => {
             tracing::debug!("create failed, rolling back: {e}");
             if let Some(mut m) = monitor {

@@ -19,6 +19,8 @@ mod hooks;
 mod image;
 mod lifecycle;
 mod logging;
+mod manual;
+mod preflight;
 mod procfs;
 mod router;
 mod state;

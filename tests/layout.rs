@@ -21,6 +21,8 @@ const CORE: &[&str] = &[
     "features",
     "forward",
     "lifecycle",
+    "manual",
+    "preflight",
     "router",
     "state",
     "terminal",

@@ -2,11 +2,13 @@
 //! the work. Each returns the process exit code.
 
 pub mod bundle;
+pub mod check;
 pub mod create;
 pub mod delete;
 pub mod events;
 pub mod exec;
 pub mod features;
+pub mod generate;
 pub mod kill;
 pub mod list;
 pub mod pause;
@@ -52,6 +54,8 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
         Command::Update(a) => update::run(global, &a),
         Command::Events(a) => events::run(global, &a),
         Command::Template(c) => template::run(global, &c),
+        Command::Check(a) => check::run(global, &a),
+        Command::Generate(a) => generate::run(&a),
         Command::Monitor(_) | Command::Init(_) => unreachable!("dispatched in main"),
     }
 }

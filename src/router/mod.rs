@@ -412,6 +412,7 @@ mod tests {
             bundle: &bundle,
             bridge_dir: t.path(),
             init_binary: t.path(),
+            phases: &Default::default(),
         };
         backend
             .provision(&req, &mut data, &mut |d| {

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use super::bundle_root::{self, BundleRootError};
 use super::conf::{self, ConfError, RawLine};
@@ -20,7 +21,7 @@ use super::translate::{self, HostFacts, TranslateError};
 use super::update::UpdateRequest;
 use super::vmid::{self, Allocator, VmidError};
 use crate::backend::{
-    Backend, BackendError, Guest, Provision, Save, Template, TemplateStore, Temporaries,
+    Backend, BackendError, Check, Guest, Provision, Save, Template, TemplateStore, Temporaries,
 };
 use crate::bridge::settings::INIT_SETTINGS_FILE;
 use crate::bridge::{BridgeDir, INIT_CMD, INIT_PATH, MOUNT_TARGET};
@@ -348,6 +349,7 @@ impl Backend for Driver {
             *data = d.value();
             save(data)
         };
+        let phase = Instant::now();
         let mut plan = translate::plan_bundle(
             &req.bundle.spec,
             Some(&req.bundle.rootfs),
@@ -414,6 +416,8 @@ impl Backend for Driver {
             Some(s) => s.clone(),
             None => self.node().root_storage()?,
         };
+        req.phases.add("translate", phase.elapsed(), None);
+        let phase = Instant::now();
         let template_storage = self.node().template_storage()?;
         let dir = self.node().template_dir(&template_storage)?;
         let meta = Meta::new(&self.state_root);
@@ -428,6 +432,9 @@ impl Backend for Driver {
         if !tpl.reused {
             d.new_template = Some(tpl.path.clone());
         }
+        let how = if tpl.reused { "hit" } else { "converted" };
+        req.phases.add("template", phase.elapsed(), Some(how));
+        let phase = Instant::now();
         let volid = format!("{template_storage}:vztmpl/{}", tpl.name);
         d.template = Some(volid.clone());
         let gib = translate::root_volume_gib(tpl.data_bytes);
@@ -448,6 +455,7 @@ impl Backend for Driver {
             })?;
         conf::append(&self.conf_path(vmid), &self.settings.lock_dir, vmid, &lines)
             .map_err(|source| DriverError::Conf { vmid, source })?;
+        req.phases.add("pct create", phase.elapsed(), None);
         if !tpl.reused {
             // Our own template is still held shared, so it is never the one
             // evicted, even when it alone is over the limit.
@@ -464,6 +472,11 @@ impl Backend for Driver {
 
     fn templates(&self) -> Option<&dyn TemplateStore> {
         Some(self)
+    }
+
+    fn check_node(&self) -> Vec<Check> {
+        let templates = TemplateStore::list(self).map_err(|e| e.to_string());
+        super::check::run(&self.node(), templates)
     }
 
     fn created(&self, data: &mut Value) {

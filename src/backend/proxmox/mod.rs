@@ -2,6 +2,7 @@
 
 pub mod apparmor;
 mod bundle_root;
+mod check;
 pub mod conf;
 pub mod driver;
 #[cfg(test)]

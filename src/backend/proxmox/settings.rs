@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Which cgroup hierarchy the node's LXC uses for limits pct has no option
 /// for (pids, devices, ...). `auto` reads /sys/fs/cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum CgroupVersion {
     #[default]
     #[serde(rename = "auto")]
@@ -21,7 +21,7 @@ pub enum CgroupVersion {
 }
 
 /// Whether containers are created unprivileged (with Proxmox's uid map).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnprivilegedPolicy {
     /// Unprivileged exactly when the bundle asks for a user namespace.
@@ -56,7 +56,7 @@ impl RootMode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxmoxSettings {
     pub pct: PathBuf,
@@ -96,6 +96,10 @@ pub struct ProxmoxSettings {
     pub template_cache_max_count: Option<u32>,
     /// The default root mode; the `org.proxmox.root` annotation overrides it.
     pub root: RootMode,
+    /// Subordinate id files, where root's range must hold the 100000..165535
+    /// pve-container maps unprivileged guests to (read by `nexcage check`).
+    pub subuid: PathBuf,
+    pub subgid: PathBuf,
 }
 
 impl Default for ProxmoxSettings {
@@ -121,6 +125,8 @@ impl Default for ProxmoxSettings {
             template_cache_max_bytes: None,
             template_cache_max_count: None,
             root: RootMode::Template,
+            subuid: "/etc/subuid".into(),
+            subgid: "/etc/subgid".into(),
         }
     }
 }
@@ -218,6 +224,25 @@ mod tests {
                 .and_then(|v| v.as_table())
                 .unwrap_or(&toml::Table::new()),
         )
+    }
+
+    /// The conffile scripts/package.sh installs as /etc/nexcage/config.toml.
+    const EXAMPLE: &str = include_str!("../../../packaging/config.toml");
+
+    #[test]
+    fn the_packaged_example_holds_every_key_at_its_default() {
+        let s = parse(EXAMPLE).unwrap();
+        assert_eq!(s, ProxmoxSettings::default());
+        let keys = serde_json::to_value(ProxmoxSettings::default()).unwrap();
+        let section = EXAMPLE.split("[proxmox]").nth(1).unwrap();
+        for key in keys.as_object().unwrap().keys() {
+            let named = section.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.strip_prefix(key.as_str())
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            });
+            assert!(named, "packaging/config.toml lacks [proxmox] {key}");
+        }
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! `nexcage check` on a simulated node, as it is and broken one way at a
+//! time: no storage for root volumes, no bridge, no subordinate ids.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::Node;
+
+/// `nexcage check` in the node's network namespace, where its vmbr0 is
+/// (on a real node, the host's).
+fn check(node: &Node, format: &str) -> Output {
+    let netns = std::fs::read_to_string(node.root().join("run/pve-sim/netns")).unwrap();
+    let inner = node.nexcage(["check", "--format", format]);
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", netns.trim()))
+        .arg("--")
+        .arg(inner.get_program());
+    cmd.args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.output().unwrap()
+}
+
+/// name -> (status, line) of the text output.
+fn statuses(out: &Output) -> Vec<(String, String)> {
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let status = l.split_whitespace().next().unwrap().to_string();
+            (status, l.to_string())
+        })
+        .collect()
+}
+
+fn line<'a>(lines: &'a [(String, String)], name: &str) -> &'a (String, String) {
+    lines
+        .iter()
+        .find(|(_, l)| l[6..].starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} line in {lines:#?}"))
+}
+
+const NAMES: &[&str] = &[
+    "state root",
+    "cgroup",
+    "pct",
+    "pveam",
+    "pvesm",
+    "pvesh",
+    "lxc",
+    "storage rootdir",
+    "storage vztmpl",
+    "bridge",
+    "ids subuid",
+    "ids subgid",
+    "apparmor",
+    "host-managed",
+    "template cache",
+];
+
+#[test]
+fn a_stock_node_passes_with_one_line_per_check() {
+    let node = Node::new();
+    let out = check(&node, "text");
+    let lines = statuses(&out);
+    assert!(
+        out.status.success(),
+        "{lines:#?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines.len(), NAMES.len(), "{lines:#?}");
+    for name in NAMES {
+        let (status, l) = line(&lines, name);
+        assert!(["ok", "warn"].contains(&status.as_str()), "{l}");
+    }
+    assert!(line(&lines, "storage rootdir").1.contains("local-lvm: "));
+    assert!(line(&lines, "storage vztmpl").1.contains("local: "));
+    assert!(line(&lines, "lxc").1.contains("lxc-start 5."));
+    assert_eq!(line(&lines, "bridge").0, "ok");
+    assert_eq!(line(&lines, "host-managed").0, "ok");
+
+    let json = check(&node, "json");
+    assert!(json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, NAMES);
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| ["ok", "warn"].contains(&c["status"].as_str().unwrap())));
+}
+
+fn assert_fails(node: &Node, name: &str, hint: &str) {
+    let out = check(node, "text");
+    let lines = statuses(&out);
+    assert_eq!(out.status.code(), Some(1), "{lines:#?}");
+    let (status, l) = line(&lines, name);
+    assert_eq!(status, "fail", "{l}");
+    assert!(l.contains(hint), "{l}");
+    let failed: Vec<&String> = lines
+        .iter()
+        .filter(|(s, _)| s == "fail")
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(failed.len(), 1, "only {name} fails: {failed:#?}");
+    let json = check(node, "json");
+    assert_eq!(json.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let c = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap();
+    assert_eq!(c["status"], "fail");
+    assert!(c["hint"].as_str().unwrap().contains(hint), "{c}");
+}
+
+#[test]
+fn a_node_without_a_rootdir_storage_fails_the_check() {
+    let node = Node::new();
+    // The installer's `local` alone: templates, but nowhere for root volumes.
+    std::fs::write(
+        node.root().join("etc/pve/storage.cfg"),
+        "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup,import\n",
+    )
+    .unwrap();
+    assert_fails(&node, "storage rootdir", "--content ...,rootdir");
+}
+
+#[test]
+fn a_node_without_its_bridge_fails_the_check() {
+    let node = Node::new();
+    let netns = std::fs::read_to_string(node.root().join("run/pve-sim/netns")).unwrap();
+    let st = Command::new("ip")
+        .args(["-n", netns.trim(), "link", "del", "vmbr0"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_fails(&node, "bridge", "/etc/network/interfaces");
+}
+
+#[test]
+fn a_node_without_roots_subordinate_ids_fails_the_check() {
+    let node = Node::new();
+    let subuid = node.root().join("subuid");
+    std::fs::write(&subuid, "admin:100000:65536\nroot:200000:65536\n").unwrap();
+    node.write_config(&format!("subuid = {:?}\n", Path::new(&subuid)));
+    assert_fails(&node, "ids subuid", "add root:100000:65536 to");
+}
