@@ -187,6 +187,20 @@ check "ctr task rm" ctr_nx tasks rm c4
 check "ctr container rm" ctr_nx containers rm c4
 check "  nothing left" nothing_left
 
+# Root mode bundle under containerd: the guest's root is the snapshot
+# containerd mounted for the task, so the process's write is in it on the
+# host, as with runc.
+tpl_before=$(templates)
+check "ctr run -d in root mode bundle" ctr_nx run "${R[@]}" -d --annotation org.proxmox.root=bundle "$IMAGE" cz sh -c 'echo zc > /zero-copy; exec sleep 1000'
+zc_file="$W/containerd/state/io.containerd.runtime.v2.task/$CTR_NS/cz/rootfs/zero-copy"
+zc_written() { [ "$(cat "$zc_file" 2>/dev/null)" = zc ]; }
+check "  the process's write is in containerd's rootfs on the host" eventually zc_written
+check "  no template made for the image (at most the stub)" [ "$(templates)" -le $((tpl_before + 1)) ]
+check "  ctr task kill" ctr_nx tasks kill -s SIGKILL cz
+check "  task is STOPPED" eventually task_is cz STOPPED
+check "  ctr task rm, container rm" bash -c "ctr --address '$W/containerd/containerd.sock' --namespace '$CTR_NS' tasks rm cz && ctr --address '$W/containerd/containerd.sock' --namespace '$CTR_NS' containers rm cz"
+check "  nothing left" nothing_left
+
 # ctr sizes the terminal (ResizePty) just after the task starts, not in
 # the spec: give it that moment before asking, as a person typing would.
 out=$(in_pty 'sleep 1; tty; stty size; echo typed-$((6*7)); exit 3' ctr --address "$W/containerd/containerd.sock" --namespace "$CTR_NS" run "${R[@]}" -t --rm "$IMAGE" c5 sh); rc=$?
