@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 
-use crate::lifecycle::OCI_VERSION;
 use crate::router;
+use crate::state::OCI_VERSION;
 
 /// Every mount option the translation accepts on some mount (bind, tmpfs,
 /// mqueue or the container's standard filesystems); kept in step by hand

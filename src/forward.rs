@@ -9,7 +9,7 @@ use crate::bundle::Bundle;
 use crate::cli::{Command, GlobalOpts};
 use crate::delegate::Delegate;
 use crate::error::{Error, Result};
-use crate::lifecycle::{self, OCI_VERSION};
+use crate::lifecycle;
 use crate::router;
 use crate::state::{validate_id, Record, Status, Store};
 
@@ -36,28 +36,8 @@ pub fn launch(
         .claim(id)?
         .ok_or_else(|| Error::Exists(id.to_string()))?;
     let record = Record {
-        oci_version: OCI_VERSION.into(),
-        id: id.to_string(),
-        status: Status::Created,
-        bundle: bundle.dir.clone(),
-        rootfs: bundle.rootfs.clone(),
-        annotations: bundle
-            .spec
-            .annotations()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        created: crate::logging::now_rfc3339(),
-        owner: String::new(),
-        backend: d.name.into(),
         backend_data: serde_json::json!({"binary": d.binary, "version": d.version}),
-        monitor: None,
-        init: None,
-        process: None,
-        systemd_cgroup: false,
-        hooks: None,
-        bridge_protocol: 0,
+        ..Record::new(id, bundle, d.name, Status::Created)
     };
     if let Err(e) = store.save(&lock, &record) {
         store.remove(lock)?;

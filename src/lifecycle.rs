@@ -27,8 +27,6 @@ use crate::procfs::{self, ProcRef};
 use crate::router;
 use crate::state::{validate_id, ContainerLock, Record, Status, Store};
 
-pub const OCI_VERSION: &str = "1.2.0";
-
 /// The config.json `nexcage spec` writes (runc's default: a shell in
 /// ./rootfs), also the base `nexcage bundle` puts an image's settings on.
 pub fn default_spec(rootless: bool) -> oci_spec::runtime::Spec {
@@ -40,7 +38,7 @@ pub fn default_spec(rootless: bool) -> oci_spec::runtime::Spec {
     } else {
         oci_spec::runtime::Spec::default()
     };
-    spec.set_version(OCI_VERSION.to_string());
+    spec.set_version(crate::state::OCI_VERSION.to_string());
     spec.set_hostname(Some("nexcage".into()));
     spec
 }
@@ -132,28 +130,10 @@ pub fn create_with_console(
         .claim(&args.id)?
         .ok_or_else(|| Error::Exists(args.id.clone()))?;
     let mut record = Record {
-        oci_version: OCI_VERSION.into(),
-        id: args.id.clone(),
-        status: Status::Creating,
-        bundle: bundle.dir.clone(),
-        rootfs: bundle.rootfs.clone(),
-        annotations: bundle
-            .spec
-            .annotations()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        created: crate::logging::now_rfc3339(),
-        owner: String::new(),
-        backend: backend.name().into(),
-        backend_data: serde_json::Value::Null,
-        monitor: None,
-        init: None,
-        process: None,
         systemd_cgroup: global.systemd_cgroup,
         hooks,
         bridge_protocol: bridge::PROTOCOL,
+        ..Record::new(&args.id, &bundle, backend.name(), Status::Creating)
     };
     store.save(&lock, &record)?;
 

@@ -35,7 +35,7 @@ fn main() {
     if cli.global.version {
         println!("nexcage version {}", env!("CARGO_PKG_VERSION"));
         println!("commit: {}", env!("NEXCAGE_COMMIT"));
-        println!("spec: {}", lifecycle::OCI_VERSION);
+        println!("spec: {}", state::OCI_VERSION);
         return;
     }
     let Some(command) = cli.command else {

@@ -16,6 +16,8 @@ use crate::fsutil::{write_atomic, FileError, OWN_DIR};
 use crate::procfs::ProcRef;
 
 const STATE_FILE: &str = "state.json";
+/// The runtime spec version nexcage implements (`state`, `features`, `spec`).
+pub const OCI_VERSION: &str = "1.2.0";
 /// Where a migration from the old locations gathers them before it renames
 /// this into `OWN_DIR`, so that a crash midway never leaves a half-filled
 /// `OWN_DIR` that later runs would take as done.
@@ -166,6 +168,35 @@ pub struct OciState {
 }
 
 impl Record {
+    /// A new container's record: what its bundle says, made by `backend`,
+    /// no process yet.
+    pub fn new(id: &str, bundle: &crate::bundle::Bundle, backend: &str, status: Status) -> Record {
+        Record {
+            oci_version: OCI_VERSION.into(),
+            id: id.to_string(),
+            status,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            annotations: bundle
+                .spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            created: crate::logging::now_rfc3339(),
+            owner: String::new(),
+            backend: backend.to_string(),
+            backend_data: serde_json::Value::Null,
+            monitor: None,
+            init: None,
+            process: None,
+            systemd_cgroup: false,
+            hooks: None,
+            bridge_protocol: 0,
+        }
+    }
+
     /// The backend's view of this container.
     pub fn guest(&self) -> crate::backend::Guest<'_> {
         crate::backend::Guest {
@@ -198,23 +229,16 @@ impl Record {
 impl Record {
     /// A created container's record, for tests.
     pub fn sample(id: &str) -> Record {
-        Record {
-            oci_version: "1.2.0".into(),
-            id: id.into(),
-            status: Status::Created,
-            bundle: "/b".into(),
+        let mut spec = oci_spec::runtime::Spec::default();
+        spec.set_annotations(None);
+        let bundle = crate::bundle::Bundle {
+            dir: "/b".into(),
+            spec,
             rootfs: "/b/rootfs".into(),
-            annotations: BTreeMap::new(),
-            created: crate::logging::now_rfc3339(),
-            owner: String::new(),
-            backend: "proxmox-lxc".into(),
+        };
+        Record {
             backend_data: serde_json::json!({"vmid": 123}),
-            monitor: None,
-            init: None,
-            process: None,
-            systemd_cgroup: false,
-            hooks: None,
-            bridge_protocol: 0,
+            ..Record::new(id, &bundle, "proxmox-lxc", Status::Created)
         }
     }
 }
