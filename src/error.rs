@@ -24,6 +24,8 @@ pub enum Error {
     Exists(String),
     #[error("container not running: {0}")]
     NotRunning(String),
+    #[error("cannot delete {0}: it was created and removed again and again while delete waited")]
+    Contested(String),
     #[error("invalid container id {0:?}: {1}")]
     InvalidId(String, &'static str),
     /// The caller asked for something invalid (a flag, a file's content, a

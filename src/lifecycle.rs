@@ -400,17 +400,7 @@ pub fn guest_pids(store: &Store, record: &Record) -> Result<Vec<i32>> {
 
 pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Result<()> {
     check_id(id)?;
-    let lock = match store.lock(id)? {
-        Some(lock) => lock,
-        None if !force => return Err(Error::NotFound(id.to_string())),
-        // No directory: still look for what a lost one leaves (a guest,
-        // its monitor, a reservation), holding the id so that no create of
-        // it starts meanwhile.
-        None => match store.claim(id)? {
-            Some(lock) => lock,
-            None => return delete(store, settings, id, force),
-        },
-    };
+    let lock = lock_for_delete(store, id, force)?;
     let record = match store.load(id) {
         Ok(Some(record)) => record,
         // Left for `delete --force`, which finds the rest.
@@ -447,6 +437,27 @@ pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Resu
     }
     store.remove(lock)?;
     Ok(())
+}
+
+/// The container's lock. With `force` and no directory, the id is claimed
+/// instead, so that `delete --force` can still look for what a lost one
+/// leaves (a guest, its monitor, a reservation) while no create of it
+/// starts. A create claiming it meanwhile is waited for; a few such races
+/// in a row mean something keeps making and removing it.
+fn lock_for_delete(store: &Store, id: &str, force: bool) -> Result<ContainerLock> {
+    const TRIES: usize = 8;
+    for _ in 0..TRIES {
+        if let Some(lock) = store.lock(id)? {
+            return Ok(lock);
+        }
+        if !force {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        if let Some(lock) = store.claim(id)? {
+            return Ok(lock);
+        }
+    }
+    Err(Error::Contested(id.to_string()))
 }
 
 /// `delete --force` of a container without a readable record: find its
