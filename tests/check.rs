@@ -160,3 +160,23 @@ fn a_node_without_roots_subordinate_ids_fails_the_check() {
     node.write_config(&format!("subuid = {:?}\n", Path::new(&subuid)));
     assert_fails(&node, "ids subuid", "add root:100000:65536 to");
 }
+
+/// What the node says now, not what an earlier create remembered: after
+/// pve-container went back to a version without `host-managed`, check
+/// says so (and later creates follow it).
+#[test]
+fn check_asks_pct_about_host_managed_afresh() {
+    let node = Node::new();
+    let line = |out: &Output| {
+        statuses(out)
+            .into_iter()
+            .find(|(_, l)| l.contains("host-managed"))
+            .unwrap()
+    };
+    let (status, _) = line(&check(&node, "text"));
+    assert_eq!(status, "ok");
+    node.set_pve_container_version("6.0.14");
+    let (status, l) = line(&check(&node, "text"));
+    assert_ne!(status, "ok", "{l}");
+    assert!(l.contains("does not know host-managed"), "{l}");
+}

@@ -262,7 +262,7 @@ fn apparmor(sys: &Path) -> Check {
 }
 
 fn host_managed(node: &Node) -> Check {
-    match node.host_managed() {
+    match node.probe_host_managed() {
         Ok(true) => Check::ok("host-managed", "pct configures guest addresses (net0 host-managed)"),
         Ok(false) => Check::warn(
             "host-managed",

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::driver::DriverError;
-use super::pct::Tools;
+use super::pct::{PctError, Tools};
 use super::settings::{is_storage_id, ProxmoxSettings};
 use crate::fsutil::{own_path, write_atomic};
 
@@ -120,15 +120,23 @@ impl Node<'_> {
     pub fn host_managed(&self) -> Result<bool, DriverError> {
         let cache = self.cache_file("host-managed");
         match std::fs::read_to_string(&cache).as_deref().map(str::trim) {
-            Ok("1") => return Ok(true),
-            Ok("0") => return Ok(false),
-            _ => {}
+            Ok("1") => Ok(true),
+            Ok("0") => Ok(false),
+            _ => self.probe_host_managed(),
         }
+    }
+
+    /// The node's answer now, remembered for later creates (`nexcage
+    /// check` asks afresh: pve-container may have been upgraded since).
+    pub fn probe_host_managed(&self) -> Result<bool, DriverError> {
+        let cache = self.cache_file("host-managed");
         let probe = format!("name=eth0,bridge={},host-managed=1", self.settings.bridge);
         // Never looked at: VMID 0 fails verification, so nothing is made.
         let volid = "local:vztmpl/nexcage-probe.tar.zst";
         let err = match self.tools.pct(["create", "0", volid, "--net0", &probe]) {
             Ok(out) => return Err(DriverError::HostManagedProbe(out)),
+            // Not an answer about host-managed: pct itself cannot run.
+            Err(e @ PctError::Spawn { .. }) => return Err(e.into()),
             Err(e) => e,
         };
         let stderr = err.stderr();
