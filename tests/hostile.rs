@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_clean, fails_with, rootfs, sim_binary, stderr, stdout, Node};
+use common::{assert_clean, fails_with, sim_binary, stderr, stdout, Node};
 use serde_json::{json, Value};
 
 /// The host part nexcage puts in its temp names.
@@ -77,18 +77,6 @@ impl Mounts {
     }
 }
 
-fn copy_rootfs(node: &Node, name: &str) -> PathBuf {
-    let dir = node.root().join(name);
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(rootfs())
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    dir
-}
-
 fn archive_names(archive: &Path) -> Vec<String> {
     let out = Command::new("tar")
         .args(["--zstd", "-tf"])
@@ -120,7 +108,7 @@ fn the_hosts_root_and_kernel_file_systems_are_refused_as_root_path() {
 #[test]
 fn mounts_inside_the_rootfs_stay_out_of_the_template() {
     let node = Node::new();
-    let root = copy_rootfs(&node, "rootfs-mounts");
+    let root = node.rootfs_copy("rootfs-mounts");
     let host = node.root().join("host-dir");
     std::fs::create_dir(&host).unwrap();
     std::fs::write(host.join("secret"), "host secret").unwrap();

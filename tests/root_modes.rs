@@ -7,20 +7,13 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::{assert_clean, fails_with, namespaces, rootfs, stderr, stdout, Node};
+use common::{assert_clean, fails_with, namespaces, stderr, stdout, Node};
 use serde_json::json;
 
 /// A private copy of the busybox rootfs, with `/owned` belonging to host
 /// uid 0 and `/data` to host uid 1000.
 fn own_rootfs(node: &Node, tag: &str) -> PathBuf {
-    let dir = node.root().join(format!("rootfs-{tag}"));
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(rootfs())
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let dir = node.rootfs_copy(&format!("rootfs-{tag}"));
     std::fs::write(dir.join("owned"), "from the image\n").unwrap();
     std::fs::create_dir(dir.join("data")).unwrap();
     std::os::unix::fs::chown(dir.join("data"), Some(1000), Some(1000)).unwrap();

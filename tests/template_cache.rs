@@ -8,7 +8,7 @@ use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{fails_with, rootfs, sim_binary, stderr, stdout, Node};
+use common::{fails_with, sim_binary, stderr, stdout, Node};
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::{json, Value};
 
@@ -55,14 +55,7 @@ fn list(node: &Node) -> Vec<Value> {
 
 /// A copy of the busybox rootfs with one extra file: another image.
 fn other_rootfs(node: &Node, tag: &str) -> PathBuf {
-    let dir = node.root().join(format!("rootfs-{tag}"));
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(rootfs())
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let dir = node.rootfs_copy(&format!("rootfs-{tag}"));
     std::fs::write(dir.join(format!("etc/{tag}")), tag).unwrap();
     dir
 }

@@ -113,6 +113,24 @@ impl Node {
         self.dir.path()
     }
 
+    /// A private copy of the busybox rootfs, `<node>/<name>`, that a test
+    /// may change.
+    pub fn rootfs_copy(&self, name: &str) -> PathBuf {
+        let dir = self.root().join(name);
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(rootfs())
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "cp -a of the busybox rootfs to {}",
+            dir.display()
+        );
+        dir
+    }
+
     pub fn state_root(&self) -> PathBuf {
         self.root().join("run/nexcage")
     }
