@@ -101,6 +101,10 @@ pub enum Command {
     /// Internal: the process bridge's host side, started by create.
     #[command(hide = true)]
     Monitor(MonitorArgs),
+    /// Internal: destroy a stopped container's guest ahead of `delete`,
+    /// started by the monitor once the process has ended.
+    #[command(hide = true)]
+    Reap(ReapArgs),
     /// Internal: the process bridge's PID 1 inside the container.
     #[command(hide = true)]
     Init(InitArgs),
@@ -431,6 +435,15 @@ pub struct InitArgs {
 pub enum InitMode {
     /// Become the process described by FILE (OCI process JSON).
     Exec { file: PathBuf },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReapArgs {
+    pub id: String,
+    /// The pid of the monitor that started the reap: only its container's
+    /// guest is destroyed, never one of a later container of the same id.
+    #[arg(long)]
+    pub monitor: i32,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -430,7 +430,10 @@ pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Resu
             let _ = cg.thaw();
         }
     }
-    router::for_record(&record, settings, store.root())?.destroy(&record.guest())?;
+    // The guest may have been destroyed when the process ended (`reap`).
+    if !record.guest_destroyed {
+        router::for_record(&record, settings, store.root())?.destroy(&record.guest())?;
+    }
     wait_gone(record.monitor, Duration::from_secs(5));
     if let Some(h) = &record.hooks {
         hooks::run_logged(Kind::Poststop, h, &hook_state(&record, Status::Stopped));
@@ -438,6 +441,52 @@ pub fn delete(store: &Store, settings: &Settings, id: &str, force: bool) -> Resu
     store.remove(lock)?;
     Ok(())
 }
+
+/// Destroy the guest of a container whose process has ended, before any
+/// `delete`: clients wait for the container's exit and only then delete
+/// it, so the guest's `pct destroy` runs while they clean up their side.
+/// Runs detached from the monitor, after it; the record keeps naming the
+/// guest until the destroy succeeded, so a reap that fails or dies half-way
+/// leaves `delete` (with or without --force) the same work as before.
+pub fn reap(store: &Store, settings: &Settings, id: &str, monitor_pid: i32) -> Result<()> {
+    check_id(id)?;
+    let Some(monitor) = store
+        .load(id)?
+        .and_then(|r| r.monitor)
+        .filter(|m| m.pid == monitor_pid)
+    else {
+        return Ok(());
+    };
+    // The monitor's exit is the container's for clients; never act before.
+    let deadline = Instant::now() + REAP_WAIT;
+    while monitor.is_alive() {
+        if Instant::now() >= deadline {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // A delete holding the lock meanwhile does the destroy itself.
+    let Some(lock) = store.lock(id)? else {
+        return Ok(());
+    };
+    let Some(mut record) = store.load(id)? else {
+        return Ok(());
+    };
+    if record.monitor != Some(monitor)
+        || record.guest_destroyed
+        || status(store, &record) != Status::Stopped
+    {
+        return Ok(());
+    }
+    router::for_record(&record, settings, store.root())?.destroy(&record.guest())?;
+    record.guest_destroyed = true;
+    store.save(&lock, &record)?;
+    tracing::debug!("{id}: guest destroyed once its process ended");
+    Ok(())
+}
+
+/// How long `reap` waits for the monitor that started it to exit.
+const REAP_WAIT: Duration = Duration::from_secs(5);
 
 /// The container's lock. With `force` and no directory, the id is claimed
 /// instead, so that `delete --force` can still look for what a lost one

@@ -50,7 +50,7 @@ fn main() {
         },
         Command::Monitor(args) => {
             logging::init(&cli.global, logging::Role::Monitor);
-            bridge::monitor::run(&args)
+            bridge::monitor::run(&args, &cli.global)
         }
         command => {
             logging::init(&cli.global, logging::Role::Command);

@@ -150,6 +150,10 @@ pub struct Record {
     /// `bridge::PROTOCOL` of the nexcage that created it (0: before numbers).
     #[serde(default)]
     pub bridge_protocol: u32,
+    /// The guest was destroyed once the process ended (`lifecycle::reap`):
+    /// `delete` has only the state left to remove.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest_destroyed: bool,
 }
 
 /// The state document `nexcage state` prints (OCI runtime spec + runc's extras).
@@ -194,6 +198,7 @@ impl Record {
             systemd_cgroup: false,
             hooks: None,
             bridge_protocol: 0,
+            guest_destroyed: false,
         }
     }
 

@@ -15,7 +15,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{accept4, getsockopt, sockopt, SockFlag};
 
 use super::proto::{self, Message, Outcome};
-use crate::cli::MonitorArgs;
+use crate::cli::{GlobalOpts, MonitorArgs};
 use crate::procfs::{self, ProcRef};
 
 /// How the process ended, to be reproduced by the monitor.
@@ -56,15 +56,52 @@ pub fn relayed_signals() -> SigSet {
     set
 }
 
-pub fn run(args: &MonitorArgs) -> ! {
+pub fn run(args: &MonitorArgs, global: &GlobalOpts) -> ! {
     let exit = match serve(args) {
-        Ok(exit) => exit,
+        Ok(exit) => {
+            start_reaper(global, &args.id);
+            exit
+        }
         Err(message) => {
             tracing::error!(id = %args.id, "{message}");
             Exit::Code(1)
         }
     };
     exit_like(exit)
+}
+
+/// The process has ended: start `nexcage reap` to destroy the guest while
+/// the client, told of the exit by ours, cleans up before its `delete`.
+/// It is detached (own session, no stdio, none of our descriptors), so that
+/// nothing that waits for us or for end-of-file on our stdio waits for it.
+/// Best effort: if it cannot start, `delete` destroys the guest as before.
+fn start_reaper(global: &GlobalOpts, id: &str) {
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg("--root").arg(&global.root);
+    if global.debug {
+        cmd.arg("--debug");
+    }
+    cmd.args(["reap", id, "--monitor"])
+        .arg(std::process::id().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only async-signal-safe calls (setsid, close_range) between
+    // fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            use nix::libc;
+            libc::setsid();
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        // Not waited for: it outlives us, and whoever inherits it reaps it.
+        Ok(child) => drop(child),
+        Err(e) => tracing::debug!(id, "cannot start the reaper: {e}"),
+    }
 }
 
 fn serve(args: &MonitorArgs) -> Result<Exit, String> {

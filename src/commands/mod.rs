@@ -13,6 +13,7 @@ pub mod kill;
 pub mod list;
 pub mod pause;
 pub mod ps;
+pub mod reap;
 pub mod resume;
 pub mod route;
 pub mod run;
@@ -56,6 +57,7 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
         Command::Template(c) => template::run(global, &c),
         Command::Check(a) => check::run(global, &a),
         Command::Generate(a) => generate::run(&a),
+        Command::Reap(a) => reap::run(global, &a),
         Command::Monitor(_) | Command::Init(_) => unreachable!("dispatched in main"),
     }
 }
