@@ -374,7 +374,9 @@ impl Store {
                 }
                 Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                     file = f;
-                    std::thread::sleep(Duration::from_millis(20));
+                    // Short: `run`'s delete comes right after the exit and
+                    // usually finds the reap's `pct destroy` holding the lock.
+                    std::thread::sleep(Duration::from_millis(5));
                 }
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                     return Err(StateError::LockTimeout(dir));
