@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::{assert_clean, fails_with, namespaces, stderr, stdout, Node};
+use common::{assert_clean, fails_with, namespaces, runc_mounts, stderr, stdout, Node};
 use serde_json::json;
 
 /// A private copy of the busybox rootfs, with `/owned` belonging to host
@@ -106,6 +106,23 @@ fn bundle_mode_applies_the_bundle_s_mounts_and_paths(user: bool) {
          echo sys=$(awk '$2 == \"/proc/sys\" {split($4, o, \",\"); m = o[1]} END {print m}' /proc/mounts); \
          echo keys=$(stat -c %t,%T /proc/keys); echo stub=$(grep -c nexcage-root /proc/self/mountinfo); \
          echo pid1=$(tr '\\0' ' ' < /proc/1/cmdline); echo END";
+    // runc's own mounts but mqueue and the cgroup tree, plus a bind and a tmpfs.
+    let mut mounts: Vec<serde_json::Value> = runc_mounts()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            !matches!(
+                m["destination"].as_str(),
+                Some("/dev/mqueue" | "/sys/fs/cgroup")
+            )
+        })
+        .cloned()
+        .collect();
+    mounts.push(
+        json!({"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "ro"]}),
+    );
+    mounts.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]}));
     let bundle = bundle_with(
         &node,
         tag,
@@ -114,19 +131,7 @@ fn bundle_mode_applies_the_bundle_s_mounts_and_paths(user: bool) {
         json!({
             "root": {"readonly": true},
             "process": {"args": ["sh", "-c", script]},
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-                 "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-                 "options": ["nosuid", "noexec", "nodev", "ro"]},
-                {"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "ro"]},
-                {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]}
-            ],
+            "mounts": mounts,
             "linux": {
                 "readonlyPaths": ["/proc/bus", "/proc/sys", "/proc/sysrq-trigger"],
                 "maskedPaths": ["/proc/kcore", "/proc/keys", "/owned"]
