@@ -84,6 +84,11 @@ pub fn root_of(name: &str, state_root: &Path) -> PathBuf {
     own_path(state_root, "delegate").join(name)
 }
 
+/// Whether runtime `name` under `state_root` still has container `id`.
+pub fn holds_in(name: &str, state_root: &Path, id: &str) -> bool {
+    root_of(name, state_root).join(id).exists()
+}
+
 impl Delegate {
     /// Find `name`'s binary (`configured` path, else PATH) and its version.
     pub fn open(

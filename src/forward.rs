@@ -89,6 +89,12 @@ pub fn existing(global: &GlobalOpts, command: &Command, id: &str) -> Result<Opti
     if validate_id(id).is_err() {
         return Ok(None);
     }
+    // A delegate's root is made before any record of it: a root without
+    // one holds no delegated container, and `state`/`kill` of a guest pay
+    // one stat here rather than a second read of its record.
+    if !crate::fsutil::own_path(&global.root, "delegate").is_dir() {
+        return Ok(None);
+    }
     let store = Store::open(&global.root)?;
     let Some(record) = store.load(id).ok().flatten() else {
         return Ok(None);

@@ -535,7 +535,7 @@ fn delete_leftovers(
     }
     // A create that a delegate ran but whose record is lost.
     for name in delegate::NAMES {
-        if !delegate::root_of(name, store.root()).join(id).exists() {
+        if !delegate::holds_in(name, store.root(), id) {
             continue;
         }
         let d = router::open_delegate(name, settings, store.root())?;
