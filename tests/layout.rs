@@ -98,33 +98,75 @@ fn code(file: &Path) -> Vec<String> {
         .collect()
 }
 
-/// `crate::x` and `crate::backend::y` names used in `lines`.
+/// `crate::x` and `crate::backend::y` names used in `lines`, grouped
+/// imports (`use crate::{a, b::{c}}`, across lines too) included.
 fn imports(lines: &[String]) -> BTreeSet<String> {
+    let text = lines.join("\n");
     let mut out = BTreeSet::new();
-    for l in lines {
-        let mut rest = l.as_str();
-        while let Some(i) = rest.find("crate::") {
-            rest = &rest[i + "crate::".len()..];
-            let word: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if word == "backend" {
-                let sub: String = rest["backend".len()..]
-                    .strip_prefix("::")
-                    .unwrap_or("")
-                    .chars()
-                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                    .collect();
-                if ["proxmox", "fake"].contains(&sub.as_str()) {
-                    out.insert(format!("backend::{sub}"));
-                    continue;
-                }
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        let (paths, _) = use_tree(rest);
+        for p in paths {
+            let mut seg = p.split("::");
+            let first = seg.next().unwrap_or("").to_string();
+            let second = seg.next().unwrap_or("");
+            if first == "backend" && ["proxmox", "fake"].contains(&second) {
+                out.insert(format!("backend::{second}"));
+            } else if !first.is_empty() {
+                out.insert(first);
             }
-            out.insert(word);
         }
     }
     out
+}
+
+/// The paths a use tree (or a plain path) at the start of `s` names, each
+/// flattened to `a::b::c`, and how many bytes it took.
+fn use_tree(s: &str) -> (Vec<String>, usize) {
+    let ident = |t: &str| {
+        t.char_indices()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_'))
+            .map_or(t.len(), |(i, _)| i)
+    };
+    let ws = |t: &str| t.len() - t.trim_start().len();
+    let mut pos = ws(s);
+    if s[pos..].starts_with('{') {
+        pos += 1;
+        let mut paths = Vec::new();
+        loop {
+            pos += ws(&s[pos..]);
+            if pos >= s.len() || s[pos..].starts_with('}') {
+                return (paths, (pos + 1).min(s.len()));
+            }
+            let (sub, n) = use_tree(&s[pos..]);
+            paths.extend(sub);
+            pos += n.max(1);
+            // `as Name`, `*`, then the separator.
+            while pos < s.len() && !s[pos..].starts_with(',') && !s[pos..].starts_with('}') {
+                pos += 1;
+            }
+            if s[pos..].starts_with(',') {
+                pos += 1;
+            }
+        }
+    }
+    let n = ident(&s[pos..]);
+    let seg = &s[pos..pos + n];
+    pos += n;
+    if seg.is_empty() {
+        return (Vec::new(), pos);
+    }
+    if s[pos..].starts_with("::") {
+        let (sub, m) = use_tree(&s[pos + 2..]);
+        let paths = if sub.is_empty() {
+            vec![seg.to_string()]
+        } else {
+            sub.into_iter().map(|p| format!("{seg}::{p}")).collect()
+        };
+        return (paths, pos + 2 + m);
+    }
+    (vec![seg.to_string()], pos)
 }
 
 fn production_files() -> Vec<PathBuf> {
@@ -148,7 +190,13 @@ fn only_the_registry_line_reaches_into_the_proxmox_backend() {
         if m.starts_with("backend") {
             continue;
         }
-        let uses: Vec<String> = code(&f)
+        let lines = code(&f);
+        assert!(
+            !imports(&lines).contains("backend::proxmox"),
+            "{} imports from backend::proxmox",
+            f.display()
+        );
+        let uses: Vec<String> = lines
             .into_iter()
             .filter(|l| l.contains("backend::proxmox"))
             .collect();
@@ -214,6 +262,23 @@ fn the_module_graph_has_no_cycle() {
     for n in graph.keys() {
         visit(n, &graph, &mut state, &mut Vec::new());
     }
+}
+
+#[test]
+fn grouped_imports_are_seen() {
+    let lines = vec![
+        "use crate::{state, router::{self, Route}};".to_string(),
+        "use crate::backend::{".to_string(),
+        "    proxmox::Driver, Backend as B,".to_string(),
+        "};".to_string(),
+        "let x = crate::logging::now_rfc3339();".to_string(),
+    ];
+    let got = imports(&lines);
+    let want: BTreeSet<String> = ["state", "router", "backend::proxmox", "backend", "logging"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(got, want);
 }
 
 #[test]
