@@ -38,7 +38,7 @@ pub enum BundleRootError {
 /// directories, all 0755 and root's: its fingerprint, and so its template,
 /// is the same on every create.
 pub fn stub_tree(state_root: &Path) -> Result<PathBuf, BundleRootError> {
-    let dir = state_root.join("~nexcage/cache/stub-root");
+    let dir = crate::fsutil::own_path(state_root, "cache").join("stub-root");
     let fail = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BundleRootError::Stub { path, source }

@@ -10,11 +10,11 @@ use std::time::Duration;
 use super::node::Node;
 use super::pct;
 use super::settings::ProxmoxSettings;
+use super::translate::namespaces::DEFAULT_IDMAP;
 use crate::backend::{Check, Template};
 
-/// pve-container maps unprivileged guests to this range (PVE/LXC.pm,
-/// update_lxc_config: `lxc.idmap = u 0 100000 65536`).
-const ID_RANGE: (u64, u64) = (100_000, 65_536);
+/// The host range pve-container maps unprivileged guests to.
+const ID_RANGE: (u64, u64) = (DEFAULT_IDMAP.1, DEFAULT_IDMAP.2);
 /// Below this much free space a storage is reported as nearly full.
 const LOW_SPACE: u64 = 1 << 30;
 
@@ -296,8 +296,7 @@ fn template_cache(s: &ProxmoxSettings, templates: Result<Vec<Template>, String>)
         ),
     };
     let detail = format!("{} templates, {} ({bound})", list.len(), mib(bytes));
-    let over = limits.max_bytes.is_some_and(|b| bytes > b)
-        || limits.max_count.is_some_and(|c| list.len() > c);
+    let over = limits.exceeded(list.len(), bytes);
     if over {
         Check::warn(
             "template cache",

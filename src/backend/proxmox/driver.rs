@@ -257,13 +257,7 @@ impl TemplateStore for Driver {
 
     fn temporaries(&self) -> Result<Temporaries, BackendError> {
         let (_, dir, _) = self.template_store()?;
-        let t = cache::temps(&dir);
-        Ok(Temporaries {
-            stale: t.stale,
-            stale_bytes: t.stale_bytes,
-            other: t.other,
-            other_bytes: t.other_bytes,
-        })
+        Ok(cache::temps(&dir))
     }
 
     fn busy(&self, name: &str) -> Result<bool, BackendError> {
@@ -515,16 +509,7 @@ impl Backend for Driver {
             let conf = self.conf_path(vmid);
             match std::fs::read_to_string(&conf) {
                 Ok(text) if mounts_bridge(&text, bridge_dir) => {
-                    let data = GuestData {
-                        vmid: Some(vmid),
-                        ..GuestData::default()
-                    }
-                    .value();
-                    self.destroy(&Guest {
-                        id,
-                        data: &data,
-                        init: None,
-                    })?;
+                    self.destroy_guest(vmid)?;
                     removed.push(format!("guest {vmid} and its VMID reservation"));
                     continue;
                 }

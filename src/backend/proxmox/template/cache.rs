@@ -33,7 +33,7 @@ use nix::libc;
 use super::writer::archive_into;
 use super::{template_name, TemplateError};
 use crate::backend::proxmox::pct::{PctError, Tools};
-use crate::backend::Template;
+use crate::backend::{Template, Temporaries};
 use crate::fsutil::{own_path, write_atomic};
 
 #[derive(Debug, thiserror::Error)]
@@ -248,22 +248,11 @@ fn temp_writer(name: &str, host: &str) -> Writer {
     }
 }
 
-/// nexcage's temporary templates in a template directory, counted by
-/// whether their writer is provably gone.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Temps {
-    /// Left by converters that are gone: the next conversion removes them.
-    pub stale: u64,
-    pub stale_bytes: u64,
-    /// Being written, or written by another node sharing the storage.
-    pub other: u64,
-    pub other_bytes: u64,
-}
-
-/// Counts the temps in `cache_dir` without touching them.
-pub fn temps(cache_dir: &Path) -> Temps {
+/// Counts nexcage's temporary templates in `cache_dir` without touching
+/// them, by whether their writer is provably gone.
+pub fn temps(cache_dir: &Path) -> Temporaries {
     let host = temp_host();
-    let mut t = Temps::default();
+    let mut t = Temporaries::default();
     let Ok(dir) = fs::read_dir(cache_dir) else {
         return t;
     };
@@ -508,6 +497,13 @@ pub struct Limits {
     pub max_count: Option<usize>,
 }
 
+impl Limits {
+    /// Whether `count` templates of `bytes` in all break either bound.
+    pub fn exceeded(&self, count: usize, bytes: u64) -> bool {
+        self.max_count.is_some_and(|m| count > m) || self.max_bytes.is_some_and(|m| bytes > m)
+    }
+}
+
 /// Which templates to evict so that the rest fit `limits`: least recently
 /// used first, never one `busy` says is being created from. When only busy
 /// ones are left the cache may stay over its limit until they are free.
@@ -518,9 +514,7 @@ pub fn choose_evictions<'a>(
 ) -> Vec<&'a Template> {
     let mut count = entries.len();
     let mut bytes: u64 = entries.iter().map(|e| e.bytes).sum();
-    let over = |count: usize, bytes: u64| {
-        limits.max_count.is_some_and(|m| count > m) || limits.max_bytes.is_some_and(|m| bytes > m)
-    };
+    let over = |count: usize, bytes: u64| limits.exceeded(count, bytes);
     let mut by_age: Vec<&Template> = entries.iter().collect();
     by_age.sort_by(|a, b| a.last_used.cmp(&b.last_used).then(a.name.cmp(&b.name)));
     let mut out = Vec::new();
@@ -746,7 +740,7 @@ mod tests {
         }
         assert_eq!(
             temps(&cache),
-            Temps {
+            Temporaries {
                 stale: 3,
                 stale_bytes: 21,
                 other: 4,
