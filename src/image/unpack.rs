@@ -166,7 +166,11 @@ pub fn apply<R: Read>(root: &Rootfs, layer: R) -> Result<(), ImageError> {
         let dir = root
             .dir(parent, true)
             .map_err(|e| sys(&shown, "parent directory", e))?;
-        ours.insert(join(&parts).as_bytes().to_vec());
+        // With its ancestors: a directory this layer only implies (its
+        // `d/new/x` without a `d/new/` entry) is this layer's too.
+        for n in 1..=parts.len() {
+            ours.insert(join(&parts[..n]).as_bytes().to_vec());
+        }
         make(root, dir.as_fd(), name, &mut entry, &shown)?;
     }
     Ok(())
@@ -395,34 +399,41 @@ fn remove_tree(dir: BorrowedFd, name: &OsStr) -> nix::Result<()> {
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
-    for child in children(&sub)? {
+    for child in children(sub.as_fd())? {
         remove_tree(sub.as_fd(), &child)?;
     }
     unlinkat(dir, name, UnlinkatFlags::RemoveDir)
 }
 
-/// Removes what lower layers left in `dir`, keeping this layer's entries.
+/// Removes what lower layers left in `dir` (at `path`), at any depth,
+/// keeping this layer's entries and the directories leading to them.
 fn clear_dir(dir: BorrowedFd, path: &[u8], ours: &HashSet<Vec<u8>>) -> nix::Result<()> {
-    let fd = openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    for child in children(&fd)? {
+    for child in children(dir)? {
         let mut full = path.to_vec();
         if !full.is_empty() {
             full.push(b'/');
         }
         full.extend_from_slice(child.as_bytes());
         if !ours.contains(&full) {
-            remove_tree(fd.as_fd(), &child)?;
+            remove_tree(dir, &child)?;
+            continue;
+        }
+        // Kept: a directory of ours may still hold lower layers' entries.
+        match openat(
+            dir,
+            child.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(sub) => clear_dir(sub.as_fd(), &full, ours)?,
+            Err(Errno::ENOTDIR | Errno::ELOOP) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-fn children(dir: &OwnedFd) -> nix::Result<Vec<OsString>> {
+fn children(dir: BorrowedFd) -> nix::Result<Vec<OsString>> {
     let fd = openat(
         dir,
         ".",

@@ -144,6 +144,36 @@ fn an_opaque_dir_hides_lower_content_but_not_its_own_layers() {
     assert!(fs.exists("other/stays"));
 }
 
+/// The opaque marker hides lower content at any depth, and keeps what its
+/// own layer made below the directory, implied parents included.
+#[test]
+fn an_opaque_dir_reaches_into_subdirectories_both_ways() {
+    let fs = Fs::new();
+    fs.apply(&[
+        E::File("d/sub/older", b"1", 0o644),
+        E::File("d/new/lower", b"2", 0o644),
+    ])
+    .unwrap();
+    fs.apply(&[
+        // Re-declared by this layer: still opaque below.
+        E::Dir("d/sub", 0o755),
+        // Its parent never declared in this layer.
+        E::File("d/new/x", b"3", 0o644),
+        E::File("d/.wh..wh..opq", b"", 0o644),
+    ])
+    .unwrap();
+    assert!(fs.exists("d/sub"));
+    assert!(
+        !fs.exists("d/sub/older"),
+        "lower content under a kept dir is hidden"
+    );
+    assert!(
+        fs.exists("d/new/x"),
+        "this layer's file under an implied dir stays"
+    );
+    assert!(!fs.exists("d/new/lower"));
+}
+
 #[test]
 fn later_layers_replace_whatever_type_was_there() {
     let fs = Fs::new();
