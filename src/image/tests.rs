@@ -224,7 +224,7 @@ fn a_docker_archive_becomes_the_same_bundle_and_its_diff_ids_are_checked() {
     let archive = build(Some(&"0".repeat(64)));
     let out2 = dir.path().join("bundle2");
     let err = make_bundle(&archive, &out2, None, Spec::default()).unwrap_err();
-    assert!(err.to_string().contains("digest mismatch"), "{err}");
+    assert!(err.to_string().contains("(diff_id): digest mismatch"), "{err}");
     assert!(!out2.exists());
 }
 
@@ -246,7 +246,8 @@ fn a_blob_that_does_not_match_its_digest_is_refused_and_nothing_is_left() {
     )
     .unwrap();
     let err = l.make(&l.image(), None).unwrap_err();
-    assert!(err.to_string().contains("digest mismatch"), "{err}");
+    // The blob's own check, not only the diff_id's that would follow.
+    assert!(err.to_string().contains("blob: digest mismatch"), "{err}");
     assert!(!l.out().exists());
     l.nothing_left();
 }
