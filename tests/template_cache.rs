@@ -234,7 +234,7 @@ fn a_bad_duration_is_refused_before_anything_is_removed() {
 }
 
 #[test]
-fn a_limit_of_one_template_evicts_the_least_recently_used() {
+fn a_limit_of_one_template_evicts_the_older_one() {
     let node = Node::with_config("template_cache_max_count = 1");
     let log = log_pveam(&node);
     let a = other_rootfs(&node, "a");

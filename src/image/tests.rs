@@ -224,7 +224,10 @@ fn a_docker_archive_becomes_the_same_bundle_and_its_diff_ids_are_checked() {
     let archive = build(Some(&"0".repeat(64)));
     let out2 = dir.path().join("bundle2");
     let err = make_bundle(&archive, &out2, None, Spec::default()).unwrap_err();
-    assert!(err.to_string().contains("(diff_id): digest mismatch"), "{err}");
+    assert!(
+        err.to_string().contains("(diff_id): digest mismatch"),
+        "{err}"
+    );
     assert!(!out2.exists());
 }
 
