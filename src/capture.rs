@@ -15,9 +15,15 @@ pub fn capture_file(name: &str) -> std::io::Result<File> {
 
 /// Everything written to `f` so far.
 pub fn read_back(f: &mut File) -> String {
+    read_back_at_most(f, u64::MAX)
+}
+
+/// The first `limit` bytes written to `f`: for output of programs that
+/// are not ours (hooks), which could write without end.
+pub fn read_back_at_most(f: &mut File, limit: u64) -> String {
     let mut s = String::new();
     if f.seek(SeekFrom::Start(0)).is_ok() {
-        let _ = f.read_to_string(&mut s);
+        let _ = f.take(limit).read_to_string(&mut s);
     }
     s
 }

@@ -20,7 +20,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -199,7 +199,7 @@ fn run_one(
         path: path.clone(),
         source,
     };
-    let mut output = capture().map_err(spawn_err)?;
+    let mut output = crate::capture::capture_file("hook-output").map_err(spawn_err)?;
     let args: Vec<String> = h.args().clone().unwrap_or_default();
     let env: &[String] = h.env().as_deref().unwrap_or(&[]);
     let mut running = match enter {
@@ -355,18 +355,9 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-fn capture() -> std::io::Result<File> {
-    let fd = nix::sys::memfd::memfd_create("hook-output", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-        .map_err(std::io::Error::from)?;
-    Ok(File::from(fd))
-}
-
 /// The hook's output on one bounded line, for the error message.
 fn read_back(f: &mut File) -> String {
-    let mut s = String::new();
-    if f.seek(SeekFrom::Start(0)).is_ok() {
-        let _ = f.take(4096).read_to_string(&mut s);
-    }
+    let s = crate::capture::read_back_at_most(f, 4096);
     let line: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     line.join("; ")
         .chars()
