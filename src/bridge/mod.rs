@@ -320,6 +320,23 @@ pub struct Launched {
     status: File,
 }
 
+/// nexcage itself, run again with the caller's global flags (state root,
+/// log file and format, debug), for the helpers a command leaves behind.
+pub fn self_command(global: &GlobalOpts) -> Command {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("--root").arg(&global.root);
+    if let Some(log) = &global.log {
+        cmd.arg("--log").arg(log);
+    }
+    if global.log_format == LogFormat::Json {
+        cmd.args(["--log-format", "json"]);
+    }
+    if global.debug {
+        cmd.arg("--debug");
+    }
+    cmd
+}
+
 /// Start the monitor: nexcage itself, inheriting our stdio (which it passes
 /// on to the container) and `preserve_fds` descriptors from 3 up, plus the
 /// listening socket and the status pipe right after them, and, in terminal
@@ -341,17 +358,7 @@ pub fn spawn_monitor(
     let listen_fd = 3 + preserve_fds as i32;
     let status_fd = listen_fd + 1;
 
-    let mut cmd = Command::new(&exe);
-    cmd.arg("--root").arg(&global.root);
-    if let Some(log) = &global.log {
-        cmd.arg("--log").arg(log);
-    }
-    if global.log_format == LogFormat::Json {
-        cmd.args(["--log-format", "json"]);
-    }
-    if global.debug {
-        cmd.arg("--debug");
-    }
+    let mut cmd = self_command(global);
     cmd.args(["monitor", id])
         .arg("--bridge-dir")
         .arg(bridge.path())

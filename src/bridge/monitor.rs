@@ -76,11 +76,7 @@ pub fn run(args: &MonitorArgs, global: &GlobalOpts) -> ! {
 /// nothing that waits for us or for end-of-file on our stdio waits for it.
 /// Best effort: if it cannot start, `delete` destroys the guest as before.
 fn start_reaper(global: &GlobalOpts, id: &str) {
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.arg("--root").arg(&global.root);
-    if global.debug {
-        cmd.arg("--debug");
-    }
+    let mut cmd = super::self_command(global);
     cmd.args(["reap", id, "--monitor"])
         .arg(std::process::id().to_string())
         .stdin(std::process::Stdio::null())
