@@ -90,14 +90,33 @@ fn lock(store: &Store, id: &str) -> Result<(ContainerLock, Record)> {
 }
 
 /// `create`: returns the monitor, a child of ours (`run` waits for it).
+/// The bundle a create works on, loaded once (the router reads it first),
+/// with when create began and how long the load took (its first phase).
+pub struct LoadedBundle {
+    pub bundle: bundle::Bundle,
+    started: Instant,
+    took: Duration,
+}
+
+pub fn load_bundle(dir: &Path) -> Result<LoadedBundle> {
+    let started = Instant::now();
+    let bundle = bundle::load(dir)?;
+    Ok(LoadedBundle {
+        bundle,
+        started,
+        took: started.elapsed(),
+    })
+}
+
 pub fn create(
     store: &Store,
     settings: &Settings,
     global: &GlobalOpts,
     args: &CreateArgs,
+    loaded: LoadedBundle,
     backend: Box<dyn Backend>,
 ) -> Result<Child> {
-    create_with_console(store, settings, global, args, backend, None)
+    create_with_console(store, settings, global, args, loaded, backend, None)
 }
 
 /// `create`, where `own_console` (a socket of `run`'s own, which relays the
@@ -107,13 +126,17 @@ pub fn create_with_console(
     settings: &Settings,
     global: &GlobalOpts,
     args: &CreateArgs,
+    loaded: LoadedBundle,
     backend: Box<dyn Backend>,
     own_console: Option<OwnedFd>,
 ) -> Result<Child> {
-    let started = Instant::now();
+    let LoadedBundle {
+        bundle,
+        started,
+        took,
+    } = loaded;
     let phases = Phases::default();
-    check_id(&args.id)?;
-    let bundle = phases.time("bundle", || bundle::load(&args.bundle))?;
+    phases.add("bundle", took, None);
     // Terminal mode: connect to the caller's console socket now, as runc
     // does in create, so a missing flag or socket fails before anything
     // exists; the monitor sends the pty's master over it (bridge/pty.rs).

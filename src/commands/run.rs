@@ -6,16 +6,16 @@ use crate::cli::{GlobalOpts, RunArgs};
 use crate::error::{Error, Result};
 use crate::procfs::ProcRef;
 use crate::router::Runtime;
-use crate::{bundle, forward, lifecycle, terminal};
+use crate::{forward, lifecycle, terminal};
 
 pub fn run(global: &GlobalOpts, args: &RunArgs) -> Result<i32> {
     let (settings, store) = super::context(global)?;
-    let loaded = bundle::load(&args.create.bundle)?;
-    let backend = match super::route_new(&settings, &store, &loaded, &args.create.id)? {
+    let loaded = lifecycle::load_bundle(&args.create.bundle)?;
+    let backend = match super::route_new(&settings, &store, &loaded.bundle, &args.create.id)? {
         Runtime::Delegate(d) => {
             // The runtime's own `run` relays the terminal and waits.
             let foreground = !args.detach;
-            return forward::launch(&store, &d, &loaded, &args.create.id, foreground);
+            return forward::launch(&store, &d, &loaded.bundle, &args.create.id, foreground);
         }
         Runtime::Guest(b) => b,
     };
@@ -23,7 +23,7 @@ pub fn run(global: &GlobalOpts, args: &RunArgs) -> Result<i32> {
     // send the pty to, so we take it ourselves and relay it.
     let relay = if !args.detach
         && args.create.console_socket.is_none()
-        && loaded.process().terminal().unwrap_or(false)
+        && loaded.bundle.process().terminal().unwrap_or(false)
     {
         let pair = socketpair(
             AddressFamily::Unix,
@@ -40,8 +40,15 @@ pub fn run(global: &GlobalOpts, args: &RunArgs) -> Result<i32> {
         Some((a, b)) => (Some(a), Some(b)),
         None => (None, None),
     };
-    let mut monitor =
-        lifecycle::create_with_console(&store, &settings, global, &args.create, backend, theirs)?;
+    let mut monitor = lifecycle::create_with_console(
+        &store,
+        &settings,
+        global,
+        &args.create,
+        loaded,
+        backend,
+        theirs,
+    )?;
     let id = &args.create.id;
     if let Err(e) = lifecycle::start(&store, &settings, id) {
         let _ = lifecycle::delete(&store, &settings, id, true);
