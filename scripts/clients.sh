@@ -14,13 +14,6 @@ fi
 . "$repo/scripts/lib/clients-env.sh"
 
 nexcage_bin=$(command -v nexcage)
-passed=0 failed=0
-check() { # name, then a command that must succeed
-  local name=$1; shift
-  if "$@"; then passed=$((passed + 1)); echo "ok   $name"
-  else failed=$((failed + 1)); echo "FAIL $name"; fi
-}
-guests() { pct list | awk 'NR > 1 {print $1}'; }
 # Nothing left: no guest on the node, no state under either runtime root.
 nothing_left() {
   local state
@@ -28,8 +21,6 @@ nothing_left() {
   [ -z "$(guests)" ] && [ -z "$state" ]
 }
 quiet() { "$@" >/dev/null; }
-# podman's exit handling (conmon's exit command) finishes asynchronously.
-eventually() { for _ in $(seq 1 50); do "$@" && return 0; sleep 0.2; done; "$@"; }
 # A terminal for the client: script(1) gives it a pty of the size we set.
 # The command is run by script's shell: plain programs, no functions.
 in_pty() { # input, command...

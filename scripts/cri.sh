@@ -25,14 +25,6 @@ fi
 
 nexcage_bin=$(command -v nexcage)
 cri_bin=$(command -v cri-client) || { echo "cri-client is not built (cargo build --workspace)" >&2; exit 1; }
-passed=0 failed=0
-check() { # name, then a command that must succeed
-  local name=$1; shift
-  if "$@"; then passed=$((passed + 1)); echo "ok   $name"
-  else failed=$((failed + 1)); echo "FAIL $name"; return 1; fi
-}
-eventually() { for _ in $(seq 1 50); do "$@" && return 0; sleep 0.2; done; "$@"; }
-guests() { pct list | awk 'NR > 1 {print $1}'; }
 cri() { "$cri_bin" --endpoint "$W/containerd/containerd.sock" "$@"; }
 
 clients_install

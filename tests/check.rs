@@ -163,7 +163,7 @@ fn a_node_without_roots_subordinate_ids_fails_the_check() {
 
 /// What the node says now, not what an earlier create remembered: after
 /// pve-container went back to a version without `host-managed`, check
-/// says so (and later creates follow it).
+/// says so.
 #[test]
 fn check_asks_pct_about_host_managed_afresh() {
     let node = Node::new();

@@ -135,3 +135,15 @@ clients_cleanup() {
     while read -r m; do umount -l "$m" 2>/dev/null; done
   rm -rf --one-file-system "$W"
 }
+
+# The checks' bookkeeping, for clients.sh and cri.sh.
+passed=0 failed=0
+check() { # name, then a command that must succeed; fails as it did
+  local name=$1; shift
+  if "$@"; then passed=$((passed + 1)); echo "ok   $name"
+  else failed=$((failed + 1)); echo "FAIL $name"; return 1; fi
+}
+# Clients finish some work asynchronously (podman's exit command, CRI's
+# stop): retry for up to ten seconds.
+eventually() { for _ in $(seq 1 50); do "$@" && return 0; sleep 0.2; done; "$@"; }
+guests() { pct list | awk 'NR > 1 {print $1}'; }
