@@ -218,11 +218,22 @@ fn a_lifecycle_costs_three_node_tool_runs_and_state_kill_none() {
     start_running(&node, "count", json!(["sleep", "1000"]));
     let before_state_kill = std::fs::read_to_string(&log).unwrap();
     assert_eq!(node.status("count"), "running");
-    assert!(node.run(["kill", "count", "KILL"]).status.success());
-    node.wait_status("count", "stopped");
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         before_state_kill,
+        "state ran a node tool"
+    );
+    assert!(node.run(["kill", "count", "KILL"]).status.success());
+    node.wait_status("count", "stopped");
+    // Once the process has ended the reaper destroys the guest: its one
+    // `pct destroy` is the only call after create and start, so neither
+    // kill nor state (polled meanwhile) ran any.
+    wait_until("the reaper's destroy", Duration::from_secs(20), || {
+        record(&node, "count")["guestDestroyed"] == true
+    });
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        format!("{before_state_kill}pct destroy\n"),
         "state/kill ran a node tool"
     );
     assert!(node.run(["delete", "count"]).status.success());
