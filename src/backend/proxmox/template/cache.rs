@@ -30,7 +30,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::libc;
 
-use super::writer::archive_into;
+use super::writer::{archive_into, Writeback};
 use super::{template_name, TemplateError};
 use crate::backend::proxmox::pct::{PctError, Tools};
 use crate::backend::{Template, Temporaries};
@@ -74,7 +74,8 @@ pub(super) fn convert(rootfs: &Path, cache_dir: &Path, fp: &str) -> Result<PathB
         source,
     };
 
-    let (written_fp, file) = archive_into(rootfs, file, Some(&tmp))?;
+    let (written_fp, out) = archive_into(rootfs, Writeback::new(file), Some(&tmp))?;
+    let file = out.into_inner();
     // The archive pass hashes what it actually stored; if that differs from
     // the fingerprint the name came from, the tree changed in between and the
     // archive must not be filed under that name.
