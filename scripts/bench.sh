@@ -16,7 +16,8 @@
 #   `tar | zstd -T0 -3`: throughput and peak RSS;
 # - the PSS of a `sleep` in each of two guests of the Debian image, both
 #   root modes and runc (page cache shared between guests or not).
-# On the simulated node pct is a fast native binary; on a real Proxmox node
+# On the simulated node pct is a native binary, built optimized as a node's
+# tools are (Cargo.toml); on a real Proxmox node
 # each pct run starts Perl and each root volume is an LV with mkfs.ext4
 # (README, "Benchmarks").
 # Needs root and, on first use, Debian's apt (runc, debootstrap, zstd, time,
