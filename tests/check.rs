@@ -161,6 +161,47 @@ fn a_node_without_roots_subordinate_ids_fails_the_check() {
     assert_fails(&node, "ids subuid", "add root:100000:65536 to");
 }
 
+/// Each `pvesm status` variant a check asks runs once, the first time
+/// (nothing remembered yet) and again after: the template listing uses
+/// the storage the vztmpl check chose, and both checks choose as a create
+/// does from their one listing.
+#[test]
+fn check_lists_each_storage_content_once() {
+    let node = Node::new();
+    let real = node.root().join("bin/pvesm");
+    let logged = node.root().join("pvesm-logged");
+    let log = node.root().join("pvesm.log");
+    std::fs::write(
+        &logged,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&logged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
+    let cfg = cfg.replace(&format!("{real:?}"), &format!("{logged:?}"));
+    std::fs::write(&node.config, cfg).unwrap();
+    for round in ["first", "second"] {
+        std::fs::write(&log, "").unwrap();
+        let out = check(&node, "text");
+        assert!(out.status.success(), "{:#?}", statuses(&out));
+        let runs = std::fs::read_to_string(&log).unwrap();
+        let mut status: Vec<&str> = runs.lines().filter(|l| l.starts_with("status")).collect();
+        status.sort_unstable();
+        assert_eq!(
+            status,
+            [
+                "status --content rootdir --enabled 1",
+                "status --content vztmpl --enabled 1"
+            ],
+            "{round} check ran:\n{runs}"
+        );
+    }
+}
+
 /// What the node says now, not what an earlier create remembered: after
 /// pve-container went back to a version without `host-managed`, check
 /// says so.

@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::node::Node;
+use super::driver::DriverError;
+use super::node::{Node, StorageUse};
 use super::pct;
 use super::settings::ProxmoxSettings;
 use super::translate::namespaces::DEFAULT_IDMAP;
@@ -18,7 +19,11 @@ const ID_RANGE: (u64, u64) = (DEFAULT_IDMAP.1, DEFAULT_IDMAP.2);
 /// Below this much free space a storage is reported as nearly full.
 const LOW_SPACE: u64 = 1 << 30;
 
-pub fn run(node: &Node, templates: Result<Vec<Template>, String>) -> Vec<Check> {
+/// `templates` lists the converted templates on the template storage given.
+pub fn run(
+    node: &Node,
+    templates: impl FnOnce(&str) -> Result<Vec<Template>, String>,
+) -> Vec<Check> {
     let s = node.settings;
     let mut out = Vec::new();
     for (name, path, package) in [
@@ -30,18 +35,19 @@ pub fn run(node: &Node, templates: Result<Vec<Template>, String>) -> Vec<Check> 
         out.push(tool(name, path, package));
     }
     out.push(lxc_version(node.tools.timeout));
-    out.push(storage(node, "rootdir", "storage", s.storage.as_deref()));
-    out.push(storage(
-        node,
-        "vztmpl",
-        "template_storage",
-        s.template_storage.as_deref(),
-    ));
+    out.push(storage(node, StorageUse::Root).0);
+    let (vztmpl, template_storage) = storage(node, StorageUse::Templates);
+    out.push(vztmpl);
     out.push(bridge(&s.bridge));
     out.push(id_range("subuid", &s.subuid));
     out.push(id_range("subgid", &s.subgid));
     out.push(apparmor(Path::new("/sys")));
     out.push(host_managed(node));
+    // On the storage just checked: the listing needs no second `pvesm status`.
+    let templates = match template_storage {
+        Some(id) => templates(&id),
+        None => Err("no template storage".to_string()),
+    };
     out.push(template_cache(s, templates));
     out
 }
@@ -83,88 +89,51 @@ fn lxc_version(timeout: Duration) -> Check {
     }
 }
 
-/// One row of `pvesm status` (pvesm.pm print_status).
-#[derive(Debug, PartialEq, Eq)]
-struct StorageRow {
-    id: String,
-    status: String,
-    available_kib: u64,
-}
-
-fn status_rows(out: &str) -> Result<Vec<StorageRow>, String> {
-    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
-    match lines.next() {
-        Some(h) if h.split_whitespace().next() == Some("Name") => {}
-        other => return Err(format!("pvesm status printed {:?}", other.unwrap_or(""))),
-    }
-    lines
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                [id, _kind, status, _total, _used, avail, ..] => Ok(StorageRow {
-                    id: id.to_string(),
-                    status: status.to_string(),
-                    available_kib: avail.parse().unwrap_or(0),
-                }),
-                _ => Err(format!("pvesm status printed {l:?}")),
-            }
-        })
-        .collect()
-}
-
 fn gib(kib: u64) -> String {
     format!("{:.1} GiB", kib as f64 / (1024.0 * 1024.0))
 }
 
-/// The storage a create would use for `content`, as node.rs picks it, and
-/// its free space.
-fn storage(node: &Node, content: &str, key: &str, configured: Option<&str>) -> Check {
+/// The storage a create would use for `usage` (node.rs chooses it for
+/// both), its state and free space; and its id, where there is one.
+fn storage(node: &Node, usage: StorageUse) -> (Check, Option<String>) {
+    let (content, key) = (usage.content(), usage.key());
     let name = format!("storage {content}");
-    let listed = node
-        .tools
-        .pvesm(["status", "--content", content, "--enabled", "1"])
-        .map_err(|e| e.to_string())
-        .and_then(|out| status_rows(&out));
-    let rows = match listed {
-        Ok(rows) => rows,
-        Err(e) => return Check::fail(name, e, "pvesm must work for nexcage to find its storages"),
-    };
     let add = format!(
         "add '{content}' to a storage's content (pvesm set ID --content ...,{content}), or set {key} in config.toml"
     );
-    let row = match (configured, rows.as_slice()) {
-        (Some(id), _) => match rows.iter().find(|r| r.id == id) {
-            Some(r) => r,
-            None => {
-                return Check::fail(
-                    name,
-                    format!("{key} = {id:?} is not an enabled storage with '{content}' content"),
-                    add,
-                )
-            }
-        },
-        (None, [one]) => one,
-        (None, []) => {
-            return Check::fail(
-                name,
-                format!("no enabled storage has '{content}' content"),
-                add,
-            )
-        }
-        (None, many) => {
-            let ids: Vec<&str> = many.iter().map(|r| r.id.as_str()).collect();
-            return Check::fail(
-                name,
-                format!(
-                    "several storages have '{content}' content: {}",
-                    ids.join(", ")
-                ),
-                format!("set {key} in config.toml to one of them"),
-            );
+    let (id, rows) = match node.storage_in_use(usage) {
+        Ok(found) => found,
+        Err(e) => {
+            let hint = match e {
+                DriverError::NoStorage { .. } => add,
+                DriverError::AmbiguousStorage { .. } => {
+                    format!("set {key} in config.toml to one of them")
+                }
+                _ => "pvesm must work for nexcage to find its storages".to_string(),
+            };
+            return (Check::fail(name, e.to_string(), hint), None);
         }
     };
-    let detail = format!("{}: {} free", row.id, gib(row.available_kib));
-    if row.status != "active" {
+    let Some(row) = rows.iter().find(|r| r.id == id) else {
+        let whose = if node.configured(usage).is_some() {
+            format!("{key} = {id:?}")
+        } else {
+            format!("{id} (remembered from an earlier create)")
+        };
+        let check = Check::fail(
+            name,
+            format!("{whose} is not an enabled storage with '{content}' content"),
+            add,
+        );
+        return (check, Some(id));
+    };
+    let detail = format!(
+        "{}: {} free of {}",
+        row.id,
+        gib(row.available_kib),
+        gib(row.total_kib)
+    );
+    let check = if row.status != "active" {
         Check::fail(
             name,
             format!("{}: {}", row.id, row.status),
@@ -174,7 +143,8 @@ fn storage(node: &Node, content: &str, key: &str, configured: Option<&str>) -> C
         Check::warn(name, detail, "free space on the storage")
     } else {
         Check::ok(name, detail)
-    }
+    };
+    (check, Some(id))
 }
 
 /// The bridge net0 uses, looked up in this process's network namespace
@@ -313,15 +283,72 @@ mod tests {
     use super::*;
     use crate::backend::CheckStatus;
 
+    /// Create (root_storage) and check (storage) on a node whose pvesm
+    /// prints `<dir>/pvesm.out`.
+    struct TwoStorages {
+        dir: tempfile::TempDir,
+        tools: super::super::pct::Tools,
+    }
+
+    impl TwoStorages {
+        fn new() -> TwoStorages {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            let pvesm = dir.path().join("pvesm");
+            let script = format!("#!/bin/sh\ncat '{}.out'\n", pvesm.display());
+            std::fs::write(&pvesm, script).unwrap();
+            std::fs::set_permissions(&pvesm, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let mut tools = super::super::pct::Tools::from_settings(&ProxmoxSettings::default());
+            tools.pvesm = pvesm;
+            TwoStorages { dir, tools }
+        }
+
+        fn lists(&self, ids: &[&str]) {
+            let mut out = "Name Type Status Total(KiB) Used(KiB) Available(KiB) %\n".to_string();
+            for id in ids {
+                out += &format!("{id} dir active 20971520 0 20971520 0.00%\n");
+            }
+            std::fs::write(self.dir.path().join("pvesm.out"), out).unwrap();
+        }
+
+        /// What create would use and what check says.
+        fn choices(&self, s: &ProxmoxSettings) -> (Result<String, String>, Check) {
+            let node = Node {
+                settings: s,
+                tools: &self.tools,
+                state_root: self.dir.path(),
+            };
+            let create = node.root_storage().map_err(|e| e.to_string());
+            (create, storage(&node, StorageUse::Root).0)
+        }
+    }
+
     #[test]
-    fn pvesm_status_rows_give_state_and_free_space() {
-        let out = "Name             Type     Status     Total (KiB)      Used (KiB) Available (KiB)        %\nlocal-lvm     lvmthin     active        20971520         1048576        19922944    5.00%\nold            dir   inactive               0               0               0    0.00%\n";
-        let rows = status_rows(out).unwrap();
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].id, "local-lvm");
-        assert_eq!(rows[0].available_kib, 19922944);
-        assert_eq!(rows[1].status, "inactive");
-        assert!(status_rows("garbage\n").is_err());
+    fn check_and_create_choose_the_same_of_two_rootdir_storages() {
+        let node = TwoStorages::new();
+        let mut s = ProxmoxSettings::default();
+        node.lists(&["one", "two"]);
+        let (create, check) = node.choices(&s);
+        assert!(create.unwrap_err().contains("one, two"));
+        assert_eq!(check.status, CheckStatus::Fail);
+        assert!(check.detail.contains("one, two"), "{}", check.detail);
+
+        s.storage = Some("two".into());
+        let (create, check) = node.choices(&s);
+        assert_eq!(create.unwrap(), "two");
+        assert!(check.detail.starts_with("two: "), "{}", check.detail);
+
+        // A create remembered the node's only storage; a second one added
+        // since does not change what the next create uses, nor what check
+        // reports.
+        s.storage = None;
+        node.lists(&["one"]);
+        assert_eq!(node.choices(&s).0.unwrap(), "one");
+        node.lists(&["one", "two"]);
+        let (create, check) = node.choices(&s);
+        assert_eq!(create.unwrap(), "one");
+        assert_eq!(check.status, CheckStatus::Ok, "{}", check.detail);
+        assert!(check.detail.starts_with("one: "), "{}", check.detail);
     }
 
     #[test]

@@ -183,6 +183,13 @@ impl Driver {
         Ok((storage, dir, Meta::new(&self.state_root)))
     }
 
+    /// nexcage's templates on `storage`.
+    fn templates_on(&self, storage: &str) -> Result<Vec<Template>, DriverError> {
+        let dir = self.node().template_dir(storage)?;
+        let meta = Meta::new(&self.state_root);
+        Ok(cache::list(&self.tools, storage, &dir, &meta)?)
+    }
+
     fn conf_path(&self, vmid: u32) -> PathBuf {
         self.settings.conf_dir.join(format!("{vmid}.conf"))
     }
@@ -251,8 +258,8 @@ impl Driver {
 /// listed and removed through pveam.
 impl TemplateStore for Driver {
     fn list(&self) -> Result<Vec<Template>, BackendError> {
-        let (storage, dir, meta) = self.template_store()?;
-        Ok(cache::list(&self.tools, &storage, &dir, &meta).map_err(DriverError::from)?)
+        let storage = self.node().template_storage()?;
+        Ok(self.templates_on(&storage)?)
     }
 
     fn temporaries(&self) -> Result<Temporaries, BackendError> {
@@ -469,8 +476,9 @@ impl Backend for Driver {
     }
 
     fn check_node(&self) -> Vec<Check> {
-        let templates = TemplateStore::list(self).map_err(|e| e.to_string());
-        super::check::run(&self.node(), templates)
+        super::check::run(&self.node(), |storage| {
+            self.templates_on(storage).map_err(|e| e.to_string())
+        })
     }
 
     fn created(&self, data: &mut Value) {

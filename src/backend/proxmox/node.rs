@@ -31,57 +31,83 @@ impl Node<'_> {
         let _ = write_atomic(cache, value, 0o600);
     }
 
-    /// The storage for `key` in config.toml: the configured one, else the
-    /// node's only enabled storage with `content` (as
-    /// `pvesm status --content C --enabled 1` lists them), remembered.
-    fn storage_for(
+    /// The storage config.toml names for `usage`, if it does.
+    pub fn configured(&self, usage: StorageUse) -> Option<&str> {
+        match usage {
+            StorageUse::Root => self.settings.storage.as_deref(),
+            StorageUse::Templates => self.settings.template_storage.as_deref(),
+        }
+    }
+
+    /// The node's enabled storages with `usage`'s content, as
+    /// `pvesm status --content C --enabled 1` lists them.
+    pub fn storages(&self, usage: StorageUse) -> Result<Vec<StorageRow>, DriverError> {
+        let key = usage.key();
+        let out = self
+            .tools
+            .pvesm(["status", "--content", usage.content(), "--enabled", "1"])
+            .map_err(|e| DriverError::StorageList {
+                key,
+                message: e.to_string(),
+            })?;
+        storage_rows(&out).map_err(|message| DriverError::StorageList { key, message })
+    }
+
+    /// The storage a create uses for `usage`: the configured one, else the
+    /// one remembered, else the only one `list` gives (then remembered).
+    /// `list` runs only when the choice needs the node's storages.
+    fn choose_storage(
         &self,
-        key: &'static str,
-        configured: Option<&str>,
-        content: &'static str,
+        usage: StorageUse,
+        list: impl FnOnce() -> Result<Vec<StorageRow>, DriverError>,
     ) -> Result<String, DriverError> {
-        if let Some(id) = configured {
+        if let Some(id) = self.configured(usage) {
             return Ok(id.to_string());
         }
-        let cache = self.cache_file(&format!("storage.{content}"));
+        let cache = self.cache_file(&format!("storage.{}", usage.content()));
         if let Ok(id) = std::fs::read_to_string(&cache) {
             let id = id.trim();
             if is_storage_id(id) {
                 return Ok(id.to_string());
             }
         }
-        let out = self
-            .tools
-            .pvesm(["status", "--content", content, "--enabled", "1"])
-            .map_err(|e| DriverError::StorageList {
-                key,
-                message: e.to_string(),
-            })?;
-        let candidates =
-            storages_listed(&out).map_err(|message| DriverError::StorageList { key, message })?;
-        match candidates.as_slice() {
+        let (key, content) = (usage.key(), usage.content());
+        match list()?.as_slice() {
             [] => Err(DriverError::NoStorage { key, content }),
             [one] => {
-                self.remember(&cache, one.as_bytes());
-                Ok(one.clone())
+                self.remember(&cache, one.id.as_bytes());
+                Ok(one.id.clone())
             }
-            _ => Err(DriverError::AmbiguousStorage {
+            many => Err(DriverError::AmbiguousStorage {
                 key,
                 content,
-                candidates,
+                candidates: many.iter().map(|r| r.id.clone()).collect(),
             }),
         }
     }
 
+    /// The storage a create would use for `usage`, chosen as a create
+    /// chooses it, and the node's listing it was looked up in: `nexcage
+    /// check` reports its state and space, with `pvesm` asked once.
+    pub fn storage_in_use(
+        &self,
+        usage: StorageUse,
+    ) -> Result<(String, Vec<StorageRow>), DriverError> {
+        let rows = self.storages(usage)?;
+        let id = self.choose_storage(usage, || Ok(rows.clone()))?;
+        Ok((id, rows))
+    }
+
     /// Where converted templates go (`template_storage`).
     pub fn template_storage(&self) -> Result<String, DriverError> {
-        let configured = self.settings.template_storage.as_deref();
-        self.storage_for("template_storage", configured, "vztmpl")
+        self.choose_storage(StorageUse::Templates, || {
+            self.storages(StorageUse::Templates)
+        })
     }
 
     /// Where root volumes go (`storage`).
     pub fn root_storage(&self) -> Result<String, DriverError> {
-        self.storage_for("storage", self.settings.storage.as_deref(), "rootdir")
+        self.choose_storage(StorageUse::Root, || self.storages(StorageUse::Root))
     }
 
     /// The template storage's directory, asked of `pvesm` once and then
@@ -154,9 +180,44 @@ impl Node<'_> {
     }
 }
 
-/// The storage ids of a `pvesm status` table (pvesm.pm print_status: a
-/// header line starting with `Name`, then one row per storage).
-fn storages_listed(out: &str) -> Result<Vec<String>, String> {
+/// What a storage is for, and so its content type and config.toml key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageUse {
+    /// Root volumes: `rootdir`, `storage`.
+    Root,
+    /// Converted templates: `vztmpl`, `template_storage`.
+    Templates,
+}
+
+impl StorageUse {
+    pub fn content(self) -> &'static str {
+        match self {
+            StorageUse::Root => "rootdir",
+            StorageUse::Templates => "vztmpl",
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            StorageUse::Root => "storage",
+            StorageUse::Templates => "template_storage",
+        }
+    }
+}
+
+/// One row of `pvesm status` (pvesm.pm print_status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageRow {
+    pub id: String,
+    /// `active`, or why not (`inactive`, `disabled`).
+    pub status: String,
+    pub total_kib: u64,
+    pub available_kib: u64,
+}
+
+/// The rows of a `pvesm status` table: a header line starting with `Name`,
+/// then `Name Type Status Total Used Available %` per storage.
+fn storage_rows(out: &str) -> Result<Vec<StorageRow>, String> {
     let mut lines = out.lines().filter(|l| !l.trim().is_empty());
     match lines.next() {
         Some(h) if h.split_whitespace().next() == Some("Name") => {}
@@ -169,11 +230,19 @@ fn storages_listed(out: &str) -> Result<Vec<String>, String> {
     }
     lines
         .map(|l| {
-            let id = l.split_whitespace().next().unwrap_or("");
-            if is_storage_id(id) {
-                Ok(id.to_string())
-            } else {
-                Err(format!("pvesm status printed {l:?}"))
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [id, _kind, status, total, _used, avail, ..] if is_storage_id(id) => {
+                    Ok(StorageRow {
+                        id: id.to_string(),
+                        status: status.to_string(),
+                        // Sizes only inform `nexcage check`; a create must
+                        // not fail over them.
+                        total_kib: total.parse().unwrap_or(0),
+                        available_kib: avail.parse().unwrap_or(0),
+                    })
+                }
+                _ => Err(format!("pvesm status printed {l:?}")),
             }
         })
         .collect()
@@ -195,6 +264,19 @@ fn probe_says_host_managed(stderr: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pvesm_status_rows_give_state_and_space() {
+        let out = "Name             Type     Status     Total (KiB)      Used (KiB) Available (KiB)        %\nlocal-lvm     lvmthin     active        20971520         1048576        19922944    5.00%\nold            dir   inactive               0               0               0    0.00%\n";
+        let rows = storage_rows(out).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].id, "local-lvm");
+        assert_eq!(rows[0].available_kib, 19922944);
+        assert_eq!(rows[0].total_kib, 20971520);
+        assert_eq!(rows[1].status, "inactive");
+        assert!(storage_rows("garbage\n").is_err());
+        assert!(storage_rows("Name Type\nlocal dir\n").is_err());
+    }
 
     #[test]
     fn the_host_managed_probe_reads_pcts_verification_errors() {
