@@ -91,7 +91,13 @@ impl UpdateRequest {
 
     /// `pct set` options, converted by the create translation itself (the
     /// same MiB rounding, cpulimit and cpuunits); only the options asked
-    /// for are taken from its plan.
+    /// for are taken from its plan (it always has memory and swap).
+    ///
+    /// The translation gets the fields taken above, not the update's own
+    /// memory and cpu: there runc's zeros mean "leave as is", which the
+    /// translation reads as values (memory.swappiness 0 is refused on
+    /// cgroup v2), and a negative quota is cpulimit 0, which it has no
+    /// words for.
     pub fn pct_options(&self, settings: &ProxmoxSettings) -> Result<Vec<String>, DriverError> {
         let unlimited_cpu = self.quota.is_some_and(|q| q < 0);
         let mut memory = LinuxMemory::default();
