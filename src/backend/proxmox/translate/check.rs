@@ -5,6 +5,21 @@ use serde_json::{Map, Value};
 
 use super::{field, TranslateError};
 
+/// The entries of a JSON array; none when it is absent or not an array.
+pub(super) fn list(v: Option<&Value>) -> &[Value] {
+    v.and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// The strings of a JSON array, other entries passed over.
+pub(super) fn strings(v: Option<&Value>) -> Vec<String> {
+    list(v)
+        .iter()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
 /// A JSON value that is "not set": absent, null, empty string/list/object,
 /// or (for numbers whose zero means "default") zero.
 pub(super) fn unset(v: Option<&Value>) -> bool {

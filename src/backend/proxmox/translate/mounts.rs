@@ -7,7 +7,7 @@ use std::path::{Component, Path};
 
 use serde_json::{Map, Value};
 
-use super::check::{check_container_path, check_property_value, check_text, unset};
+use super::check::{check_container_path, check_property_value, check_text, list, strings, unset};
 use super::{conf_err, field, TranslateError, Translator};
 use crate::backend::proxmox::conf::RawLine;
 use crate::bridge::settings::{InitDev, InitDevMount};
@@ -46,13 +46,7 @@ impl Translator<'_> {
             self.plan.init.root_propagation = Some(p.to_string());
         }
         for (k, target) in [("maskedPaths", 0), ("readonlyPaths", 1)] {
-            for (i, p) in l
-                .get(k)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (i, p) in list(l.get(k)).iter().enumerate() {
                 let f = format!("linux.{k}[{i}]");
                 let s = p.as_str().ok_or_else(|| field(&f, "must be a string"))?;
                 check_container_path(&f, s)?;
@@ -74,13 +68,7 @@ impl Translator<'_> {
             let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("");
             if s("destination") == "/dev" && s("type") == "tmpfs" {
                 let f = format!("mounts[{i}].options");
-                let opts: Vec<String> = m
-                    .get("options")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|o| o.as_str().map(str::to_string))
-                    .collect();
+                let opts = strings(m.get("options"));
                 if opts.iter().any(|o| o == "bind" || o == "rbind") {
                     continue;
                 }
@@ -99,13 +87,7 @@ impl Translator<'_> {
             let dst = m.get("destination").and_then(Value::as_str).unwrap_or("");
             check_container_path(&format!("{f}.destination"), dst)?;
             let typ = m.get("type").and_then(Value::as_str).unwrap_or("");
-            let opts: Vec<String> = m
-                .get("options")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|o| o.as_str().map(str::to_string))
-                .collect();
+            let opts = strings(m.get("options"));
             for o in &opts {
                 check_text(&format!("{f}.options"), o)?;
             }

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::check::{check_text, is_dns_name, is_ipv4_cidr};
+use super::check::{check_text, is_dns_name, is_ipv4_cidr, list};
 use super::{field, PctPlan, TranslateError, Translator};
 use crate::backend::proxmox::settings::UnprivilegedPolicy;
 use crate::bridge::settings::InitNet;
@@ -194,13 +194,7 @@ impl Translator<'_> {
     pub(super) fn idmaps(&mut self, l: &Map<String, Value>) -> Result<(), TranslateError> {
         let read = |k: &str| -> Result<Vec<(u64, u64, u64)>, TranslateError> {
             let mut out = Vec::new();
-            for (i, m) in l
-                .get(k)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (i, m) in list(l.get(k)).iter().enumerate() {
                 let f = format!("linux.{k}[{i}]");
                 let n = |x: &str| {
                     m.get(x)

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::check::refuse_if_set;
+use super::check::{refuse_if_set, strings};
 use super::{field, TranslateError, Translator};
 
 impl Translator<'_> {
@@ -43,24 +43,14 @@ impl Translator<'_> {
         }
         // Strings the init receives as JSON never reach a config line, but a
         // NUL would be cut off by exec: refuse it here, before anything exists.
-        let strings = |k: &str| -> Vec<String> {
-            p.get(k)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         for k in ["args", "env"] {
-            for s in strings(k) {
+            for s in strings(p.get(k)) {
                 if s.contains('\0') {
                     return Err(field(format!("process.{k}"), "NUL bytes are not allowed"));
                 }
             }
         }
-        for e in strings("env") {
+        for e in strings(p.get("env")) {
             if !e.contains('=') || e.starts_with('=') {
                 return Err(field("process.env", format!("{e:?} is not NAME=VALUE")));
             }
