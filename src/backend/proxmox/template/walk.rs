@@ -69,6 +69,21 @@ pub(super) struct Node<'a> {
     pub(super) file: Option<&'a File>,
 }
 
+impl<'a> Node<'a> {
+    /// An entry with no link target, extended attributes or content; the
+    /// walk fills in what a kind has.
+    fn bare(name: &'a [u8], kind: Kind, st: &'a FileStat) -> Self {
+        Node {
+            name,
+            kind,
+            st,
+            link: b"",
+            xattrs: &[],
+            file: None,
+        }
+    }
+}
+
 pub(super) struct Xattr {
     pub(super) name: Vec<u8>,
     pub(super) value: Vec<u8>,
@@ -278,12 +293,8 @@ impl Walker<'_> {
         self.emit(
             sink,
             &Node {
-                name,
-                kind: Kind::Dir,
-                st: &st,
-                link: b"",
                 xattrs: &xattrs,
-                file: None,
+                ..Node::bare(name, Kind::Dir, &st)
             },
         )?;
         let mut names = list_dir(fd.as_fd()).map_err(|e| self.read_err(name, e))?;
@@ -324,17 +335,7 @@ impl Walker<'_> {
             }
             tracing::debug!(path = %self.abs(name).display(), "not descending into a mount inside the rootfs");
             name.push(b'/');
-            self.emit(
-                sink,
-                &Node {
-                    name,
-                    kind: Kind::Dir,
-                    st: &st,
-                    link: b"",
-                    xattrs: &[],
-                    file: None,
-                },
-            )?;
+            self.emit(sink, &Node::bare(name, Kind::Dir, &st))?;
             return Ok(None);
         }
         let kind = match fmt {
@@ -371,12 +372,8 @@ impl Walker<'_> {
                 self.emit(
                     sink,
                     &Node {
-                        name,
-                        kind: Kind::HardLink,
-                        st: &st,
                         link: &first,
-                        xattrs: &[],
-                        file: None,
+                        ..Node::bare(name, Kind::HardLink, &st)
                     },
                 )?;
                 return Ok(None);
@@ -413,12 +410,9 @@ impl Walker<'_> {
                 self.emit(
                     sink,
                     &Node {
-                        name,
-                        kind,
-                        st: &st2,
-                        link: b"",
                         xattrs: &xattrs,
                         file: Some(&file),
+                        ..Node::bare(name, kind, &st2)
                     },
                 )?;
             }
@@ -427,27 +421,13 @@ impl Walker<'_> {
                 self.emit(
                     sink,
                     &Node {
-                        name,
-                        kind,
-                        st: &st,
                         link: target.as_bytes(),
-                        xattrs: &[],
-                        file: None,
+                        ..Node::bare(name, kind, &st)
                     },
                 )?;
             }
             _ => {
-                self.emit(
-                    sink,
-                    &Node {
-                        name,
-                        kind,
-                        st: &st,
-                        link: b"",
-                        xattrs: &[],
-                        file: None,
-                    },
-                )?;
+                self.emit(sink, &Node::bare(name, kind, &st))?;
             }
         }
         Ok(None)
