@@ -168,18 +168,14 @@ fn a_node_without_roots_subordinate_ids_fails_the_check() {
 #[test]
 fn check_lists_each_storage_content_once() {
     let node = Node::new();
-    let real = node.root().join("bin/pvesm");
-    let logged = node.root().join("pvesm-logged");
-    let log = node.root().join("pvesm.log");
-    std::fs::write(
-        &logged,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
-            log.display(),
-            real.display()
-        ),
-    )
-    .unwrap();
+    let [real, logged, log] =
+        ["bin/pvesm", "pvesm-logged", "pvesm.log"].map(|p| node.root().join(p));
+    let wrapper = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+        log.display(),
+        real.display()
+    );
+    std::fs::write(&logged, wrapper).unwrap();
     std::fs::set_permissions(&logged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let cfg = std::fs::read_to_string(&node.config).unwrap();
     let cfg = cfg.replace(&format!("{real:?}"), &format!("{logged:?}"));
