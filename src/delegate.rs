@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{own_path, write_atomic};
+use crate::fsutil::{own_path, write_atomic, DEFAULT_PATH};
 
 /// The runtimes nexcage can delegate to, in the order `delete --force`
 /// asks them for leftovers. Each has a config.toml table of the same name
@@ -200,8 +200,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 fn in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")
-        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| is_executable(p))
