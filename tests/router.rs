@@ -141,21 +141,20 @@ fn a_sandbox_container_runs_its_whole_lifecycle_under_runc() {
     fails_with(&node.run(["state", id]), "container does not exist");
 }
 
+/// An executable shell script `<node>/<name>`.
+fn script(node: &Node, name: &str, body: &str) -> PathBuf {
+    let path = node.root().join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
 /// runc behind a script that logs each command line it is given, one a
 /// line, to `<node>/runc.log`.
 fn logged_runc(node: &Node) -> (PathBuf, PathBuf) {
-    let path = node.root().join("runc-logged");
     let log = node.root().join("runc.log");
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nexec runc \"$@\"\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    (path, log)
+    let body = format!("echo \"$*\" >> '{}'\nexec runc \"$@\"\n", log.display());
+    (script(node, "runc-logged", &body), log)
 }
 
 /// The subcommands (first word after `--root DIR`) runc was run with since
@@ -437,14 +436,11 @@ fn delete_force_cleans_a_delegated_container_whose_record_is_lost() {
 /// namespace without the v2 hierarchy, so it uses the v1 controllers as on
 /// a legacy host. Elsewhere it is crun itself.
 fn crun_wrapper(node: &Node) -> PathBuf {
-    let path = node.root().join("crun-wrapper");
-    std::fs::write(
-        &path,
-        "#!/bin/sh\nif mountpoint -q /sys/fs/cgroup/unified && grep -q . /sys/fs/cgroup/unified/cgroup.controllers; then\n  exec unshare -m sh -c 'umount /sys/fs/cgroup/unified && exec crun \"$@\"' crun \"$@\"\nfi\nexec crun \"$@\"\n",
+    script(
+        node,
+        "crun-wrapper",
+        "if mountpoint -q /sys/fs/cgroup/unified && grep -q . /sys/fs/cgroup/unified/cgroup.controllers; then\n  exec unshare -m sh -c 'umount /sys/fs/cgroup/unified && exec crun \"$@\"' crun \"$@\"\nfi\nexec crun \"$@\"\n",
     )
-    .unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    path
 }
 
 #[test]
