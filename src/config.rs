@@ -3,8 +3,10 @@
 //! checked by that backend when the file is loaded. No file is needed on a
 //! stock node: every key has a default.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,7 +27,18 @@ pub enum ConfigError {
 /// A table of the file that another module owns and checks (a backend's).
 pub struct Section {
     pub name: &'static str,
-    pub check: fn(&toml::Table) -> Result<(), String>,
+    pub check: Check,
+}
+
+/// What an owner makes of its table, once, when the file is loaded.
+pub type Parsed = Arc<dyn Any + Send + Sync>;
+
+pub enum Check {
+    /// Checked; the owner reads the table itself ([`Settings::section`]).
+    Table(fn(&toml::Table) -> Result<(), String>),
+    /// Parsed into the owner's own type and kept ([`Settings::parsed`]),
+    /// for a table whose parse costs more than a look at its keys.
+    Parse(fn(&toml::Table) -> Result<Parsed, String>),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -33,6 +46,8 @@ pub struct Settings {
     pub runtime: RuntimeSettings,
     /// Each backend's table, by section name, as checked at load.
     sections: BTreeMap<String, toml::Table>,
+    /// What [`Check::Parse`] sections made of their tables, by name.
+    parsed: BTreeMap<String, Parsed>,
 }
 
 /// The keys at the top of the file: what holds whatever the backend.
@@ -87,13 +102,19 @@ impl Settings {
     pub fn parse(text: &str, sections: &[Section]) -> Result<Settings, String> {
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
         let mut tables = BTreeMap::new();
+        let mut parsed = BTreeMap::new();
         for s in sections {
             let table = match doc.remove(s.name) {
                 None => toml::Table::new(),
                 Some(toml::Value::Table(t)) => t,
                 Some(_) => return Err(format!("{} must be a table ([{0}])", s.name)),
             };
-            (s.check)(&table)?;
+            match s.check {
+                Check::Table(check) => check(&table)?,
+                Check::Parse(parse) => {
+                    parsed.insert(s.name.to_string(), parse(&table)?);
+                }
+            }
             tables.insert(s.name.to_string(), table);
         }
         let runtime = RuntimeSettings::deserialize(toml::Value::Table(doc))
@@ -101,7 +122,14 @@ impl Settings {
         Ok(Settings {
             runtime,
             sections: tables,
+            parsed,
         })
+    }
+
+    /// What section `name` was parsed into at load; None when it was not
+    /// loaded (default settings) or is not a `T`.
+    pub fn parsed<T: Any>(&self, name: &str) -> Option<&T> {
+        self.parsed.get(name)?.downcast_ref()
     }
 
     /// The table of backend section `name` (empty when the file has none).
@@ -120,11 +148,11 @@ mod tests {
     fn parse(text: &str) -> Result<Settings, String> {
         let sections = [Section {
             name: "proxmox",
-            check: |t| match t.get("bridge") {
+            check: Check::Table(|t| match t.get("bridge") {
                 Some(b) if b.as_str().is_none() => Err("bridge: not a string".into()),
                 _ if t.contains_key("bogus") => Err("bogus".into()),
                 _ => Ok(()),
-            },
+            }),
         }];
         Settings::parse(text, &sections)
     }

@@ -3,6 +3,7 @@
 //! its binary, gives it a state root of its own below nexcage's and forwards
 //! the command line, so that its behaviour is exactly that runtime's.
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -11,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{own_path, write_atomic};
+use crate::fsutil::{own_path, write_atomic, DEFAULT_PATH};
 
 /// The runtimes nexcage can delegate to, in the order `delete --force`
 /// asks them for leftovers. Each has a config.toml table of the same name
@@ -154,11 +155,12 @@ impl Delegate {
         }
     }
 
-    /// `state ID` as JSON, or None when the runtime does not know `id`
-    /// (or says something that is not JSON).
-    pub fn state(&self, id: &str) -> Option<serde_json::Value> {
+    /// `list --format json`: the document of each container under its
+    /// root, by id; None when the runtime fails or says something else
+    /// (runc says `null` for no container, crun `[]`).
+    pub fn list(&self) -> Option<BTreeMap<String, serde_json::Value>> {
         let out = self
-            .command(&[], &["state".into(), id.into()])
+            .command(&[], &["list".into(), "--format".into(), "json".into()])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()
@@ -166,7 +168,13 @@ impl Delegate {
         if !out.status.success() {
             return None;
         }
-        serde_json::from_slice(&out.stdout).ok()
+        let all: Option<Vec<serde_json::Value>> = serde_json::from_slice(&out.stdout).ok()?;
+        Some(
+            all.unwrap_or_default()
+                .into_iter()
+                .filter_map(|c| Some((c["id"].as_str()?.to_string(), c)))
+                .collect(),
+        )
     }
 
     /// `delete --force ID`, quietly: for `delete --force` of a container
@@ -192,8 +200,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 fn in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")
-        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| is_executable(p))

@@ -3,6 +3,7 @@
 //! backends, `list` shows them, later commands find their backend), and
 //! forwards every command to the runtime, which does all the work.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 
 use crate::bundle::Bundle;
@@ -121,12 +122,66 @@ pub fn existing(global: &GlobalOpts, command: &Command, id: &str) -> Result<Opti
     Err(d.replace_process(&globals, &rest).into())
 }
 
-/// `list`: the runtime's own status and pid of a delegated container.
-pub fn live(d: &Delegate, id: &str) -> (Status, i32) {
-    let Some(state) = d.state(id) else {
-        return (Status::Stopped, 0);
+/// `list`: the runtime's own status and pid of those of `ids` it lists,
+/// from one run of its `list`. What it does not list (or all, when it
+/// fails) is left out: the caller shows it stopped, without a pid, as
+/// when the runtime's `state` of it fails.
+pub fn live(d: &Delegate, ids: &[&str]) -> BTreeMap<String, (Status, i32)> {
+    // A root without the container's directory cannot list it: no run.
+    if !ids.iter().any(|id| d.holds(id)) {
+        return BTreeMap::new();
+    }
+    let Some(listed) = d.list() else {
+        return BTreeMap::new();
     };
-    let status = serde_json::from_value(state["status"].clone()).unwrap_or(Status::Stopped);
-    let pid = state["pid"].as_i64().unwrap_or(0) as i32;
-    (status, pid)
+    ids.iter()
+        .filter_map(|id| {
+            let c = listed.get(*id)?;
+            let status = serde_json::from_value(c["status"].clone()).unwrap_or(Status::Stopped);
+            let pid = c["pid"].as_i64().unwrap_or(0) as i32;
+            Some((id.to_string(), (status, pid)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runtime that answers `--version` and, logging each run, `list`
+    /// with container `a` running as pid 5.
+    fn fake(dir: &std::path::Path) -> (Delegate, std::path::PathBuf) {
+        let bin = dir.join("fake-runc");
+        let log = dir.join("runs");
+        let list =
+            r#"[{"id":"a","pid":5,"status":"running"},{"id":"z","pid":9,"status":"paused"}]"#;
+        std::fs::write(
+            &bin,
+            format!(
+                "#!/bin/sh\ncase \"$1\" in --version) echo 'runc version 1.1.5'; exit;; esac\necho \"$3\" >> {}\necho '{list}'\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = Delegate::open("runc", bin.to_str(), &dir.join("root")).unwrap();
+        (d, log)
+    }
+
+    #[test]
+    fn one_list_run_gives_what_the_runtime_lists_of_the_ids_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (d, log) = fake(tmp.path());
+        let runs = || std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(live(&d, &["a", "b"]).is_empty(), "nothing held");
+        assert_eq!(runs(), "", "a root holding none of them is not asked");
+        for id in ["a", "b"] {
+            std::fs::create_dir_all(d.root.join(id)).unwrap();
+        }
+        let got = live(&d, &["a", "b", "c"]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got["a"], (Status::Running, 5));
+        assert_eq!(runs(), "list\n");
+    }
 }

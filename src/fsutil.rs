@@ -1,11 +1,17 @@
 //! Files nexcage keeps besides containers' state: atomic replacement, and
-//! its own directory under the state root.
+//! its own directory under the state root; and where programs are looked
+//! for when no PATH says.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+/// The program search path when the environment has no PATH: the init's
+/// for a process whose env sets none, nexcage's own when it looks for a
+/// delegate's binary. The usual one (runc's `spec`, Debian's login).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// nexcage's own files under the state root (VMID reservations, caches). The
 /// `~` is outside runc's id alphabet, so no container id can name or shadow

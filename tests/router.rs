@@ -141,9 +141,39 @@ fn a_sandbox_container_runs_its_whole_lifecycle_under_runc() {
     fails_with(&node.run(["state", id]), "container does not exist");
 }
 
+/// An executable shell script `<node>/<name>`.
+fn script(node: &Node, name: &str, body: &str) -> PathBuf {
+    let path = node.root().join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// runc behind a script that logs each command line it is given, one a
+/// line, to `<node>/runc.log`.
+fn logged_runc(node: &Node) -> (PathBuf, PathBuf) {
+    let log = node.root().join("runc.log");
+    let body = format!("echo \"$*\" >> '{}'\nexec runc \"$@\"\n", log.display());
+    (script(node, "runc-logged", &body), log)
+}
+
+/// The subcommands (first word after `--root DIR`) runc was run with since
+/// the log was last emptied.
+fn runc_runs(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    std::fs::write(log, "").unwrap();
+    text.lines()
+        .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
 #[test]
 fn an_id_rule_sends_matching_ids_to_runc_and_others_to_proxmox() {
-    let node = Node::with_config("[[router.rule]]\nbackend = \"runc\"\nid = \"^router-test-\"\n");
+    let node = Node::new();
+    let (runc, log) = logged_runc(&node);
+    node.write_config(&format!(
+        "[runc]\npath = {runc:?}\n[[router.rule]]\nbackend = \"runc\"\nid = \"^router-test-\"\n"
+    ));
     let bundle = runc_bundle(
         &node,
         "idrule",
@@ -158,11 +188,16 @@ fn an_id_rule_sends_matching_ids_to_runc_and_others_to_proxmox() {
     reap(pid, Duration::from_secs(10));
     node.wait_status(id, "stopped");
 
+    let id2 = "router-test-2";
+    let (_, pid2) = create_logged(&node, &bundle, id2);
+    assert_eq!(backend_of(&node, id2), "runc");
+
     // Another id of the same bundle is a Proxmox guest.
     let guest = "router-other";
     let (_, _) = create_logged(&node, &node.bundle("plain", json!({})), guest);
     assert_eq!(backend_of(&node, guest), "proxmox-lxc");
     assert_eq!(node.vmids().len(), 1);
+    runc_runs(&log);
 
     // list: both, each with its backend, the delegated one's status runc's.
     let list = node.run(["list"]);
@@ -181,18 +216,39 @@ fn an_id_rule_sends_matching_ids_to_runc_and_others_to_proxmox() {
         "{text}"
     );
     assert!(
+        row(id2).ends_with("runc") && row(id2).contains(&format!(" {pid2} ")),
+        "{text}"
+    );
+    assert!(
         row(guest).ends_with("proxmox-lxc") && row(guest).contains("created"),
         "{text}"
     );
+    // Both delegated containers from one run of runc's own list.
+    assert_eq!(runc_runs(&log), ["list --format json"]);
     let json = node.run(["list", "--format", "json"]);
     let all: Vec<Value> = serde_json::from_slice(&json.stdout).unwrap();
-    let backends: Vec<(&str, &str)> = all
+    let backends: Vec<(&str, &str, &str)> = all
         .iter()
-        .map(|c| (c["id"].as_str().unwrap(), c["backend"].as_str().unwrap()))
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap(),
+                c["status"].as_str().unwrap(),
+                c["backend"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(backends, [(guest, "proxmox-lxc"), (id, "runc")]);
+    assert_eq!(
+        backends,
+        [
+            (guest, "created", "proxmox-lxc"),
+            (id, "stopped", "runc"),
+            (id2, "created", "runc")
+        ]
+    );
+    assert_eq!(all[2]["pid"], pid2);
+    assert_eq!(runc_runs(&log), ["list --format json"]);
 
-    for c in [id, guest] {
+    for c in [id, id2, guest] {
         let d = node.run(["delete", "--force", c]);
         assert!(d.status.success(), "delete {c}: {}", stderr(&d));
     }
@@ -380,14 +436,11 @@ fn delete_force_cleans_a_delegated_container_whose_record_is_lost() {
 /// namespace without the v2 hierarchy, so it uses the v1 controllers as on
 /// a legacy host. Elsewhere it is crun itself.
 fn crun_wrapper(node: &Node) -> PathBuf {
-    let path = node.root().join("crun-wrapper");
-    std::fs::write(
-        &path,
-        "#!/bin/sh\nif mountpoint -q /sys/fs/cgroup/unified && grep -q . /sys/fs/cgroup/unified/cgroup.controllers; then\n  exec unshare -m sh -c 'umount /sys/fs/cgroup/unified && exec crun \"$@\"' crun \"$@\"\nfi\nexec crun \"$@\"\n",
+    script(
+        node,
+        "crun-wrapper",
+        "if mountpoint -q /sys/fs/cgroup/unified && grep -q . /sys/fs/cgroup/unified/cgroup.controllers; then\n  exec unshare -m sh -c 'umount /sys/fs/cgroup/unified && exec crun \"$@\"' crun \"$@\"\nfi\nexec crun \"$@\"\n",
     )
-    .unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    path
 }
 
 #[test]

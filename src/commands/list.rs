@@ -3,9 +3,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::cli::{GlobalOpts, ListArgs, ListFormat};
-use crate::delegate::Delegate;
+use crate::config::Settings;
 use crate::error::Result;
-use crate::state::{OciState, Store};
+use crate::state::{OciState, Record, Status, Store};
 use crate::{forward, lifecycle, router};
 
 /// One container of `list --format json`: runc's fields and its backend.
@@ -19,34 +19,34 @@ struct Entry {
 pub fn run(global: &GlobalOpts, args: &ListArgs) -> Result<i32> {
     let store = Store::open(&global.root)?;
     let settings = router::load_settings()?;
-    // Each delegate found once; None when its binary is gone.
-    let mut delegates: BTreeMap<String, Option<Delegate>> = BTreeMap::new();
-    let mut entries: Vec<Entry> = Vec::new();
-    for id in store.ids()? {
-        // A container deleted while we list is simply not listed.
-        let Ok(Some(record)) = store.load(&id) else {
-            continue;
-        };
-        let state = if router::is_delegate(&record.backend) {
-            let d = delegates.entry(record.backend.clone()).or_insert_with(|| {
-                router::open_delegate(&record.backend, &settings, store.root()).ok()
-            });
-            let (status, pid) = match d {
-                Some(d) => forward::live(d, &id),
-                None => (crate::state::Status::Stopped, 0),
+    // A container deleted while we list is simply not listed.
+    let records: Vec<Record> = store
+        .ids()?
+        .iter()
+        .filter_map(|id| store.load(id).ok().flatten())
+        .collect();
+    let live = delegated(&records, &settings, &store);
+    let entries: Vec<Entry> = records
+        .iter()
+        .map(|record| {
+            let state = if router::is_delegate(&record.backend) {
+                let (status, pid) = live
+                    .get(&record.id)
+                    .copied()
+                    .unwrap_or((Status::Stopped, 0));
+                OciState {
+                    pid,
+                    ..record.oci_state(status)
+                }
+            } else {
+                record.oci_state(lifecycle::status(&store, record))
             };
-            OciState {
-                pid,
-                ..record.oci_state(status)
+            Entry {
+                state,
+                backend: record.backend.clone(),
             }
-        } else {
-            record.oci_state(lifecycle::status(&store, &record))
-        };
-        entries.push(Entry {
-            state,
-            backend: record.backend.clone(),
-        });
-    }
+        })
+        .collect();
     if args.quiet {
         for e in &entries {
             println!("{}", e.state.id);
@@ -81,6 +81,26 @@ pub fn run(global: &GlobalOpts, args: &ListArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Status and pid of each delegated container its runtime lists, one run
+/// per runtime; a runtime whose binary is gone lists none.
+fn delegated(
+    records: &[Record],
+    settings: &Settings,
+    store: &Store,
+) -> BTreeMap<String, (Status, i32)> {
+    let mut by_backend: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in records.iter().filter(|r| router::is_delegate(&r.backend)) {
+        by_backend.entry(&r.backend).or_default().push(&r.id);
+    }
+    let mut live = BTreeMap::new();
+    for (name, ids) in by_backend {
+        if let Ok(d) = router::open_delegate(name, settings, store.root()) {
+            live.extend(forward::live(&d, &ids));
+        }
+    }
+    live
 }
 
 #[cfg(test)]

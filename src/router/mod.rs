@@ -9,10 +9,11 @@ pub mod rules;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::backend::{self, Backend, Registration};
 use crate::bundle::Bundle;
-use crate::config::{ConfigError, Section, Settings};
+use crate::config::{Check, ConfigError, Section, Settings};
 use crate::delegate::{self, Delegate};
 use crate::error::{Error, Result};
 use crate::state::Record;
@@ -64,25 +65,32 @@ pub fn sections() -> Vec<Section> {
         .iter()
         .map(|r| Section {
             name: r.section,
-            check: r.check,
+            check: Check::Table(r.check),
         })
         .collect();
+    // Parsed once, at load (its regular expressions are compiled then),
+    // and kept for `rules`.
     s.push(Section {
         name: "router",
-        check: |t| Rules::parse(t, &names()).map(drop),
+        check: Check::Parse(|t| Ok(Arc::new(Rules::parse(t, &names())?))),
     });
     for name in delegate::NAMES {
         s.push(Section {
             name,
-            check: delegate::check_section,
+            check: Check::Table(delegate::check_section),
         });
     }
     s
 }
 
-/// The `[router]` table, checked at load.
-pub fn rules(settings: &Settings) -> Rules {
-    Rules::parse(settings.section("router"), &names()).expect("checked when loaded")
+/// The `[router]` table, as parsed when the settings were loaded (none
+/// for default settings, which no file gave).
+pub fn rules(settings: &Settings) -> &Rules {
+    static NONE: Rules = Rules {
+        default: None,
+        rules: Vec::new(),
+    };
+    settings.parsed::<Rules>("router").unwrap_or(&NONE)
 }
 
 /// Annotation that names a backend explicitly; it wins over the rules.
@@ -337,6 +345,28 @@ mod tests {
             (r.backend.as_str(), r.chosen_by),
             ("proxmox-lxc", ChosenBy::Annotation)
         );
+    }
+
+    #[test]
+    fn the_rules_are_parsed_once_when_the_settings_load() {
+        let root = tempfile::tempdir().unwrap();
+        let parses = || rules::PARSES.with(|n| n.get());
+        let before = parses();
+        let s = settings(
+            "[router]\ndefault = \"fake\"\n[[router.rule]]\nbackend = \"runc\"\nid = \"^r-\"\n",
+        );
+        let (_t, plain) = bundle_with("{}");
+        assert_eq!(
+            backend_of(&plain, Some("r-1"), &s, root.path()).backend,
+            "runc"
+        );
+        assert_eq!(
+            backend_of(&plain, Some("g-1"), &s, root.path()).backend,
+            "fake"
+        );
+        assert_eq!(rules(&s).default.as_deref(), Some("fake"));
+        assert_eq!(parses() - before, 1, "parsed at load only");
+        assert!(rules(&Settings::default()).rules.is_empty());
     }
 
     #[test]

@@ -69,9 +69,17 @@ impl Glob {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread parsed a `[router]` table.
+    pub static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl Rules {
     /// The `[router]` table; `known` are the backends a rule may name.
     pub fn parse(table: &toml::Table, known: &[&str]) -> Result<Rules, String> {
+        #[cfg(test)]
+        PARSES.with(|n| n.set(n.get() + 1));
         let backend = |v: &toml::Value, what: &str| -> Result<String, String> {
             let name = v.as_str().ok_or_else(|| format!("{what}: not a string"))?;
             if !known.contains(&name) {

@@ -18,8 +18,7 @@ use oci_spec::runtime::{PosixRlimitType, Process};
 use super::capabilities::{set_caps, Caps};
 use super::error::InitError;
 use crate::bridge::MOUNT_POINT;
-
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use crate::fsutil::DEFAULT_PATH;
 
 /// Everything the child needs, checked and converted before fork, so that
 /// mistakes fail `create` with a message instead of a dead process.
