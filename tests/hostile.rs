@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,30 +14,45 @@ use std::process::Command;
 use common::{assert_clean, fails_with, sim_binary, stderr, stdout, Node};
 use serde_json::{json, Value};
 
-/// The host part nexcage puts in its temp names.
-fn temp_host() -> String {
-    let host = nix::unistd::gethostname().unwrap();
-    let host: String = host
-        .as_bytes()
-        .iter()
-        .filter(|b| b.is_ascii_alphanumeric() || **b == b'-')
-        .take(63)
-        .map(|&b| b as char)
+/// The host part nexcage puts in its temp names, read from a temp it made:
+/// a create on a full template storage fails writing its temp, and the
+/// one-line error names it (`.nexcage-<fp>.tmp-<host>_<pid>_<start>_<n>`).
+/// The failed create leaves nothing, its temp included. `dir` is the
+/// template storage, on a file system of its own.
+fn temp_host(node: &Node, dir: &Path) -> String {
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    while f.write_all(&[0x5a; 64 * 1024]).is_ok() {}
+    drop(f);
+    let bundle = node.bundle("full", json!({"process": {"args": ["true"]}}));
+    let out = node.create(&bundle, "full", &[]);
+    fails_with(&out, "No space left on device");
+    assert_clean(&node);
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
         .collect();
-    if host.is_empty() {
-        "localhost".into()
-    } else {
-        host
-    }
+    assert_eq!(left, ["filler"], "the failed create left its temp");
+    std::fs::remove_file(&filler).unwrap();
+    let err = stderr(&out);
+    let name = err
+        .split(&format!("{}/", dir.display()))
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no temp named in {err}"));
+    // The host part holds no `_`: the writer's ids follow the last three.
+    let ids = name.split_once(".tmp-").expect(name).1;
+    let host = ids.rsplitn(4, '_').nth(3).expect(name);
+    assert!(name.starts_with(".nexcage-") && !host.is_empty(), "{name}");
+    host.to_string()
 }
 
 /// A temp left by a create killed mid-conversion: its writer (a pid above
 /// pid_max) is provably gone.
-fn stale_temp(node: &Node) -> PathBuf {
-    node.template_dir().join(format!(
-        ".nexcage-{}.tmp-{}_2147483000_5_0",
-        "a".repeat(32),
-        temp_host()
+fn stale_temp(dir: &Path, host: &str) -> PathBuf {
+    dir.join(format!(
+        ".nexcage-{}.tmp-{host}_2147483000_5_0",
+        "a".repeat(32)
     ))
 }
 
@@ -179,7 +193,7 @@ fn stale_temps_are_counted_and_swept_before_converting_on_a_full_storage() {
     // by a temp of a create killed while converting.
     let mut mounts = Mounts(Vec::new());
     mounts.mount("tmpfs", &dir, Some("tmpfs"), Some("size=8m,mode=0755"));
-    let stale = stale_temp(&node);
+    let stale = stale_temp(&dir, &temp_host(&node, &dir));
     let mut f = std::fs::File::create(&stale).unwrap();
     while f.write_all(&[0x5a; 64 * 1024]).is_ok() {}
     drop(f);
