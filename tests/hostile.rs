@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_clean, fails_with, sim_binary, stderr, stdout, Node};
+use common::{assert_clean, fails_with, sim_binary, stderr, stdout, Mounts, Node};
 use serde_json::{json, Value};
 
 /// The host part nexcage puts in its temp names, read from a temp it made:
@@ -67,30 +67,6 @@ fn delete(node: &Node, id: &str) {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-/// Unmounts (lazily, innermost first) when dropped, so a failing test
-/// leaves no mount behind on the host.
-struct Mounts(Vec<PathBuf>);
-
-impl Drop for Mounts {
-    fn drop(&mut self) {
-        for p in self.0.iter().rev() {
-            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-impl Mounts {
-    fn mount(&mut self, src: &str, target: &Path, fstype: Option<&str>, data: Option<&str>) {
-        let flags = if fstype.is_none() {
-            nix::mount::MsFlags::MS_BIND
-        } else {
-            nix::mount::MsFlags::empty()
-        };
-        nix::mount::mount(Some(src), target, fstype, flags, data).unwrap();
-        self.0.push(target.to_path_buf());
-    }
-}
-
 fn archive_names(archive: &Path) -> Vec<String> {
     let out = Command::new("tar")
         .args(["--zstd", "-tf"])
@@ -127,7 +103,7 @@ fn mounts_inside_the_rootfs_stay_out_of_the_template() {
     std::fs::create_dir(&host).unwrap();
     std::fs::write(host.join("secret"), "host secret").unwrap();
     std::fs::create_dir_all(root.join("mnt/host")).unwrap();
-    let mut mounts = Mounts(Vec::new());
+    let mut mounts = Mounts::default();
     mounts.mount(host.to_str().unwrap(), &root.join("mnt/host"), None, None);
     // A proc inside the rootfs used to fail the create at /proc/1/auxv.
     mounts.mount("proc", &root.join("proc"), Some("proc"), None);
@@ -191,7 +167,7 @@ fn stale_temps_are_counted_and_swept_before_converting_on_a_full_storage() {
     let dir = node.template_dir();
     // The template storage on a file system of its own, filled to the brim
     // by a temp of a create killed while converting.
-    let mut mounts = Mounts(Vec::new());
+    let mut mounts = Mounts::default();
     mounts.mount("tmpfs", &dir, Some("tmpfs"), Some("size=8m,mode=0755"));
     let stale = stale_temp(&dir, &temp_host(&node, &dir));
     let mut f = std::fs::File::create(&stale).unwrap();
