@@ -27,7 +27,7 @@ fn temp_host(node: &Node, dir: &Path) -> String {
     let bundle = node.bundle("full", json!({"process": {"args": ["true"]}}));
     let out = node.create(&bundle, "full", &[]);
     fails_with(&out, "No space left on device");
-    assert_clean(&node);
+    assert_clean(node);
     let left: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
