@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::time::Duration;
 
 fn unprivileged() -> serde_json::Value {
     let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
@@ -189,23 +190,26 @@ fn lxc_dev_gets_the_spec_symlinks_and_sources() {
 }
 
 /// linux.rootfsPropagation reaches the process's `/` (mountinfo's optional
-/// fields), privileged and unprivileged.
+/// fields), privileged and unprivileged. The node's root is a shared mount,
+/// as systemd makes a node's `/`, so the guest's `/` (LXC's bind of the
+/// rootfs volume the node mounted for it) starts as a slave of the node's
+/// mount: rslave and shared keep it one, and a mount the node makes in the
+/// guest's rootfs after the start shows inside; private and unbindable cut
+/// it off.
 #[test]
 fn root_propagation_is_applied() {
     let node = Node::new();
+    let mut mounts = Mounts::default();
+    mounts.share(node.root());
     for unpriv in [false, true] {
-        for (p, shared, unbindable) in [
-            ("private", false, false),
-            ("rslave", false, false),
-            ("shared", true, false),
-            ("unbindable", false, true),
+        for (p, shared, unbindable, slave) in [
+            ("private", false, false, false),
+            ("rslave", false, false, true),
+            ("shared", true, false, true),
+            ("unbindable", false, true, false),
         ] {
             let name = format!("prop-{p}-{}", if unpriv { "u" } else { "p" });
             let mut patch = if unpriv { unprivileged() } else { json!({}) };
-            merge(
-                &mut patch,
-                json!({"mounts": runc_mounts(), "linux": {"rootfsPropagation": p}}),
-            );
             // runtime-tools' check: does a mount made after a recursive bind
             // of / show through that bind? (The profile allows binding / only
             // in an unprivileged guest.)
@@ -217,12 +221,42 @@ fn root_propagation_is_applied() {
             } else {
                 ""
             };
-            let out = run_in(
-                &node,
-                &name,
-                patch,
-                &format!("cat /proc/self/mountinfo; echo --; {probe}echo END"),
+            // The guest waits for the node's mount on /hm, then reports; it
+            // stays up until deleted so that the node's mount goes first.
+            let script = format!(
+                "mkdir /hm && touch /ready; until test -e /go; do sleep 0.05; done; \
+                 cat /proc/self/mountinfo; echo --; \
+                 test -e /hm/f && echo node-mount=seen || echo node-mount=unseen; \
+                 {probe}echo END; sleep 600"
             );
+            merge(
+                &mut patch,
+                json!({"mounts": runc_mounts(), "linux": {"rootfsPropagation": p},
+                       "process": {"args": ["sh", "-c", script]}}),
+            );
+            let bundle = node.bundle(&name, patch);
+            let out_path = node.create_logged(&bundle, &name).out;
+            let start = node.run(["start", &name]);
+            assert!(start.status.success(), "start: {}", stderr(&start));
+            let vmid = node.vmids()[0];
+            let rootfs = node.root().join(format!("var/lib/lxc/{vmid}/rootfs"));
+            wait_until("the guest's /ready", Duration::from_secs(20), || {
+                rootfs.join("ready").exists()
+            });
+            let hm = rootfs.join("hm");
+            mounts.mount("tmpfs", &hm, Some("tmpfs"), Some("size=1m"));
+            std::fs::write(hm.join("f"), "").unwrap();
+            std::fs::write(rootfs.join("go"), "").unwrap();
+            let out = wait_for_file_content(&out_path, "END\n");
+            mounts.unmount_last();
+            assert!(node.run(["delete", "--force", &name]).status.success());
+
+            let want = if slave {
+                "node-mount=seen"
+            } else {
+                "node-mount=unseen"
+            };
+            assert!(out.lines().any(|l| l == want), "{p}: {want}: {out}");
             if unpriv {
                 let want = match p {
                     "shared" => "exposed=yes",
@@ -236,10 +270,11 @@ fn root_propagation_is_applied() {
             let has = |prefix: &str| root.optional.iter().any(|o| o.starts_with(prefix));
             assert_eq!(has("shared:"), shared, "{p}: {root:?}");
             assert_eq!(has("unbindable"), unbindable, "{p}: {root:?}");
-            // Nothing in the guest is a peer or slave of the host's mounts.
-            assert!(!has("master:"), "{p}: {root:?}");
+            assert_eq!(has("master:"), slave, "{p}: {root:?}");
         }
     }
+    drop(mounts);
+    assert_clean(&node);
 }
 
 #[test]

@@ -7,38 +7,52 @@
 mod common;
 
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_clean, fails_with, sim_binary, stderr, stdout, Node};
+use common::{assert_clean, fails_with, sim_binary, stderr, stdout, Mounts, Node};
 use serde_json::{json, Value};
 
-/// The host part nexcage puts in its temp names.
-fn temp_host() -> String {
-    let host = nix::unistd::gethostname().unwrap();
-    let host: String = host
-        .as_bytes()
-        .iter()
-        .filter(|b| b.is_ascii_alphanumeric() || **b == b'-')
-        .take(63)
-        .map(|&b| b as char)
+/// The host part nexcage puts in its temp names, read from a temp it made:
+/// a create on a full template storage fails writing its temp, and the
+/// one-line error names it (`.nexcage-<fp>.tmp-<host>_<pid>_<start>_<n>`).
+/// The failed create leaves nothing, its temp included. `dir` is the
+/// template storage, on a file system of its own.
+fn temp_host(node: &Node, dir: &Path) -> String {
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    while f.write_all(&[0x5a; 64 * 1024]).is_ok() {}
+    drop(f);
+    let bundle = node.bundle("full", json!({"process": {"args": ["true"]}}));
+    let out = node.create(&bundle, "full", &[]);
+    fails_with(&out, "No space left on device");
+    assert_clean(node);
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
         .collect();
-    if host.is_empty() {
-        "localhost".into()
-    } else {
-        host
-    }
+    assert_eq!(left, ["filler"], "the failed create left its temp");
+    std::fs::remove_file(&filler).unwrap();
+    let err = stderr(&out);
+    let name = err
+        .split(&format!("{}/", dir.display()))
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no temp named in {err}"));
+    // The host part holds no `_`: the writer's ids follow the last three.
+    let ids = name.split_once(".tmp-").expect(name).1;
+    let host = ids.rsplitn(4, '_').nth(3).expect(name);
+    assert!(name.starts_with(".nexcage-") && !host.is_empty(), "{name}");
+    host.to_string()
 }
 
 /// A temp left by a create killed mid-conversion: its writer (a pid above
 /// pid_max) is provably gone.
-fn stale_temp(node: &Node) -> PathBuf {
-    node.template_dir().join(format!(
-        ".nexcage-{}.tmp-{}_2147483000_5_0",
-        "a".repeat(32),
-        temp_host()
+fn stale_temp(dir: &Path, host: &str) -> PathBuf {
+    dir.join(format!(
+        ".nexcage-{}.tmp-{host}_2147483000_5_0",
+        "a".repeat(32)
     ))
 }
 
@@ -51,30 +65,6 @@ fn template_list(node: &Node) -> Value {
 fn delete(node: &Node, id: &str) {
     let out = node.run(["delete", "--force", id]);
     assert!(out.status.success(), "{}", stderr(&out));
-}
-
-/// Unmounts (lazily, innermost first) when dropped, so a failing test
-/// leaves no mount behind on the host.
-struct Mounts(Vec<PathBuf>);
-
-impl Drop for Mounts {
-    fn drop(&mut self) {
-        for p in self.0.iter().rev() {
-            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-impl Mounts {
-    fn mount(&mut self, src: &str, target: &Path, fstype: Option<&str>, data: Option<&str>) {
-        let flags = if fstype.is_none() {
-            nix::mount::MsFlags::MS_BIND
-        } else {
-            nix::mount::MsFlags::empty()
-        };
-        nix::mount::mount(Some(src), target, fstype, flags, data).unwrap();
-        self.0.push(target.to_path_buf());
-    }
 }
 
 fn archive_names(archive: &Path) -> Vec<String> {
@@ -113,7 +103,7 @@ fn mounts_inside_the_rootfs_stay_out_of_the_template() {
     std::fs::create_dir(&host).unwrap();
     std::fs::write(host.join("secret"), "host secret").unwrap();
     std::fs::create_dir_all(root.join("mnt/host")).unwrap();
-    let mut mounts = Mounts(Vec::new());
+    let mut mounts = Mounts::default();
     mounts.mount(host.to_str().unwrap(), &root.join("mnt/host"), None, None);
     // A proc inside the rootfs used to fail the create at /proc/1/auxv.
     mounts.mount("proc", &root.join("proc"), Some("proc"), None);
@@ -177,9 +167,9 @@ fn stale_temps_are_counted_and_swept_before_converting_on_a_full_storage() {
     let dir = node.template_dir();
     // The template storage on a file system of its own, filled to the brim
     // by a temp of a create killed while converting.
-    let mut mounts = Mounts(Vec::new());
+    let mut mounts = Mounts::default();
     mounts.mount("tmpfs", &dir, Some("tmpfs"), Some("size=8m,mode=0755"));
-    let stale = stale_temp(&node);
+    let stale = stale_temp(&dir, &temp_host(&node, &dir));
     let mut f = std::fs::File::create(&stale).unwrap();
     while f.write_all(&[0x5a; 64 * 1024]).is_ok() {}
     drop(f);

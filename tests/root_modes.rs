@@ -35,6 +35,13 @@ fn bundle_with(
     node.bundle(id, p)
 }
 
+/// [`own_rootfs`] and a bundle of it named `tag`: (rootfs, bundle).
+fn own_bundle(node: &Node, tag: &str, user: bool, patch: serde_json::Value) -> (PathBuf, PathBuf) {
+    let root = own_rootfs(node, tag);
+    let bundle = bundle_with(node, tag, &root, user, patch);
+    (root, bundle)
+}
+
 /// Whether the node's one template is the stub (a few empty directories,
 /// no busybox): a converted image would be far larger.
 fn the_one_template_is_the_stub(node: &Node) -> bool {
@@ -54,13 +61,11 @@ fn only_the_stub(node: &Node) {
 fn bundle_mode_runs_on_the_rootfs_itself(user: bool) {
     let node = Node::with_config("root = \"bundle\"");
     let tag = if user { "unpriv" } else { "priv" };
-    let root = own_rootfs(&node, tag);
     let script = "stat -c '%u %n' /owned /data /bin/busybox; cat /owned; \
                   echo written > /from-guest; mkdir -p /tmp/d; echo ok";
-    let bundle = bundle_with(
+    let (root, bundle) = own_bundle(
         &node,
         tag,
-        &root,
         user,
         json!({"process": {"args": ["sh", "-c", script]}}),
     );
@@ -189,11 +194,9 @@ fn unprivileged_bundle_mode_applies_the_bundle_s_mounts_and_paths() {
 fn exec_runs_in_the_bundle_s_rootfs() {
     let node = Node::with_config("root = \"bundle\"");
     for (tag, user) in [("ex-priv", false), ("ex-unpriv", true)] {
-        let root = own_rootfs(&node, tag);
-        let bundle = bundle_with(
+        let (root, bundle) = own_bundle(
             &node,
             tag,
-            &root,
             user,
             json!({"process": {"args": ["sleep", "100"]}}),
         );
@@ -287,11 +290,9 @@ fn the_annotation_chooses_the_root_mode_over_the_node_s_default() {
 #[test]
 fn a_bad_root_annotation_is_refused_and_nothing_is_made() {
     let node = Node::new();
-    let root = own_rootfs(&node, "bad");
-    let bundle = bundle_with(
+    let (root, bundle) = own_bundle(
         &node,
         "bad",
-        &root,
         false,
         json!({"annotations": {"org.proxmox.root": "zero-copy"}}),
     );
@@ -420,11 +421,9 @@ fn unprivileged_bundle_mode_binds_a_shifted_rootfs_as_it_is() {
 fn a_failed_create_in_bundle_mode_leaves_the_rootfs_untouched() {
     let node = Node::with_config("root = \"bundle\"");
     for (tag, user) in [("fail-priv", false), ("fail-unpriv", true)] {
-        let root = own_rootfs(&node, tag);
-        let bundle = bundle_with(
+        let (root, bundle) = own_bundle(
             &node,
             tag,
-            &root,
             user,
             json!({"process": {"args": ["/no/such/program"]}}),
         );

@@ -605,6 +605,56 @@ pub fn assert_clean(node: &Node) {
     assert!(volumes.is_empty(), "volumes left: {volumes:?}");
 }
 
+/// Unmounts (lazily, innermost first) when dropped, so a failing test
+/// leaves no mount behind on the host.
+#[derive(Default)]
+pub struct Mounts(Vec<PathBuf>);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+impl Mounts {
+    /// A bind of `src` when `fstype` is None, else a new `fstype` mount.
+    pub fn mount(&mut self, src: &str, target: &Path, fstype: Option<&str>, data: Option<&str>) {
+        let flags = if fstype.is_none() {
+            nix::mount::MsFlags::MS_BIND
+        } else {
+            nix::mount::MsFlags::empty()
+        };
+        nix::mount::mount(Some(src), target, fstype, flags, data).unwrap();
+        self.0.push(target.to_path_buf());
+    }
+
+    /// Makes `dir` a shared mount of its own (a recursive bind onto itself),
+    /// as systemd makes a node's `/`: mounts made below it are then shared
+    /// too, and new mount namespaces get them as peers.
+    pub fn share(&mut self, dir: &Path) {
+        use nix::mount::MsFlags;
+        let none: Option<&str> = None;
+        nix::mount::mount(
+            Some(dir),
+            dir,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .unwrap();
+        self.0.push(dir.to_path_buf());
+        nix::mount::mount(none, dir, none, MsFlags::MS_SHARED, none).unwrap();
+    }
+
+    /// Unmounts the last mount made now, not at drop.
+    pub fn unmount_last(&mut self) {
+        let p = self.0.pop().expect("nothing mounted");
+        nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+}
+
 /// The mounts of `runc spec` (cgroup v1 form), in its order.
 pub fn runc_mounts() -> serde_json::Value {
     serde_json::json!([
