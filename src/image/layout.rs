@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::ImageError;
+use crate::hex;
 
 /// Index, manifest and config documents are small; a bigger one is not an
 /// image document (and is never read whole into memory).
@@ -258,7 +259,7 @@ impl Source {
             });
         }
         if let Some(want) = digest {
-            let got = hex(&Sha256::digest(&body));
+            let got = hex::encode(&Sha256::digest(&body));
             if got != want {
                 return Err(ImageError::Digest {
                     what: name.to_string(),
@@ -532,10 +533,6 @@ fn is_hex64(h: &str) -> bool {
     h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// An archive member's name as looked up: no leading `./` or `/`.
 fn member_name(raw: &[u8]) -> String {
     let s = String::from_utf8_lossy(raw);
@@ -577,7 +574,7 @@ impl<R: Read> Hashing<R> {
     /// Reads what is left, then the hex digest of everything.
     pub fn finish(mut self) -> std::io::Result<String> {
         std::io::copy(&mut self, &mut std::io::sink())?;
-        Ok(hex(&self.hasher.finalize()))
+        Ok(hex::encode(&self.hasher.finalize()))
     }
 }
 

@@ -6,7 +6,7 @@ use sha2::Digest;
 use std::io::Write;
 
 fn sha(b: &[u8]) -> String {
-    layout::hex(&sha2::Sha256::digest(b))
+    crate::hex::encode(&sha2::Sha256::digest(b))
 }
 
 fn gz(b: &[u8]) -> Vec<u8> {
