@@ -374,8 +374,9 @@ fn edit_config(l: &Layout, m: &Value, edit: impl FnOnce(&mut Value)) -> Value {
 }
 
 /// oci-spec's types hold to the image spec's REQUIRED fields where the
-/// hand-written ones defaulted them: such documents are refused now,
-/// naming the document. Layer media types and digests are refused as before.
+/// hand-written ones defaulted them, and check a digest's form when its
+/// document is parsed: such documents are refused now, naming the document.
+/// Layer media types and non-sha256 digests are refused as before.
 #[test]
 fn documents_without_the_image_specs_required_fields_are_refused() {
     type Edit = fn(&Layout, Value) -> Value;
