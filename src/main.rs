@@ -15,6 +15,7 @@ mod exec;
 mod features;
 mod forward;
 mod fsutil;
+mod hex;
 mod hooks;
 mod image;
 mod lifecycle;

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::io::Read;
 
+use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{Spec, User};
 
-use super::layout::ImageConfig;
 use super::ImageError;
 
 /// PATH when the image sets none (runc's and docker's default).
@@ -45,27 +45,27 @@ impl Accounts {
 
 /// `base` (the default spec) with the image's process, user and annotations.
 pub fn runtime_spec(
-    image: &ImageConfig,
+    image: &ImageConfiguration,
     mut base: Spec,
     accounts: &Accounts,
 ) -> Result<Spec, ImageError> {
-    let run = image.config.as_ref();
+    let run = image.config().as_ref();
     let mut args: Vec<String> = Vec::new();
     if let Some(r) = run {
-        args.extend(r.entrypoint.iter().flatten().cloned());
-        args.extend(r.cmd.iter().flatten().cloned());
+        args.extend(r.entrypoint().iter().flatten().cloned());
+        args.extend(r.cmd().iter().flatten().cloned());
     }
     if args.is_empty() {
         return Err(ImageError::Usage(
             "the image has neither Entrypoint nor Cmd: nothing to run".into(),
         ));
     }
-    let mut env: Vec<String> = run.and_then(|r| r.env.clone()).unwrap_or_default();
+    let mut env: Vec<String> = run.and_then(|r| r.env().clone()).unwrap_or_default();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, DEFAULT_PATH.to_string());
     }
     let cwd = run
-        .and_then(|r| r.working_dir.clone())
+        .and_then(|r| r.working_dir().clone())
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
     if !cwd.starts_with('/') {
@@ -74,7 +74,7 @@ pub fn runtime_spec(
         )));
     }
     let user = match run
-        .and_then(|r| r.user.as_deref())
+        .and_then(|r| r.user().as_deref())
         .filter(|u| !u.is_empty())
     {
         Some(u) => resolve_user(u, accounts)?,
@@ -97,34 +97,38 @@ pub fn runtime_spec(
 }
 
 /// Implicit annotations first, Config.Labels over them (conversion.md's precedence).
-fn annotations(image: &ImageConfig) -> HashMap<String, String> {
+fn annotations(image: &ImageConfiguration) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut put = |k: &str, v: Option<String>| {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
             out.insert(format!("{A}{k}"), v);
         }
     };
-    put("os", Some(image.os.clone()));
-    put("architecture", Some(image.architecture.clone()));
-    put("variant", image.variant.clone());
-    put("os.version", image.os_version.clone());
+    put("os", Some(image.os().to_string()));
+    put("architecture", Some(image.architecture().to_string()));
+    put("variant", image.variant().clone());
+    put("os.version", image.os_version().clone());
     put(
         "os.features",
-        image.os_features.as_ref().map(|f| f.join(",")),
+        image.os_features().as_ref().map(|f| f.join(",")),
     );
-    put("author", image.author.clone());
-    put("created", image.created.clone());
-    if let Some(r) = &image.config {
-        put("stopSignal", r.stop_signal.clone());
-        let keys = |m: &Option<std::collections::BTreeMap<String, serde_json::Value>>| {
-            m.as_ref()
-                .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
+    put("author", image.author().clone());
+    put("created", image.created().clone());
+    if let Some(r) = image.config() {
+        put("stopSignal", r.stop_signal().clone());
+        // oci-spec keeps these JSON objects' keys in no set order.
+        let keys = |m: &Option<Vec<String>>| {
+            m.as_ref().map(|m| {
+                let mut m = m.clone();
+                m.sort();
+                m.join(",")
+            })
         };
-        put("exposedPorts", keys(&r.exposed_ports));
-        if let Some(v) = keys(&r.volumes).filter(|v| !v.is_empty()) {
+        put("exposedPorts", keys(r.exposed_ports()));
+        if let Some(v) = keys(r.volumes()).filter(|v| !v.is_empty()) {
             out.insert(VOLUMES.to_string(), v);
         }
-        for (k, v) in r.labels.iter().flatten() {
+        for (k, v) in r.labels().iter().flatten() {
             out.insert(k.clone(), v.clone());
         }
     }

@@ -3,15 +3,17 @@
 //! docker's `docker-archive` tar. Archives are indexed once and their
 //! members read in place (seek + length), never extracted or held in memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use super::ImageError;
+use crate::hex;
 
 /// Index, manifest and config documents are small; a bigger one is not an
 /// image document (and is never read whole into memory).
@@ -22,38 +24,8 @@ const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
-#[derive(Debug, Deserialize)]
-pub struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    pub media_type: String,
-    pub digest: String,
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default)]
-    pub platform: Option<Platform>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Platform {
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub os: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Index {
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
+/// docker-archive's manifest.json (docker's own format, not an OCI type):
+/// one entry an image.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DockerEntry {
@@ -62,58 +34,6 @@ struct DockerEntry {
     repo_tags: Option<Vec<String>>,
     #[serde(default)]
     layers: Vec<String>,
-}
-
-/// The image configuration (OCI's, which docker's is a superset of).
-#[derive(Debug, Default, Deserialize)]
-pub struct ImageConfig {
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub os: String,
-    #[serde(default)]
-    pub variant: Option<String>,
-    #[serde(rename = "os.version", default)]
-    pub os_version: Option<String>,
-    #[serde(rename = "os.features", default)]
-    pub os_features: Option<Vec<String>>,
-    #[serde(default)]
-    pub author: Option<String>,
-    #[serde(default)]
-    pub created: Option<String>,
-    #[serde(default)]
-    pub config: Option<RunConfig>,
-    #[serde(default)]
-    pub rootfs: Option<RootFs>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct RunConfig {
-    #[serde(default)]
-    pub user: Option<String>,
-    #[serde(default)]
-    pub env: Option<Vec<String>>,
-    #[serde(default)]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(default)]
-    pub cmd: Option<Vec<String>>,
-    #[serde(default)]
-    pub working_dir: Option<String>,
-    #[serde(default)]
-    pub labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    pub stop_signal: Option<String>,
-    #[serde(default)]
-    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
-    #[serde(default)]
-    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct RootFs {
-    #[serde(default)]
-    pub diff_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +59,7 @@ pub struct Layer {
 /// A selected image: its configuration and layers, lowest first.
 #[derive(Debug)]
 pub struct Image {
-    pub config: ImageConfig,
+    pub config: ImageConfiguration,
     pub layers: Vec<Layer>,
 }
 
@@ -258,7 +178,7 @@ impl Source {
             });
         }
         if let Some(want) = digest {
-            let got = hex(&Sha256::digest(&body));
+            let got = hex::encode(&Sha256::digest(&body));
             if got != want {
                 return Err(ImageError::Digest {
                     what: name.to_string(),
@@ -282,6 +202,12 @@ impl Source {
         })
     }
 
+    /// The document a descriptor points at, checked against its digest.
+    fn described<T: serde::de::DeserializeOwned>(&self, d: &Descriptor) -> Result<T, ImageError> {
+        let digest = d.digest().as_ref();
+        self.json(&blob_path(digest)?, Some(hex_of(digest)?))
+    }
+
     /// The image `tag` names (or the only one), resolved to its layers.
     pub fn select(&self, tag: Option<&str>) -> Result<Image, ImageError> {
         if self.has("index.json") && self.has("oci-layout") {
@@ -297,30 +223,27 @@ impl Source {
     }
 
     fn select_oci(&self, tag: Option<&str>) -> Result<Image, ImageError> {
-        let index: Index = self.json("index.json", None)?;
-        let mut chosen = pick(index.manifests, tag, self.describe())?;
+        let index: ImageIndex = self.json("index.json", None)?;
+        let mut chosen = pick(index.manifests(), tag, self.describe())?;
         // Nested indexes (multi-arch images): follow to this machine's platform.
+        // Any other media type is read as a manifest (docker's v2 one included).
         for _ in 0..4 {
-            if chosen.media_type != OCI_INDEX && chosen.media_type != DOCKER_LIST {
+            if ![OCI_INDEX, DOCKER_LIST].contains(&chosen.media_type().as_ref()) {
                 break;
             }
-            let inner: Index =
-                self.json(&blob_path(&chosen.digest)?, Some(hex_of(&chosen.digest)?))?;
-            chosen = pick(inner.manifests, None, self.describe())?;
+            let inner: ImageIndex = self.described(&chosen)?;
+            chosen = pick(inner.manifests(), None, self.describe())?;
         }
-        let manifest: Manifest =
-            self.json(&blob_path(&chosen.digest)?, Some(hex_of(&chosen.digest)?))?;
-        let config: ImageConfig = self.json(
-            &blob_path(&manifest.config.digest)?,
-            Some(hex_of(&manifest.config.digest)?),
-        )?;
-        let diffs = diff_ids(&config, manifest.layers.len())?;
+        let manifest: ImageManifest = self.described(&chosen)?;
+        let config: ImageConfiguration = self.described(manifest.config())?;
+        let diffs = diff_ids(&config, manifest.layers().len())?;
         let mut layers = Vec::new();
-        for (d, diff) in manifest.layers.iter().zip(diffs) {
+        for (d, diff) in manifest.layers().iter().zip(diffs) {
+            let digest = hex_of(d.digest().as_ref())?;
             layers.push(Layer {
-                member: blob_path(&d.digest)?,
-                compression: compression(&d.media_type)?,
-                blob: Some(hex_of(&d.digest)?.to_string()),
+                member: blob_path(d.digest().as_ref())?,
+                compression: compression(d.media_type().as_ref())?,
+                blob: Some(digest.to_string()),
                 diff,
             });
         }
@@ -351,7 +274,7 @@ impl Source {
             .next()
             .map(|n| n.strip_suffix(".json").unwrap_or(n))
             .filter(|h| is_hex64(h));
-        let config: ImageConfig = self.json(&entry.config, config_hex)?;
+        let config: ImageConfiguration = self.json(&entry.config, config_hex)?;
         let diffs = diff_ids(&config, entry.layers.len())?;
         if diffs.iter().any(Option::is_none) {
             return Err(ImageError::Format {
@@ -378,33 +301,33 @@ impl Source {
 /// The manifest `tag` names, else the only one, else the one for this
 /// machine's platform; otherwise a refusal listing the choices.
 fn pick(
-    manifests: Vec<Descriptor>,
+    manifests: &[Descriptor],
     tag: Option<&str>,
     source: &Path,
 ) -> Result<Descriptor, ImageError> {
     let names: Vec<String> = manifests.iter().filter_map(ref_name).collect();
-    let mut matching: Vec<Descriptor> = match tag {
+    let mut matching: Vec<&Descriptor> = match tag {
         Some(t) => manifests
-            .into_iter()
+            .iter()
             .filter(|d| {
                 [REF_NAME, CONTAINERD_NAME]
                     .iter()
-                    .any(|k| d.annotations.get(*k).is_some_and(|v| v == t))
+                    .any(|k| annotation(d, k).is_some_and(|v| v == t))
             })
             .collect(),
-        None => manifests,
+        None => manifests.iter().collect(),
     };
-    if matching.len() > 1 && matching.iter().all(|d| d.platform.is_some()) {
+    if matching.len() > 1 && matching.iter().all(|d| d.platform().is_some()) {
         let (os, arch) = ("linux", machine_arch());
         let platforms: Vec<String> = matching
             .iter()
-            .filter_map(|d| d.platform.as_ref())
-            .map(|p| format!("{}/{}", p.os, p.architecture))
+            .filter_map(|d| d.platform().as_ref())
+            .map(|p| format!("{}/{}", p.os(), p.architecture()))
             .collect();
         matching.retain(|d| {
-            d.platform
+            d.platform()
                 .as_ref()
-                .is_some_and(|p| p.os == os && p.architecture == arch)
+                .is_some_and(|p| p.os().to_string() == os && p.architecture().to_string() == arch)
         });
         if matching.is_empty() {
             return Err(ImageError::Usage(format!(
@@ -417,13 +340,16 @@ fn pick(
     if matching.len() != 1 {
         return Err(choose_error(tag, matching.len(), &names, source));
     }
-    Ok(matching.remove(0))
+    Ok(matching.remove(0).clone())
+}
+
+fn annotation<'a>(d: &'a Descriptor, key: &str) -> Option<&'a String> {
+    d.annotations().as_ref().and_then(|a| a.get(key))
 }
 
 fn ref_name(d: &Descriptor) -> Option<String> {
-    d.annotations
-        .get(REF_NAME)
-        .or_else(|| d.annotations.get(CONTAINERD_NAME))
+    annotation(d, REF_NAME)
+        .or_else(|| annotation(d, CONTAINERD_NAME))
         .cloned()
 }
 
@@ -458,27 +384,22 @@ pub fn machine_arch() -> &'static str {
     }
 }
 
-fn check_platform(config: &ImageConfig) -> Result<(), ImageError> {
-    let os_ok = config.os.is_empty() || config.os == "linux";
-    let arch_ok = config.architecture.is_empty() || config.architecture == machine_arch();
+fn check_platform(config: &ImageConfiguration) -> Result<(), ImageError> {
+    let (os, arch) = (config.os().to_string(), config.architecture().to_string());
+    let os_ok = os.is_empty() || os == "linux";
+    let arch_ok = arch.is_empty() || arch == machine_arch();
     if os_ok && arch_ok {
         Ok(())
     } else {
         Err(ImageError::Usage(format!(
-            "the image is for {}/{}, this machine runs linux/{}",
-            config.os,
-            config.architecture,
+            "the image is for {os}/{arch}, this machine runs linux/{}",
             machine_arch()
         )))
     }
 }
 
-fn diff_ids(config: &ImageConfig, layers: usize) -> Result<Vec<Option<String>>, ImageError> {
-    let ids = config
-        .rootfs
-        .as_ref()
-        .map(|r| r.diff_ids.as_slice())
-        .unwrap_or_default();
+fn diff_ids(config: &ImageConfiguration, layers: usize) -> Result<Vec<Option<String>>, ImageError> {
+    let ids = config.rootfs().diff_ids();
     if ids.is_empty() {
         return Ok(vec![None; layers]);
     }
@@ -532,10 +453,6 @@ fn is_hex64(h: &str) -> bool {
     h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// An archive member's name as looked up: no leading `./` or `/`.
 fn member_name(raw: &[u8]) -> String {
     let s = String::from_utf8_lossy(raw);
@@ -577,7 +494,7 @@ impl<R: Read> Hashing<R> {
     /// Reads what is left, then the hex digest of everything.
     pub fn finish(mut self) -> std::io::Result<String> {
         std::io::copy(&mut self, &mut std::io::sink())?;
-        Ok(hex(&self.hasher.finalize()))
+        Ok(hex::encode(&self.hasher.finalize()))
     }
 }
 

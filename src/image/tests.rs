@@ -6,7 +6,7 @@ use sha2::Digest;
 use std::io::Write;
 
 fn sha(b: &[u8]) -> String {
-    layout::hex(&sha2::Sha256::digest(b))
+    crate::hex::encode(&sha2::Sha256::digest(b))
 }
 
 fn gz(b: &[u8]) -> Vec<u8> {
@@ -99,6 +99,19 @@ impl Layout {
             "layers": descs});
         let m = serde_json::to_vec(&manifest).unwrap();
         json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": self.blob(&m), "size": m.len()})
+    }
+    /// The JSON blob `desc` points at, edited, stored under its new
+    /// digest; the descriptor of the new blob.
+    fn edit_blob(&self, desc: &Value, edit: impl FnOnce(&mut Value)) -> Value {
+        let old = layout::blob_path(desc["digest"].as_str().unwrap()).unwrap();
+        let mut doc: Value =
+            serde_json::from_slice(&std::fs::read(self.image().join(old)).unwrap()).unwrap();
+        edit(&mut doc);
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let mut desc = desc.clone();
+        desc["digest"] = json!(self.blob(&bytes));
+        desc["size"] = json!(bytes.len());
+        desc
     }
     fn index(&self, manifests: Vec<Value>) {
         let index = json!({"schemaVersion": 2, "manifests": manifests});
@@ -347,4 +360,139 @@ fn a_hostile_layer_fails_the_bundle_and_nothing_is_left() {
     let err = l.make(&l.image(), None).unwrap_err().to_string();
     assert!(err.contains("layer 3") && err.contains("refused"), "{err}");
     l.nothing_left();
+}
+
+fn without(key: &'static str) -> impl FnOnce(&mut Value) {
+    move |doc| {
+        doc.as_object_mut().unwrap().remove(key);
+    }
+}
+
+/// The standard image's config edited; the new manifest's descriptor.
+fn edit_config(l: &Layout, m: &Value, edit: impl FnOnce(&mut Value)) -> Value {
+    l.edit_blob(m, |man| man["config"] = l.edit_blob(&man["config"], edit))
+}
+
+/// oci-spec's types hold to the image spec's REQUIRED fields where the
+/// hand-written ones defaulted them, and check a digest's form when its
+/// document is parsed: such documents are refused now, naming the document.
+/// Layer media types and non-sha256 digests are refused as before.
+#[test]
+fn documents_without_the_image_specs_required_fields_are_refused() {
+    type Edit = fn(&Layout, Value) -> Value;
+    const INDEX: &str = "index.json: ";
+    const BLOB: &str = "blobs/sha256/";
+    // What is wrong, the edit, where the message starts, what it says.
+    let cases: [(&str, Edit, &str, &str); 10] = [
+        (
+            "descriptor without mediaType",
+            |_, mut m| {
+                without("mediaType")(&mut m);
+                m
+            },
+            INDEX,
+            "missing field `mediaType`",
+        ),
+        (
+            "descriptor without size",
+            |_, mut m| {
+                without("size")(&mut m);
+                m
+            },
+            INDEX,
+            "missing field `size`",
+        ),
+        (
+            "uppercase digest",
+            |_, mut m| {
+                m["digest"] = json!(m["digest"]
+                    .as_str()
+                    .unwrap()
+                    .to_uppercase()
+                    .replace("SHA256", "sha256"));
+                m
+            },
+            INDEX,
+            "Invalid non-hexadecimal character in digest",
+        ),
+        (
+            "manifest without config",
+            |l, m| l.edit_blob(&m, without("config")),
+            BLOB,
+            "missing field `config`",
+        ),
+        (
+            "manifest without layers",
+            |l, m| l.edit_blob(&m, without("layers")),
+            BLOB,
+            "missing field `layers`",
+        ),
+        (
+            "config without os",
+            |l, m| edit_config(l, &m, without("os")),
+            BLOB,
+            "missing field `os`",
+        ),
+        (
+            "config without rootfs",
+            |l, m| edit_config(l, &m, without("rootfs")),
+            BLOB,
+            "missing field `rootfs`",
+        ),
+        (
+            "config with a port that is not an object",
+            |l, m| edit_config(l, &m, |c| c["config"]["ExposedPorts"]["80/tcp"] = json!(1)),
+            BLOB,
+            "invalid type: integer `1`",
+        ),
+        (
+            "bzip2 layer",
+            |l, m| {
+                l.edit_blob(&m, |man| {
+                    man["layers"][0]["mediaType"] = json!(format!("{TAR}+bzip2"))
+                })
+            },
+            "image manifest: ",
+            "layer media type \"application/vnd.oci.image.layer.v1.tar+bzip2\" is not supported",
+        ),
+        (
+            "sha512 layer digest",
+            |l, m| {
+                l.edit_blob(&m, |man| {
+                    man["layers"][0]["digest"] = json!(format!("sha512:{}", "a".repeat(128)))
+                })
+            },
+            "image: ",
+            "is not sha256:<64 hex digits>",
+        ),
+    ];
+    for (what, edit, start, want) in cases {
+        let l = Layout::new();
+        let m = l.manifest(&layers(), run_config(), layout::machine_arch());
+        l.index(vec![edit(&l, m)]);
+        let err = l.make(&l.image(), None).unwrap_err().to_string();
+        assert!(
+            err.starts_with(start) && err.contains(want),
+            "{what}: {err}"
+        );
+        assert!(!l.out().exists(), "{what}");
+        l.nothing_left();
+    }
+}
+
+/// A media type oci-spec does not know is read as a manifest, as before:
+/// docker's v2 manifest and layer types (as containerd exports them) work.
+#[test]
+fn docker_media_types_in_an_oci_layout_are_read_as_before() {
+    let l = Layout::new();
+    let m = l.manifest(&layers(), run_config(), layout::machine_arch());
+    let mut m = l.edit_blob(&m, |man| {
+        man["mediaType"] = json!("application/vnd.docker.distribution.manifest.v2+json");
+        man["layers"][0]["mediaType"] = json!("application/vnd.docker.image.rootfs.diff.tar.gzip");
+        man["layers"][2]["mediaType"] = json!("application/vnd.docker.image.rootfs.diff.tar");
+    });
+    m["mediaType"] = json!("application/vnd.docker.distribution.manifest.v2+json");
+    l.index(vec![m]);
+    l.make(&l.image(), None).unwrap();
+    check_bundle(&l.out());
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::image::layout::RunConfig;
+use oci_spec::image::{Config as RunConfig, ConfigBuilder, ImageConfigurationBuilder};
 use std::path::Path;
 
 fn accounts() -> Accounts {
@@ -46,24 +46,24 @@ fn config_user_forms_resolve_against_the_rootfs() {
     assert_eq!(ids(&resolve_user("5:6", &none).unwrap()), (5, 6, None));
 }
 
-fn image(run: RunConfig) -> ImageConfig {
-    ImageConfig {
-        os: "linux".into(),
-        architecture: "amd64".into(),
-        author: Some("someone".into()),
-        config: Some(run),
-        ..Default::default()
-    }
+fn image(run: RunConfig) -> ImageConfiguration {
+    ImageConfigurationBuilder::default()
+        .os("linux")
+        .architecture("amd64")
+        .author("someone")
+        .config(run)
+        .build()
+        .unwrap()
 }
 
 #[test]
 fn args_env_and_cwd_follow_conversion_md() {
-    let run = RunConfig {
-        entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-        cmd: Some(vec!["echo hi".into()]),
-        env: Some(vec!["PATH=/opt/bin".into(), "A=1".into()]),
-        ..Default::default()
-    };
+    let run = ConfigBuilder::default()
+        .entrypoint(vec!["/bin/sh".into(), "-c".into()])
+        .cmd(vec!["echo hi".into()])
+        .env(vec!["PATH=/opt/bin".into(), "A=1".into()])
+        .build()
+        .unwrap();
     let spec = runtime_spec(&image(run), Spec::default(), &accounts()).unwrap();
     let p = spec.process().as_ref().unwrap();
     assert_eq!(p.args().as_ref().unwrap(), &["/bin/sh", "-c", "echo hi"]);
@@ -76,11 +76,11 @@ fn args_env_and_cwd_follow_conversion_md() {
     assert_eq!(p.terminal(), Some(false));
     assert_eq!((p.user().uid(), p.user().gid()), (0, 0));
     // Cmd alone; no PATH: the default one is added.
-    let run = RunConfig {
-        cmd: Some(vec!["/bin/true".into()]),
-        working_dir: Some("/work".into()),
-        ..Default::default()
-    };
+    let run = ConfigBuilder::default()
+        .cmd(vec!["/bin/true".into()])
+        .working_dir("/work")
+        .build()
+        .unwrap();
     let spec = runtime_spec(&image(run), Spec::default(), &accounts()).unwrap();
     let p = spec.process().as_ref().unwrap();
     assert_eq!(p.args().as_ref().unwrap(), &["/bin/true"]);
@@ -95,36 +95,27 @@ fn nothing_to_run_or_a_relative_workdir_is_refused() {
         .unwrap_err()
         .to_string()
         .contains("neither Entrypoint nor Cmd"));
-    let run = RunConfig {
-        cmd: Some(vec!["x".into()]),
-        working_dir: Some("rel".into()),
-        ..Default::default()
-    };
+    let run = ConfigBuilder::default()
+        .cmd(vec!["x".into()])
+        .working_dir("rel")
+        .build()
+        .unwrap();
     assert!(runtime_spec(&image(run), Spec::default(), &accounts()).is_err());
 }
 
 #[test]
 fn annotations_come_from_the_config_and_labels_win() {
-    let run = RunConfig {
-        cmd: Some(vec!["x".into()]),
-        stop_signal: Some("SIGINT".into()),
-        exposed_ports: Some(
-            [
-                ("80/tcp".to_string(), serde_json::json!({})),
-                ("53/udp".to_string(), serde_json::json!({})),
-            ]
-            .into(),
-        ),
-        volumes: Some([("/data".to_string(), serde_json::json!({}))].into()),
-        labels: Some(
-            [(
-                "org.opencontainers.image.author".to_string(),
-                "label".to_string(),
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
+    let run = ConfigBuilder::default()
+        .cmd(vec!["x".into()])
+        .stop_signal("SIGINT")
+        .exposed_ports(vec!["80/tcp".into(), "53/udp".into()])
+        .volumes(vec!["/data".into()])
+        .labels([(
+            "org.opencontainers.image.author".to_string(),
+            "label".to_string(),
+        )])
+        .build()
+        .unwrap();
     let spec = runtime_spec(&image(run), Spec::default(), &accounts()).unwrap();
     let a = spec.annotations().as_ref().unwrap();
     let get = |k: &str| a.get(k).map(String::as_str);

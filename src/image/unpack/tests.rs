@@ -16,6 +16,14 @@ impl Fs {
         let root = Rootfs::open(&dir.path().join("rootfs")).unwrap();
         Fs { dir, root }
     }
+    /// A rootfs with `layers` applied, lowest first, each one without error.
+    pub fn with_layers(layers: &[&[E]]) -> Fs {
+        let fs = Fs::new();
+        for l in layers {
+            fs.apply(l).unwrap();
+        }
+        fs
+    }
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join("rootfs").join(rel)
     }
@@ -98,18 +106,17 @@ fn files_dirs_links_nodes_owners_and_modes_are_made() {
 
 #[test]
 fn a_whiteout_deletes_a_lower_file_or_tree() {
-    let fs = Fs::new();
-    fs.apply(&[
-        E::File("app/keep", b"1", 0o644),
-        E::File("app/gone", b"2", 0o644),
-        E::File("data/deep/file", b"3", 0o644),
-    ])
-    .unwrap();
-    fs.apply(&[
-        E::File("app/.wh.gone", b"", 0o644),
-        E::File(".wh.data", b"", 0o644),
-    ])
-    .unwrap();
+    let fs = Fs::with_layers(&[
+        &[
+            E::File("app/keep", b"1", 0o644),
+            E::File("app/gone", b"2", 0o644),
+            E::File("data/deep/file", b"3", 0o644),
+        ],
+        &[
+            E::File("app/.wh.gone", b"", 0o644),
+            E::File(".wh.data", b"", 0o644),
+        ],
+    ]);
     assert!(fs.exists("app/keep"));
     assert!(!fs.exists("app/gone"));
     assert!(!fs.exists("app/.wh.gone"), "the marker itself is not made");
@@ -121,21 +128,20 @@ fn a_whiteout_deletes_a_lower_file_or_tree() {
 
 #[test]
 fn an_opaque_dir_hides_lower_content_but_not_its_own_layers() {
-    let fs = Fs::new();
-    fs.apply(&[
-        E::File("d/old", b"1", 0o644),
-        E::File("d/sub/older", b"2", 0o644),
-        E::File("other/stays", b"3", 0o644),
-    ])
-    .unwrap();
-    // The marker after one of its own layer's files: that file stays.
-    fs.apply(&[
-        E::Dir("d", 0o755),
-        E::File("d/early", b"4", 0o644),
-        E::File("d/.wh..wh..opq", b"", 0o644),
-        E::File("d/late", b"5", 0o644),
-    ])
-    .unwrap();
+    let fs = Fs::with_layers(&[
+        &[
+            E::File("d/old", b"1", 0o644),
+            E::File("d/sub/older", b"2", 0o644),
+            E::File("other/stays", b"3", 0o644),
+        ],
+        // The marker after one of its own layer's files: that file stays.
+        &[
+            E::Dir("d", 0o755),
+            E::File("d/early", b"4", 0o644),
+            E::File("d/.wh..wh..opq", b"", 0o644),
+            E::File("d/late", b"5", 0o644),
+        ],
+    ]);
     assert!(!fs.exists("d/old"));
     assert!(!fs.exists("d/sub"));
     assert!(fs.exists("d/early"));
@@ -148,20 +154,19 @@ fn an_opaque_dir_hides_lower_content_but_not_its_own_layers() {
 /// own layer made below the directory, implied parents included.
 #[test]
 fn an_opaque_dir_reaches_into_subdirectories_both_ways() {
-    let fs = Fs::new();
-    fs.apply(&[
-        E::File("d/sub/older", b"1", 0o644),
-        E::File("d/new/lower", b"2", 0o644),
-    ])
-    .unwrap();
-    fs.apply(&[
-        // Re-declared by this layer: still opaque below.
-        E::Dir("d/sub", 0o755),
-        // Its parent never declared in this layer.
-        E::File("d/new/x", b"3", 0o644),
-        E::File("d/.wh..wh..opq", b"", 0o644),
-    ])
-    .unwrap();
+    let fs = Fs::with_layers(&[
+        &[
+            E::File("d/sub/older", b"1", 0o644),
+            E::File("d/new/lower", b"2", 0o644),
+        ],
+        &[
+            // Re-declared by this layer: still opaque below.
+            E::Dir("d/sub", 0o755),
+            // Its parent never declared in this layer.
+            E::File("d/new/x", b"3", 0o644),
+            E::File("d/.wh..wh..opq", b"", 0o644),
+        ],
+    ]);
     assert!(fs.exists("d/sub"));
     assert!(
         !fs.exists("d/sub/older"),
@@ -176,23 +181,22 @@ fn an_opaque_dir_reaches_into_subdirectories_both_ways() {
 
 #[test]
 fn later_layers_replace_whatever_type_was_there() {
-    let fs = Fs::new();
-    fs.apply(&[
-        E::File("a", b"file", 0o644),
-        E::Dir("b", 0o755),
-        E::File("b/inner", b"x", 0o644),
-        E::Link("c", "a"),
-        E::File("d", b"old", 0o644),
-        E::Hard("e", "d"),
-    ])
-    .unwrap();
-    fs.apply(&[
-        E::Dir("a", 0o750),
-        E::File("b", b"now a file", 0o600),
-        E::File("c", b"no longer a link", 0o644),
-        E::File("d", b"new", 0o644),
-    ])
-    .unwrap();
+    let fs = Fs::with_layers(&[
+        &[
+            E::File("a", b"file", 0o644),
+            E::Dir("b", 0o755),
+            E::File("b/inner", b"x", 0o644),
+            E::Link("c", "a"),
+            E::File("d", b"old", 0o644),
+            E::Hard("e", "d"),
+        ],
+        &[
+            E::Dir("a", 0o750),
+            E::File("b", b"now a file", 0o600),
+            E::File("c", b"no longer a link", 0o644),
+            E::File("d", b"new", 0o644),
+        ],
+    ]);
     assert!(std::fs::metadata(fs.path("a")).unwrap().is_dir());
     assert_eq!(std::fs::read(fs.path("b")).unwrap(), b"now a file");
     assert!(!std::fs::symlink_metadata(fs.path("c"))

@@ -20,6 +20,7 @@ use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use sha2::{Digest, Sha256};
 
 use super::TemplateError;
+use crate::hex;
 
 /// Mixed into every fingerprint. Bump it whenever the archive layout changes,
 /// so templates written by an older nexcage are not reused for the new layout.
@@ -228,7 +229,7 @@ pub(super) fn walk(
             stack.push(sub);
         }
     }
-    Ok((hex(&w.hasher.finalize()), w.bytes))
+    Ok((hex::encode(&w.hasher.finalize()), w.bytes))
 }
 
 impl Walker<'_> {
@@ -514,15 +515,6 @@ fn hash_node(h: &mut Sha256, n: &Node<'_>) {
         put(h, &x.name);
         put(h, &x.value);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 // ---------------------------------------------------------------------------
