@@ -10,8 +10,6 @@ use oci_spec::runtime::{Spec, User};
 
 use super::ImageError;
 
-/// PATH when the image sets none (runc's and docker's default).
-pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const A: &str = "org.opencontainers.image.";
 /// Config.Volumes: recorded, not mounted (no key in the spec).
 pub const VOLUMES: &str = "org.nexcage.image.volumes";
@@ -62,7 +60,8 @@ pub fn runtime_spec(
     }
     let mut env: Vec<String> = run.and_then(|r| r.env().clone()).unwrap_or_default();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.insert(0, DEFAULT_PATH.to_string());
+        // runc's and docker's default when the image sets none.
+        env.insert(0, format!("PATH={}", crate::fsutil::DEFAULT_PATH));
     }
     let cwd = run
         .and_then(|r| r.working_dir().clone())
