@@ -9,12 +9,9 @@ use serde_json::json;
 
 /// Run `script` in a container made from `patch`; returns its stdout.
 fn run_in(node: &Node, name: &str, patch: serde_json::Value, script: &str) -> String {
-    let out = run_script(node, name, patch, script);
-    let confs: String = std::fs::read_dir(node.root().join("etc/pve/lxc"))
-        .into_iter()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .collect();
+    // The configuration as create wrote it: the guest is gone once the
+    // process has ended (the reaper destroys it).
+    let (out, confs) = run_script_conf(node, name, patch, script);
     let out = format!("{out}--- conf\n{confs}");
     let _ = node.run(["delete", "--force", name]);
     out

@@ -462,18 +462,35 @@ pub fn start_bundle(node: &Node, id: &str, patch: serde_json::Value) {
 /// Create and start a container from `patch` running `sh -c script`, which
 /// must print `END` last; returns its stdout once it has stopped (the
 /// caller deletes it).
-pub fn run_script(node: &Node, id: &str, mut patch: serde_json::Value, script: &str) -> String {
+pub fn run_script(node: &Node, id: &str, patch: serde_json::Value, script: &str) -> String {
+    run_script_conf(node, id, patch, script).0
+}
+
+/// [`run_script`], and the node's guest configurations as they were after
+/// create: once the process has ended the guest is destroyed (the reaper),
+/// so they cannot be read afterwards.
+pub fn run_script_conf(
+    node: &Node,
+    id: &str,
+    mut patch: serde_json::Value,
+    script: &str,
+) -> (String, String) {
     merge(
         &mut patch,
         serde_json::json!({"process": {"args": ["sh", "-c", script]}}),
     );
     let bundle = node.bundle(id, patch);
     let out_path = node.create_logged(&bundle, id).out;
+    let confs: String = std::fs::read_dir(node.root().join("etc/pve/lxc"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .collect();
     let start = node.run(["start", id]);
     assert!(start.status.success(), "start: {}", stderr(&start));
     let out = wait_for_file_content(&out_path, "END\n");
     node.wait_status(id, "stopped");
-    out
+    (out, confs)
 }
 
 /// The default bundle's namespaces (pid, network, ipc, uts, mount), with a
