@@ -10,6 +10,11 @@ use oci_spec::runtime::{Spec, User};
 
 use super::ImageError;
 
+/// The PATH entry when the image sets none (runc's and docker's default).
+pub fn default_path_env() -> String {
+    format!("PATH={}", crate::fsutil::DEFAULT_PATH)
+}
+
 const A: &str = "org.opencontainers.image.";
 /// Config.Volumes: recorded, not mounted (no key in the spec).
 pub const VOLUMES: &str = "org.nexcage.image.volumes";
@@ -60,8 +65,7 @@ pub fn runtime_spec(
     }
     let mut env: Vec<String> = run.and_then(|r| r.env().clone()).unwrap_or_default();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
-        // runc's and docker's default when the image sets none.
-        env.insert(0, format!("PATH={}", crate::fsutil::DEFAULT_PATH));
+        env.insert(0, default_path_env());
     }
     let cwd = run
         .and_then(|r| r.working_dir().clone())

@@ -158,10 +158,7 @@ fn check_bundle(out: &Path) {
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     let p = &spec["process"];
     assert_eq!(p["args"], json!(["/bin/app", "--serve"]));
-    assert_eq!(
-        p["env"],
-        json!([format!("PATH={}", crate::fsutil::DEFAULT_PATH), "MODE=test"])
-    );
+    assert_eq!(p["env"], json!([config::default_path_env(), "MODE=test"]));
     assert_eq!(p["cwd"], "/srv");
     assert_eq!(
         p["user"],

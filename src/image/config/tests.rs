@@ -84,10 +84,7 @@ fn args_env_and_cwd_follow_conversion_md() {
     let spec = runtime_spec(&image(run), Spec::default(), &accounts()).unwrap();
     let p = spec.process().as_ref().unwrap();
     assert_eq!(p.args().as_ref().unwrap(), &["/bin/true"]);
-    assert_eq!(
-        p.env().as_ref().unwrap(),
-        &[format!("PATH={}", crate::fsutil::DEFAULT_PATH)]
-    );
+    assert_eq!(p.env().as_ref().unwrap(), &[default_path_env()]);
     assert_eq!(p.cwd(), Path::new("/work"));
 }
 
