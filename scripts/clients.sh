@@ -92,6 +92,15 @@ out=$(in_pty 'tty; echo typed-$((6*7)); exit 4' podman --root "$W/storage" --run
 check "podman exec -it: the process has a terminal" grep -q '^/dev/pts/' <<<"$out"
 check "  input and output pass" grep -q '^typed-42' <<<"$out"
 check "  exit status passes" [ "$rc" = 4 ]
+# podman cp of a running container goes through /proc/<state pid>/root: the
+# container's root, never the node's.
+echo inside > "$W/cp-in"; rm -f /tmp/cp-in
+check "podman cp into the running container" quiet podman_nx cp "$W/cp-in" "$id":/tmp/cp-in
+check "  the process sees the file" [ "$(podman_nx exec "$id" cat /tmp/cp-in)" = inside ]
+check "  the node's /tmp does not" [ ! -e /tmp/cp-in ]
+check "podman cp out of the running container" [ "$(podman_nx cp "$id":/tmp/cp-in - | tar -xO)" = inside ]
+cp_fails() { ! podman_nx cp "$1" - >/dev/null 2>&1; }
+check "  a file only the node has is not found" cp_fails "$id:$W/cp-in"
 check "podman pause" quiet podman_nx pause "$id"
 check "  state is paused" [ "$(podman_nx inspect -f '{{.State.Status}}' "$id")" = paused ]
 check "podman unpause" quiet podman_nx unpause "$id"
@@ -116,6 +125,7 @@ check "podman run -d in root mode bundle" [ "$(podman_nx inspect -f '{{.State.St
 diff_has() { podman_nx diff "$1" | grep -qx "$2"; }
 check "  podman diff shows the process's write" eventually diff_has "$id" 'A /zero-copy'
 check "  no template made for the image (at most the stub)" [ "$(image_templates)" = 0 ]
+check "  podman cp of the running container reads the write" [ "$(podman_nx cp "$id":/zero-copy - | tar -xO)" = zc ]
 check "podman stop" quiet podman_nx stop -t 2 "$id"
 check "  podman diff still shows the write" diff_has "$id" 'A /zero-copy'
 check "  and nothing of nexcage's" bash -c "! podman --root '$W/storage' --runroot '$W/run' diff '$id' | grep -q nexcage"

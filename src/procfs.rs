@@ -264,24 +264,45 @@ impl ProcRef {
     /// start time is checked after the pidfd is held, so a recycled pid can
     /// never receive the signal.
     pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<(), nix::errno::Errno> {
-        use nix::libc;
-        let fd = match pidfd_open(self.pid) {
-            Ok(fd) => fd,
+        match self.pin() {
+            Ok(pinned) => pinned.signal(sig),
             Err(nix::errno::Errno::ENOSYS) => {
                 if !self.is_alive() {
                     return Err(nix::errno::Errno::ESRCH);
                 }
-                return nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig);
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig)
             }
-            Err(e) => return Err(e),
-        };
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A pidfd of this very process (the start time is checked once the
+    /// pidfd is held). ENOSYS on kernels before 5.3.
+    pub fn pin(&self) -> Result<Pinned, nix::errno::Errno> {
+        let fd = pidfd_open(self.pid)?;
         if !self.is_alive() {
             return Err(nix::errno::Errno::ESRCH);
         }
+        Ok(Pinned { fd })
+    }
+}
+
+/// A process held by its pidfd: it reaches that process and no other, and
+/// needs no /proc to do so (the monitor's /proc is the guest's once it has
+/// joined the guest's mount namespace).
+#[derive(Debug)]
+pub struct Pinned {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Pinned {
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<(), nix::errno::Errno> {
+        use nix::libc;
+        // SAFETY: a plain syscall on a pidfd we own, with no siginfo.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
                 sig as libc::c_int,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,

@@ -53,11 +53,44 @@ fn check_namespaces(user: bool) {
         );
     }
     // What is not joined (docs/architecture.md): the monitor keeps the
-    // host's pid, mount and user namespaces, so its host pid, /proc and
-    // host privileges still hold.
-    for name in ["pid", "mnt", "user"] {
+    // host's pid and user namespaces, so its host pid and host privileges
+    // still hold.
+    for name in ["pid", "user"] {
         assert_eq!(ns(&pid, name), ns("self", name), "{id}: state pid's {name}");
     }
+    // The mount namespace is the process's: what a client reaches through
+    // /proc/<pid>/root (podman cp) is the container's root, not the node's.
+    let process = record(&node, id)["process"]["pid"].to_string();
+    assert_eq!(
+        ns(&pid, "mnt"),
+        ns(&process, "mnt"),
+        "{id}: state pid's mnt"
+    );
+    assert_ne!(
+        ns("self", "mnt"),
+        ns(&process, "mnt"),
+        "{id}: shares the host's mnt"
+    );
+    let root = Path::new("/proc").join(&pid).join("root");
+    let dir = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        (m.dev(), m.ino())
+    };
+    let process_root = Path::new("/proc").join(&process).join("root");
+    assert_eq!(dir(&root), dir(&process_root), "{id}: state pid's root");
+    assert_ne!(
+        dir(&root),
+        dir(Path::new("/")),
+        "{id}: state pid's root is the node's"
+    );
+    let host_only = node.root().join("pid");
+    assert!(host_only.exists());
+    assert!(
+        !root.join(host_only.strip_prefix("/").unwrap()).exists(),
+        "{id}: the node's {} shows under /proc/{pid}/root",
+        host_only.display()
+    );
 
     assert!(node.run(["start", id]).status.success());
     let pid: i32 = pid.parse().unwrap();

@@ -6,16 +6,27 @@
 //! learns the pid, the monitor joins the namespaces the process lives in.
 //!
 //! Joined: net, uts, ipc, cgroup and time (each only where it differs from
-//! ours). None of them changes what the monitor still does afterwards: it
-//! talks to the init over an already connected unix socket and the status
-//! pipe (descriptors, not names looked up in a namespace), signals the
-//! process by host pid and reads /proc of the host (the mount namespace is
-//! kept). Not joined, because the kernel or the monitor's job forbid it:
+//! ours), then mnt (`enter_mount`, last). None of the first five changes what
+//! the monitor still does afterwards: it talks to the init over an already
+//! connected unix socket and the status pipe (descriptors, not names looked
+//! up in a namespace), signals the process by a pidfd and logs to a file it
+//! opened before.
+//!
+//! mnt is joined because clients reach the container's files through the
+//! pid: podman cp resolves paths under `/proc/<pid>/root` and joins
+//! `/proc/<pid>/ns/mnt`. In the host's mount namespace those paths are the
+//! node's own files: a copy into the container would write the node's
+//! /etc. In the guest's, the monitor's /proc is the guest's (numbered in
+//! its pid namespace) and the host paths are gone, and every path it opened
+//! there would be the guest's to choose. So it opens nothing while it is
+//! there: it gets there only once set-up is done, holding the process's
+//! pidfd and a descriptor of the host's mount namespace, and leaves
+//! (`HostMount::leave`) before anything else when the process has ended.
+//!
+//! Not joined, because the kernel or the monitor's job forbid it:
 //!
 //! - pid: setns only moves a process's future children; the monitor's own
 //!   pid namespace is fixed for life, as is its host pid.
-//! - mnt: /proc there is the guest's, numbered in the guest's pid namespace,
-//!   and the host paths the monitor uses (--root, --log) are not there.
 //! - user: an unprivileged guest's user namespace would make the monitor,
 //!   which holds the caller's stdio and exits with the process's status, a
 //!   process of the guest's owner, with no capability left on the host; a
@@ -28,7 +39,7 @@ use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
 
-use crate::procfs::ProcRef;
+use crate::procfs::{Pinned, ProcRef};
 
 /// The namespaces joined, in the order joined, by their /proc/<pid>/ns name.
 pub const JOINED: [(&str, CloneFlags); 5] = [
@@ -57,6 +68,8 @@ pub enum GuestNsError {
         path: PathBuf,
         source: nix::errno::Errno,
     },
+    #[error("cannot hold the container's process (host pid {pid}) by a pidfd: {source}")]
+    Pin { pid: i32, source: nix::errno::Errno },
 }
 
 /// Join `process`'s namespaces (see the module's list); returns the names of
@@ -96,6 +109,52 @@ pub fn join(process: ProcRef) -> Result<Vec<&'static str>, GuestNsError> {
         joined.push(name);
     }
     Ok(joined)
+}
+
+/// The host's mount namespace, kept while the monitor is in the guest's.
+#[derive(Debug)]
+pub struct HostMount(OwnedFd);
+
+impl HostMount {
+    /// Back to the host's mount namespace (and its root and cwd).
+    pub fn leave(self) -> Result<(), nix::errno::Errno> {
+        nix::sched::setns(self.0.as_fd(), CloneFlags::CLONE_NEWNS)
+    }
+}
+
+/// Pin `process` by a pidfd, then join its mount namespace. Returns the
+/// pidfd, for the signals the monitor relays from then on, and the way back.
+pub fn enter_mount(process: ProcRef) -> Result<(Pinned, HostMount), GuestNsError> {
+    let open = |path: PathBuf| {
+        File::options()
+            .read(true)
+            .custom_flags(nix::libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| GuestNsError::Open { path, source })
+    };
+    let host = open(PathBuf::from("/proc/self/ns/mnt"))?;
+    let path = PathBuf::from(format!("/proc/{}/ns/mnt", process.pid));
+    let theirs = match open(path.clone()) {
+        Err(_) if !process.is_alive() => return Err(GuestNsError::Gone { pid: process.pid }),
+        other => other?,
+    };
+    let pinned = process.pin().map_err(|source| match source {
+        nix::errno::Errno::ESRCH => GuestNsError::Gone { pid: process.pid },
+        source => GuestNsError::Pin {
+            pid: process.pid,
+            source,
+        },
+    })?;
+    if !same_as_ours(&theirs, "mnt") {
+        nix::sched::setns(theirs.as_fd(), CloneFlags::CLONE_NEWNS).map_err(|source| {
+            GuestNsError::Join {
+                name: "mnt",
+                path,
+                source,
+            }
+        })?;
+    }
+    Ok((pinned, HostMount(OwnedFd::from(host))))
 }
 
 fn same_as_ours(theirs: &File, name: &str) -> bool {

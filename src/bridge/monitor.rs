@@ -14,9 +14,10 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{accept4, getsockopt, sockopt, SockFlag};
 
+use super::guestns;
 use super::proto::{self, Message, Outcome};
 use crate::cli::{GlobalOpts, MonitorArgs};
-use crate::procfs::{self, ProcRef};
+use crate::procfs::{self, Pinned, ProcRef};
 
 /// How the process ended, to be reproduced by the monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +59,16 @@ pub fn relayed_signals() -> SigSet {
 
 pub fn run(args: &MonitorArgs, global: &GlobalOpts) -> ! {
     let exit = match serve(args) {
-        Ok(exit) => {
-            start_reaper(global, &args.id);
+        Ok((exit, host)) => {
+            // The reaper is started by path: only from the host's mount
+            // namespace, never from the guest's, whose files the guest owns.
+            match host.leave() {
+                Ok(()) => start_reaper(global, &args.id),
+                Err(e) => tracing::error!(
+                    id = %args.id,
+                    "cannot return to the host's mount namespace, so no reaper: {e}"
+                ),
+            }
             exit
         }
         Err(message) => {
@@ -100,7 +109,7 @@ fn start_reaper(global: &GlobalOpts, id: &str) {
     }
 }
 
-fn serve(args: &MonitorArgs) -> Result<Exit, String> {
+fn serve(args: &MonitorArgs) -> Result<(Exit, guestns::HostMount), String> {
     // SAFETY: create placed these descriptors here for this process alone.
     let listener = unsafe { OwnedFd::from_raw_fd(args.listen_fd) };
     let mut status = unsafe { File::from_raw_fd(args.status_fd) };
@@ -128,19 +137,21 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
             let process = set_up(c, init, args.preserve_fds, extras)?;
             // Before create learns our pid: clients reach the container's
             // namespaces through /proc/<our pid>/ns (guestns.rs).
-            let joined = super::guestns::join(process).map_err(|e| e.to_string())?;
+            let joined = guestns::join(process).map_err(|e| e.to_string())?;
+            // Last: from here on the monitor's paths are the guest's.
+            let (pinned, host) = guestns::enter_mount(process).map_err(|e| e.to_string())?;
             tracing::debug!(
                 ?joined,
                 pid = process.pid,
-                "joined the process's namespaces"
+                "joined the process's namespaces and its mount namespace"
             );
-            Ok((init, process))
+            Ok((init, process, pinned, host))
         })
     });
-    let process = match outcome {
-        Ok((init, process)) => {
+    let (pinned, host) = match outcome {
+        Ok((init, process, pinned, host)) => {
             report(&mut status, &Outcome::Ready { init, process });
-            process
+            (pinned, host)
         }
         Err(message) => {
             report(
@@ -159,7 +170,7 @@ fn serve(args: &MonitorArgs) -> Result<Exit, String> {
     drop(status);
     drop(listener);
     let conn = conn.expect("set up implies connected");
-    Ok(supervise(&conn, &signals, process))
+    Ok((supervise(&conn, &signals, &pinned), host))
 }
 
 fn report(status: &mut File, outcome: &Outcome) {
@@ -330,7 +341,9 @@ fn find_process(init_pid: i32) -> Result<ProcRef, String> {
     ))
 }
 
-fn supervise(conn: &OwnedFd, signals: &SignalFd, process: ProcRef) -> Exit {
+/// Relay signals to the process until it ends. Runs in the guest's mount
+/// namespace: it opens no path, and reaches the process by its pidfd.
+fn supervise(conn: &OwnedFd, signals: &SignalFd, process: &Pinned) -> Exit {
     loop {
         let mut fds = [
             PollFd::new(conn.as_fd(), PollFlags::POLLIN),
@@ -347,7 +360,7 @@ fn supervise(conn: &OwnedFd, signals: &SignalFd, process: ProcRef) -> Exit {
         {
             while let Ok(Some(info)) = signals.read_signal() {
                 if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
-                    tracing::debug!(?sig, pid = process.pid, "relaying signal");
+                    tracing::debug!(?sig, "relaying signal");
                     let _ = process.signal(sig);
                 }
             }
