@@ -101,6 +101,8 @@ check "  the node's /tmp does not" [ ! -e /tmp/cp-in ]
 check "podman cp out of the running container" [ "$(podman_nx cp "$id":/tmp/cp-in - | tar -xO)" = inside ]
 cp_fails() { ! podman_nx cp "$1" - >/dev/null 2>&1; }
 check "  a file only the node has is not found" cp_fails "$id:$W/cp-in"
+top_comms() { podman_nx top "$1" comm | tail -n +2 | sort | tr '\n' ' '; }
+check "podman top lists the container's processes, no node's" [ "$(top_comms "$id")" = "init sleep " ]
 check "podman pause" quiet podman_nx pause "$id"
 check "  state is paused" [ "$(podman_nx inspect -f '{{.State.Status}}' "$id")" = paused ]
 check "podman unpause" quiet podman_nx unpause "$id"
