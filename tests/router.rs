@@ -18,9 +18,16 @@ annotations = { "io.kubernetes.cri.container-type" = "sandbox" }
 "#;
 
 /// The proc mount runc needs (it closes inherited descriptors through
-/// /proc/self/fd); the Proxmox backend mounts /proc itself.
+/// /proc/self/fd); the Proxmox backend mounts /proc itself. And a tmpfs on
+/// /dev, as every client gives runc: without it runc makes /dev/ptmx and
+/// device nodes in the rootfs itself, which is shared by all the tests, and
+/// two runc creates at once race there ("symlink pts/ptmx ...: file exists").
 fn runc_bundle(node: &Node, name: &str, patch: Value) -> PathBuf {
-    let mut p = json!({"mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]});
+    let mut p = json!({"mounts": [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+    ]});
     merge(&mut p, patch);
     node.bundle(name, p)
 }
