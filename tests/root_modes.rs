@@ -299,7 +299,7 @@ fn a_bad_root_annotation_is_refused_and_nothing_is_made() {
     let out = node.create(&bundle, "bad", &[]);
     fails_with(
         &out,
-        "annotations.org.proxmox.root: \"zero-copy\" is not template or bundle",
+        "annotations.org.proxmox.root: \"zero-copy\" is not template, bundle or clone",
     );
     assert!(node.templates().is_empty());
     assert!(!root.join(".nexcage").exists());

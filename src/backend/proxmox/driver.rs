@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::base::{self, BaseError, BaseKey, Bases};
 use super::bundle_root::{self, BundleRootError};
 use super::conf::{self, ConfError, RawLine};
 use super::node::Node;
@@ -43,6 +44,10 @@ pub enum DriverError {
     BundleRoot(#[from] BundleRootError),
     #[error(transparent)]
     Vmid(#[from] VmidError),
+    #[error(transparent)]
+    Base(#[from] BaseError),
+    #[error("root mode clone needs a storage with linked clones (lvmthin, zfspool, rbd or btrfs): storage '{storage}' is {kind}")]
+    NoLinkedClones { storage: String, kind: String },
     #[error(transparent)]
     Pct(#[from] PctError),
     #[error("CT {vmid}: {source}")]
@@ -219,6 +224,66 @@ impl Driver {
         Ok(())
     }
 
+    /// Root mode clone: the template's base (made now if need be), a linked
+    /// clone of it, then the guest's own options. A failure after the clone
+    /// destroys it; the base stays for the next create.
+    #[allow(clippy::too_many_arguments)]
+    fn create_clone(
+        &self,
+        req: &Provision,
+        plan: &translate::PctPlan,
+        template: &str,
+        volid: &str,
+        storage: &str,
+        gib: u64,
+        data: &mut GuestData,
+        save: &mut dyn FnMut(&GuestData) -> Result<(), BackendError>,
+    ) -> Result<u32, BackendError> {
+        let (root_storage, size) = plan.root_volume(storage, gib);
+        let kind = self.node().storage_type(&root_storage)?;
+        if !base::LINKED_CLONE_TYPES.contains(&kind.as_str()) {
+            return Err(DriverError::NoLinkedClones {
+                storage: root_storage,
+                kind,
+            }
+            .into());
+        }
+        let key = BaseKey {
+            template: template.to_string(),
+            volid: volid.to_string(),
+            unprivileged: plan.unprivileged,
+            storage: root_storage,
+            size,
+        };
+        let phase = Instant::now();
+        let base = self
+            .bases()
+            .ensure(&key, |vmid| plan.base_args(vmid, volid, storage, gib))
+            .map_err(DriverError::from)?;
+        req.phases.add("base", phase.elapsed(), None);
+        let vmid = self.create_guest(req, |vmid| plan.clone_args(base, vmid), data, save)?;
+        if let Some(args) = plan.set_args(vmid) {
+            if let Err(e) = self.tools.pct(args) {
+                if let Err(undo) = self.destroy_guest(vmid) {
+                    tracing::warn!(vmid, error = %undo, "cannot destroy the clone whose set failed");
+                }
+                data.vmid = None;
+                save(data)?;
+                return Err(DriverError::from(e).into());
+            }
+        }
+        Ok(vmid)
+    }
+
+    fn bases(&self) -> Bases<'_> {
+        Bases {
+            tools: &self.tools,
+            alloc: self.allocator(),
+            state_root: &self.state_root,
+            conf_dir: &self.settings.conf_dir,
+        }
+    }
+
     /// `pct create`, moving to the next VMID whenever the cluster says the
     /// one we picked is taken.
     fn create_guest(
@@ -276,7 +341,12 @@ impl TemplateStore for Driver {
     /// `pveam remove` under the template's exclusive lock.
     fn remove(&self, t: &Template) -> Result<bool, BackendError> {
         let meta = Meta::new(&self.state_root);
-        Ok(cache::remove(&self.tools, &meta, &t.name, &t.volid).map_err(DriverError::from)?)
+        let bases = self.bases();
+        let dependents = |name: &str| bases.remove_template(name).map_err(|e| e.to_string());
+        Ok(
+            cache::remove(&self.tools, &meta, &t.name, &t.volid, &dependents)
+                .map_err(DriverError::from)?,
+        )
     }
 
     fn used_by(&self, data: &Value) -> Option<String> {
@@ -392,7 +462,7 @@ impl Backend for Driver {
         // Root mode bundle: the guest's volume is made from the stub, and
         // the rootfs itself is mounted into it.
         let tree = match plan.root {
-            RootMode::Template => req.bundle.rootfs.clone(),
+            RootMode::Template | RootMode::Clone => req.bundle.rootfs.clone(),
             RootMode::Bundle => {
                 if plan.unprivileged {
                     check_searchable(&req.bundle.rootfs)?;
@@ -439,33 +509,41 @@ impl Backend for Driver {
         let volid = format!("{template_storage}:vztmpl/{}", tpl.name);
         d.template = Some(volid.clone());
         let gib = translate::root_volume_gib(tpl.data_bytes);
-        let vmid = self
-            .create_guest(
+        let made = if plan.root == RootMode::Clone {
+            self.create_clone(
+                req, &plan, &tpl.name, &volid, &storage, gib, &mut d, &mut save,
+            )
+        } else {
+            self.create_guest(
                 req,
                 |vmid| plan.create_args(vmid, &volid, &storage, gib),
                 &mut d,
                 &mut save,
             )
-            .inspect_err(|_| {
-                // A remembered storage may have gone from storage.cfg since:
-                // the next create asks the node again rather than failing
-                // the same way until someone deletes the cache.
-                if plan.storage.is_none() && self.settings.storage.is_none() {
-                    self.node().forget_root_storage();
-                }
-            })?;
+        };
+        let vmid = made.inspect_err(|_| {
+            // A remembered storage may have gone from storage.cfg since:
+            // the next create asks the node again rather than failing
+            // the same way until someone deletes the cache.
+            if plan.storage.is_none() && self.settings.storage.is_none() {
+                self.node().forget_root_storage();
+            }
+        })?;
         conf::append(&self.conf_path(vmid), &self.settings.lock_dir, vmid, &lines)
             .map_err(|source| DriverError::Conf { vmid, source })?;
         req.phases.add("pct create", phase.elapsed(), None);
         if !tpl.reused {
             // Our own template is still held shared, so it is never the one
             // evicted, even when it alone is over the limit.
+            let bases = self.bases();
+            let dependents = |name: &str| bases.remove_template(name).map_err(|e| e.to_string());
             cache::evict(
                 &self.tools,
                 &template_storage,
                 &dir,
                 &meta,
                 self.settings.template_cache_limits(),
+                &dependents,
             );
         }
         Ok(())
@@ -560,7 +638,15 @@ impl Backend for Driver {
         if !path.exists() {
             return;
         }
-        match cache::remove(&self.tools, &Meta::new(&self.state_root), name, volid) {
+        let bases = self.bases();
+        let dependents = |name: &str| bases.remove_template(name).map_err(|e| e.to_string());
+        match cache::remove(
+            &self.tools,
+            &Meta::new(&self.state_root),
+            name,
+            volid,
+            &dependents,
+        ) {
             Ok(true) => {}
             Ok(false) => tracing::debug!(template = %volid, "kept: another create uses it"),
             Err(e) => tracing::warn!(error = %e, "cannot discard the template this create made"),

@@ -1,6 +1,7 @@
 //! Proxmox VE LXC: every container is a `pct` guest of the node.
 
 pub mod apparmor;
+mod base;
 mod bundle_root;
 mod check;
 pub mod conf;

@@ -110,6 +110,28 @@ impl Node<'_> {
         self.choose_storage(StorageUse::Root, || self.storages(StorageUse::Root))
     }
 
+    /// The type of root storage `id` (`pvesm status`), asked once and then
+    /// remembered under the state root: root mode clone needs one whose
+    /// volumes pve-storage can clone linked.
+    pub fn storage_type(&self, id: &str) -> Result<String, DriverError> {
+        let cache = self.cache_file(&format!("storage-type.{id}"));
+        if let Ok(kind) = std::fs::read_to_string(&cache) {
+            if !kind.trim().is_empty() {
+                return Ok(kind.trim().to_string());
+            }
+        }
+        let rows = self.storages(StorageUse::Root)?;
+        let row = rows
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| DriverError::StorageList {
+                key: StorageUse::Root.key(),
+                message: format!("storage '{id}' is not an enabled storage for root volumes"),
+            })?;
+        self.remember(&cache, row.kind.as_bytes());
+        Ok(row.kind.clone())
+    }
+
     /// The template storage's directory, asked of `pvesm` once and then
     /// remembered under the state root.
     pub fn template_dir(&self, storage: &str) -> Result<PathBuf, DriverError> {
@@ -209,6 +231,8 @@ impl StorageUse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageRow {
     pub id: String,
+    /// The plugin type (`dir`, `lvmthin`, `zfspool`, ...).
+    pub kind: String,
     /// `active`, or why not (`inactive`, `disabled`).
     pub status: String,
     pub total_kib: u64,
@@ -232,9 +256,10 @@ fn storage_rows(out: &str) -> Result<Vec<StorageRow>, String> {
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             match f.as_slice() {
-                [id, _kind, status, total, _used, avail, ..] if is_storage_id(id) => {
+                [id, kind, status, total, _used, avail, ..] if is_storage_id(id) => {
                     Ok(StorageRow {
                         id: id.to_string(),
+                        kind: kind.to_string(),
                         status: status.to_string(),
                         // Sizes only inform `nexcage check`; a create must
                         // not fail over them.
@@ -271,6 +296,7 @@ mod tests {
         let rows = storage_rows(out).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].id, "local-lvm");
+        assert_eq!(rows[0].kind, "lvmthin");
         assert_eq!(rows[0].available_kib, 19922944);
         assert_eq!(rows[0].total_kib, 20971520);
         assert_eq!(rows[1].status, "inactive");

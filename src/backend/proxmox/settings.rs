@@ -44,6 +44,11 @@ pub enum RootMode {
     /// volume holds only a stub: create costs the same whatever the image's
     /// size, writes land in the bundle as with runc.
     Bundle,
+    /// As `template`, but the archive is unpacked once into a base guest
+    /// made a Proxmox template, and each guest is a linked clone of it (a
+    /// thin snapshot): storages with linked clones only (LVM-thin, ZFS, RBD,
+    /// btrfs).
+    Clone,
 }
 
 impl RootMode {
@@ -51,6 +56,7 @@ impl RootMode {
         match s {
             "template" => Some(RootMode::Template),
             "bundle" => Some(RootMode::Bundle),
+            "clone" => Some(RootMode::Clone),
             _ => None,
         }
     }

@@ -54,6 +54,8 @@ pub enum CacheError {
     List { storage: String, source: PctError },
     #[error("cannot remove template {volid}: {source}")]
     Remove { volid: String, source: PctError },
+    #[error("cannot remove template {volid}: {message}")]
+    Dependents { volid: String, message: String },
 }
 
 // ---------------------------------------------------------------------------
@@ -533,12 +535,34 @@ pub fn choose_evictions<'a>(
     out
 }
 
+/// What was made from a template and goes before it (root mode clone's
+/// base guests): called under the template's exclusive lock; Ok(false)
+/// keeps the template, an Err is the reason it cannot go.
+pub type Dependents<'a> = &'a dyn Fn(&str) -> Result<bool, String>;
+
 /// Remove template `name` (volume `volid`) through pveam under its
-/// exclusive lock. Ok(false) when a create holds it.
-pub fn remove(tools: &Tools, meta: &Meta, name: &str, volid: &str) -> Result<bool, CacheError> {
+/// exclusive lock, after `dependents`. Ok(false) when a create holds it or
+/// a dependent stays.
+pub fn remove(
+    tools: &Tools,
+    meta: &Meta,
+    name: &str,
+    volid: &str,
+    dependents: Dependents,
+) -> Result<bool, CacheError> {
     let Some(lock) = meta.try_lock_exclusive(name)? else {
         return Ok(false);
     };
+    match dependents(name) {
+        Ok(true) => {}
+        Ok(false) => return Ok(false),
+        Err(message) => {
+            return Err(CacheError::Dependents {
+                volid: volid.to_string(),
+                message,
+            })
+        }
+    }
     match tools.pveam(["remove", volid]) {
         Ok(_) => {}
         // Gone already (another root's prune, an admin): what we wanted.
@@ -556,7 +580,14 @@ pub fn remove(tools: &Tools, meta: &Meta, name: &str, volid: &str) -> Result<boo
 
 /// Evict least recently used templates until `limits` hold; a failure is
 /// only logged, since the create that called it has succeeded.
-pub fn evict(tools: &Tools, storage: &str, dir: &Path, meta: &Meta, limits: Limits) {
+pub fn evict(
+    tools: &Tools,
+    storage: &str,
+    dir: &Path,
+    meta: &Meta,
+    limits: Limits,
+    dependents: Dependents,
+) {
     if limits == Limits::default() {
         return;
     }
@@ -571,7 +602,7 @@ pub fn evict(tools: &Tools, storage: &str, dir: &Path, meta: &Meta, limits: Limi
     // becomes busy after is caught by remove's own try-lock.
     let busy = |e: &Template| !matches!(meta.try_lock_exclusive(&e.name), Ok(Some(_)));
     for e in choose_evictions(&entries, limits, &busy) {
-        match remove(tools, meta, &e.name, &e.volid) {
+        match remove(tools, meta, &e.name, &e.volid, dependents) {
             Ok(true) => {
                 tracing::info!(template = %e.volid, bytes = e.bytes, "evicted least recently used template")
             }

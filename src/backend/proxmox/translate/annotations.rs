@@ -178,7 +178,8 @@ impl Annotations {
                     a.unprivileged = Some(flag(v).ok_or_else(|| bad("0 or 1"))?);
                 }
                 "org.proxmox.root" => {
-                    a.root = Some(RootMode::parse(v).ok_or_else(|| bad("template or bundle"))?);
+                    a.root =
+                        Some(RootMode::parse(v).ok_or_else(|| bad("template, bundle or clone"))?);
                 }
                 _ => {
                     return Err(field(
@@ -342,7 +343,7 @@ mod tests {
         let err = plan(&s, &node, HOST).unwrap_err().to_string();
         assert_eq!(
             err,
-            "config.json: annotations.org.proxmox.root: \"copy\" is not template or bundle"
+            "config.json: annotations.org.proxmox.root: \"copy\" is not template, bundle or clone"
         );
     }
 }

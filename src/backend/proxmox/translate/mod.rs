@@ -65,6 +65,9 @@ fn conf_err(f: impl Into<String>) -> impl FnOnce(ConfError) -> TranslateError {
     move |e| field(f, e.to_string())
 }
 
+/// What a linked clone has from its base and keeps (root mode clone).
+const BASE_OPTIONS: &[&str] = &["ostype", "unprivileged"];
+
 /// The `pct create` options, raw lines and init settings for one bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PctPlan {
@@ -96,21 +99,94 @@ impl PctPlan {
         storage: &str,
         measured_gib: u64,
     ) -> Vec<String> {
+        self.create_with(vmid, volid, storage, measured_gib, |_| true)
+    }
+
+    /// The root volume: the annotation's storage, else `storage`, and the
+    /// annotation's size, else `measured_gib`.
+    pub fn root_volume(&self, storage: &str, measured_gib: u64) -> (String, String) {
         let storage = self.storage.as_deref().unwrap_or(storage);
-        let mut args = vec!["create".to_string(), vmid.to_string(), volid.to_string()];
-        for (k, v) in &self.options {
-            args.push(format!("--{k}"));
-            args.push(v.clone());
-        }
         let size = self
             .rootfs_size
             .clone()
             .unwrap_or_else(|| measured_gib.to_string());
+        (storage.to_string(), size)
+    }
+
+    fn create_with(
+        &self,
+        vmid: u32,
+        volid: &str,
+        storage: &str,
+        measured_gib: u64,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let (storage, size) = self.root_volume(storage, measured_gib);
+        let mut args = vec!["create".to_string(), vmid.to_string(), volid.to_string()];
+        for (k, v) in self.options.iter().filter(|(k, _)| keep(k)) {
+            args.push(format!("--{k}"));
+            args.push(v.clone());
+        }
         args.push("--rootfs".into());
         args.push(format!("{storage}:{size}"));
         args.push("--storage".into());
-        args.push(storage.into());
+        args.push(storage);
         args
+    }
+
+    /// Root mode clone: the base's `pct create`, with only the options a
+    /// clone keeps from its base and `pct set` cannot change (`unprivileged`
+    /// is fixed once the archive is unpacked with or without the id shift)
+    /// and the OS type, which the base's own start-up configuration needs.
+    pub fn base_args(
+        &self,
+        vmid: u32,
+        volid: &str,
+        storage: &str,
+        measured_gib: u64,
+    ) -> Vec<String> {
+        let mut args = self.create_with(vmid, volid, storage, measured_gib, |k| {
+            BASE_OPTIONS.contains(&k)
+        });
+        args.extend(["--hostname".into(), format!("nexcage-base-{vmid}")]);
+        args
+    }
+
+    /// Root mode clone: `pct clone` of the base, named as `pct create`
+    /// would name the guest (its hostname, else `CT<vmid>`).
+    pub fn clone_args(&self, base: u32, vmid: u32) -> Vec<String> {
+        let hostname = self
+            .options
+            .iter()
+            .find(|(k, _)| k == "hostname")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| format!("CT{vmid}"));
+        vec![
+            "clone".into(),
+            base.to_string(),
+            vmid.to_string(),
+            "--hostname".into(),
+            hostname,
+        ]
+    }
+
+    /// Root mode clone: the guest's own options, set on the clone (which
+    /// has the base's). None when there are none.
+    pub fn set_args(&self, vmid: u32) -> Option<Vec<String>> {
+        let own: Vec<&(String, String)> = self
+            .options
+            .iter()
+            .filter(|(k, _)| !BASE_OPTIONS.contains(&k.as_str()) && k != "hostname")
+            .collect();
+        if own.is_empty() {
+            return None;
+        }
+        let mut args = vec!["set".to_string(), vmid.to_string()];
+        for (k, v) in own {
+            args.push(format!("--{k}"));
+            args.push(v.clone());
+        }
+        Some(args)
     }
 
     fn opt(&mut self, k: impl Into<String>, v: impl Into<String>) {
@@ -272,6 +348,67 @@ impl<'a> Translator<'a> {
 mod tests {
     use super::test_support::{spec, HOST};
     use super::*;
+
+    #[test]
+    fn a_clone_gets_from_its_base_only_what_set_cannot_change() {
+        let p = plan(
+            &spec(serde_json::json!({"hostname": "web", "linux": {"uidMappings": [
+                {"containerID": 0, "hostID": 100000, "size": 65536}],
+                "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+                "namespaces": [{"type": "user"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]}})),
+            &ProxmoxSettings::default(),
+            HOST,
+        )
+        .unwrap();
+        assert!(p.unprivileged);
+        let create = p.create_args(150, "local:vztmpl/t.tar.zst", "local-lvm", 2);
+        let base = p.base_args(90, "local:vztmpl/t.tar.zst", "local-lvm", 2);
+        assert_eq!(
+            base,
+            [
+                "create",
+                "90",
+                "local:vztmpl/t.tar.zst",
+                "--ostype",
+                "unmanaged",
+                "--unprivileged",
+                "1",
+                "--rootfs",
+                "local-lvm:2",
+                "--storage",
+                "local-lvm",
+                "--hostname",
+                "nexcage-base-90"
+            ]
+        );
+        assert_eq!(
+            p.clone_args(90, 150),
+            ["clone", "90", "150", "--hostname", "web"]
+        );
+        let set = p.set_args(150).unwrap();
+        assert_eq!(set[..2], ["set", "150"]);
+        // Every create option is in exactly one of the three.
+        let opts = |a: &[String]| -> Vec<String> {
+            a.iter().filter(|x| x.starts_with("--")).cloned().collect()
+        };
+        let mut split = opts(&base);
+        split.retain(|o| o != "--hostname" && o != "--rootfs" && o != "--storage");
+        split.extend(opts(&set));
+        split.push("--hostname".into());
+        let mut all = opts(&create);
+        all.retain(|o| o != "--rootfs" && o != "--storage");
+        split.sort();
+        all.sort();
+        assert_eq!(split, all);
+        // Without a hostname the clone is named as pct create names a guest.
+        let anon = plan(
+            &spec(serde_json::json!({})),
+            &ProxmoxSettings::default(),
+            HOST,
+        )
+        .unwrap();
+        assert_eq!(anon.clone_args(90, 151)[4], "CT151");
+    }
 
     #[test]
     fn minimal_bundle_gives_unmanaged_privileged_guest_on_the_bridge() {
