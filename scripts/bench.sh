@@ -4,8 +4,9 @@
 # ratios, not seconds), then a table against issue 12's targets.
 #   scripts/bench.sh [ITERATIONS]       (default 10)
 # Measures, for a busybox rootfs and a Debian bookworm minbase rootfs
-# (debootstrap, cached under target/bench/debian-rootfs), in both root
-# modes (template: converted and unpacked; bundle: the rootfs itself):
+# (debootstrap, cached under target/bench/debian-rootfs), in each root
+# mode (template: converted and unpacked; bundle: the rootfs itself; clone:
+# a linked clone of a base guest unpacked once per image):
 # - `run` of a process that exits at once (create+start+wait+delete);
 # - `podman run --rm IMAGE true` with nexcage and with runc as podman's
 #   runtime (conmon, image, networking and all);
@@ -144,15 +145,23 @@ row() { # figure, nexcage, reference, ratio, target (awk condition on r), target
 # per container; podman below uses that).
 bundle_config="$work/bundle-mode.toml"
 { cat "$NEXCAGE_CONFIG"; echo 'root = "bundle"'; } > "$bundle_config"
+clone_config="$work/clone-mode.toml"
+{ cat "$NEXCAGE_CONFIG"; echo 'root = "clone"'; } > "$clone_config"
+config_of() { # mode
+  case $1 in
+    bundle) echo "$bundle_config" ;;
+    clone) echo "$clone_config" ;;
+    *) echo "$NEXCAGE_CONFIG" ;;
+  esac
+}
 echo "iterations: $n (medians)"
 for img in busybox debian; do
   cd "$work/$img"
   runc_ms=$(time_loop runc --root "$work/runc" run --bundle .)
   printf '%-40s %10s ms\n' "$img: runc run (create..delete)" "$runc_ms"
-  for mode in template bundle; do
-    cfg=$NEXCAGE_CONFIG
-    [ "$mode" = bundle ] && cfg=$bundle_config
-    # Converts the template (or the stub) once.
+  for mode in template bundle clone; do
+    cfg=$(config_of "$mode")
+    # Converts the template (or the stub) once, and makes the clone base.
     NEXCAGE_CONFIG=$cfg "$nexcage" --root "$work/nx" run --bundle . warm >/dev/null
     nx_ms=$(NEXCAGE_CONFIG=$cfg time_loop "$nexcage" --root "$work/nx" run --bundle .)
     r=$(ratio "$nx_ms" "$runc_ms")
@@ -190,9 +199,8 @@ for i in 1 2; do
 done
 runc_pss=$(mean_pss "${pids[@]}")
 for i in 1 2; do runc --root "$work/runc" delete --force "m$i"; done
-for mode in template bundle; do
-  cfg=$NEXCAGE_CONFIG
-  [ "$mode" = bundle ] && cfg=$bundle_config
+for mode in template bundle clone; do
+  cfg=$(config_of "$mode")
   pids=()
   for i in 1 2; do
     NEXCAGE_CONFIG=$cfg "$nexcage" --root "$work/nx" create --bundle . "m$i" </dev/null >/dev/null 2>&1
@@ -327,7 +335,7 @@ for img in busybox debian; do
   [ "$img" = debian ] && image=$DEBIAN_IMAGE target=2.0
   podman_runc_ms=$(podman_loop runc "$image")
   printf '%-40s %10s ms\n' "$img: podman run --rm (runc)" "$podman_runc_ms"
-  for mode in template bundle; do
+  for mode in template bundle clone; do
     podman_any --runtime nexcage run --rm --annotation "org.proxmox.root=$mode" "$image" true >/dev/null   # converts once
     podman_nx_ms=$(podman_loop nexcage "$image" --annotation "org.proxmox.root=$mode")
     r=$(ratio "$podman_nx_ms" "$podman_runc_ms")

@@ -135,6 +135,19 @@ check "  podman cp reads the write" [ "$(podman_nx cp "$id":/zero-copy - | tar -
 check "podman rm" quiet podman_nx rm "$id"
 check "  nothing left" eventually nothing_left
 
+# Root mode clone: one base guest per image, made a Proxmox template, and
+# every container a linked clone of it.
+base_guests() { for v in $(guests); do pct config "$v" | grep -qx 'template: 1' && echo "$v"; done; return 0; }
+out=$(podman_nx run --rm --annotation org.proxmox.root=clone "$IMAGE" sh -c 'echo one > /w; cat /w')
+check "podman run in root mode clone" [ "$out" = one ]
+out=$(podman_nx run --rm --annotation org.proxmox.root=clone "$IMAGE" sh -c 'cat /w 2>/dev/null || echo fresh')
+check "  a second run is a clone of the image, not of the first" [ "$out" = fresh ]
+check "  two runs of one image, one base guest" [ "$(base_guests | wc -l)" = 1 ]
+only_the_base_left() { [ "$(guests)" = "$(base_guests)" ]; }
+check "  no guest left but the base" eventually only_the_base_left
+check "  prune removes the base with its template" prune_all
+check "  nothing left" eventually nothing_left
+
 out=$(in_pty 'tty; stty size; echo typed-$((6*7)); exit 3' podman --root "$W/storage" --runroot "$W/run" --runtime nexcage run -it --rm "$IMAGE" sh); rc=$?
 check "podman run -it: the process has a terminal" grep -q '^/dev/pts/' <<<"$out"
 check "  of the client's size" grep -q '^33 101' <<<"$out"

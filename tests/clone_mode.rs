@@ -72,7 +72,6 @@ fn containers_of_one_image_are_clones_of_one_base() {
         assert!(node.run(["start", id]).status.success());
         node.wait_status(id, "stopped");
     }
-    // Each clone has its own root: the other's write is not there.
     let out = node.run(["delete", "c1"]);
     assert!(out.status.success(), "delete: {}", stderr(&out));
     let out = node.run(["delete", "c2"]);
@@ -131,8 +130,16 @@ fn clone_mode_on_a_storage_without_linked_clones_is_refused_with_nothing_made() 
     assert_clean(&node);
 }
 
+/// Points nexcage's `pct` at `path`.
+fn use_pct(node: &Node, path: &std::path::Path) {
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
+    let (before, rest) = cfg.split_once("pct = ").unwrap();
+    let (_, after) = rest.split_once('\n').unwrap();
+    std::fs::write(&node.config, format!("{before}pct = {path:?}\n{after}")).unwrap();
+}
+
 #[test]
-fn a_failed_set_destroys_the_clone_and_keeps_the_base() {
+fn a_failed_set_destroys_the_clone_and_keeps_only_a_base_made_before() {
     let node = Node::new();
     // pct as the node has it, except that `pct set` fails.
     let wrapper = node.root().join("pct-failing-set");
@@ -150,21 +157,26 @@ fn a_failed_set_destroys_the_clone_and_keeps_the_base() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let cfg = std::fs::read_to_string(&node.config).unwrap();
-    std::fs::write(
-        &node.config,
-        cfg.replace(
-            &format!("pct = {:?}", real),
-            &format!("pct = {:?}", wrapper),
-        ),
-    )
-    .unwrap();
+    use_pct(&node, &wrapper);
     let bundle = clone_bundle(&node, "s", false, "true");
+    // The create that converted the template discards it, and so its base.
     let out = node.create(&bundle, "s", &[]);
     fails_with(&out, "unable to set: simulated");
-    // Only the base is left: no clone, no state, no reservation but the base's.
-    assert_eq!(node.vmids(), bases(&node));
-    assert_eq!(bases(&node).len(), 1);
+    assert!(node.vmids().is_empty(), "{:?}", node.vmids());
+    assert!(node.templates().is_empty(), "{:?}", node.templates());
+    assert_clean(&node);
+
+    // With the template and its base made by a create that succeeded, a
+    // failed one leaves the base for the next create, and nothing else.
+    use_pct(&node, &real);
+    let out = node.run_bundle(&bundle, "ok");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let base = bases(&node);
+    assert_eq!(base.len(), 1);
+    use_pct(&node, &wrapper);
+    let out = node.create(&bundle, "s", &[]);
+    fails_with(&out, "unable to set: simulated");
+    assert_eq!(node.vmids(), base);
     prune_all(&node);
     assert_clean(&node);
 }
