@@ -141,6 +141,22 @@ fn a_node_without_a_rootdir_storage_fails_the_check() {
 }
 
 #[test]
+fn root_mode_clone_on_a_storage_without_linked_clones_fails_the_check() {
+    let node = Node::with_config("root = \"clone\"");
+    // local-lvm (lvmthin) clones linked: a stock node passes.
+    let out = check(&node, "text");
+    assert_eq!(out.status.code(), Some(0), "{:#?}", statuses(&out));
+    // Root volumes on the dir storage `local` instead.
+    std::fs::write(
+        node.root().join("etc/pve/storage.cfg"),
+        "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup,import,rootdir\n",
+    )
+    .unwrap();
+    let _ = std::fs::remove_dir_all(node.state_root().join("~nexcage/cache"));
+    assert_fails(&node, "storage rootdir", "lvmthin, zfspool, rbd or btrfs");
+}
+
+#[test]
 fn a_node_without_its_bridge_fails_the_check() {
     let node = Node::new();
     let netns = std::fs::read_to_string(node.root().join("run/pve-sim/netns")).unwrap();

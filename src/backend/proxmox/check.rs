@@ -7,10 +7,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::base::LINKED_CLONE_TYPES;
 use super::driver::DriverError;
 use super::node::{Node, StorageUse};
 use super::pct;
-use super::settings::ProxmoxSettings;
+use super::settings::{ProxmoxSettings, RootMode};
 use super::translate::namespaces::DEFAULT_IDMAP;
 use crate::backend::{Check, Template};
 
@@ -133,7 +134,17 @@ fn storage(node: &Node, usage: StorageUse) -> (Check, Option<String>) {
         gib(row.available_kib),
         gib(row.total_kib)
     );
-    let check = if row.status != "active" {
+    let clone_mode = usage == StorageUse::Root && node.settings.root == RootMode::Clone;
+    let check = if clone_mode && !LINKED_CLONE_TYPES.contains(&row.kind.as_str()) {
+        Check::fail(
+            name,
+            format!(
+                "{}: root = \"clone\" needs linked clones, and a {} storage has none",
+                row.id, row.kind
+            ),
+            "set storage to an lvmthin, zfspool, rbd or btrfs storage, or another root mode",
+        )
+    } else if row.status != "active" {
         Check::fail(
             name,
             format!("{}: {}", row.id, row.status),

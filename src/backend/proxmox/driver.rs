@@ -531,7 +531,12 @@ impl Backend for Driver {
         })?;
         conf::append(&self.conf_path(vmid), &self.settings.lock_dir, vmid, &lines)
             .map_err(|source| DriverError::Conf { vmid, source })?;
-        req.phases.add("pct create", phase.elapsed(), None);
+        let step = if plan.root == RootMode::Clone {
+            "pct clone"
+        } else {
+            "pct create"
+        };
+        req.phases.add(step, phase.elapsed(), None);
         if !tpl.reused {
             // Our own template is still held shared, so it is never the one
             // evicted, even when it alone is over the limit.
