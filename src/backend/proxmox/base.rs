@@ -45,6 +45,8 @@ pub enum BaseError {
     },
     #[error(transparent)]
     Vmid(#[from] VmidError),
+    #[error("base guest {vmid} for template {template}: pct template left it no template")]
+    NotTemplate { vmid: u32, template: String },
 }
 
 /// What a base is made for.
@@ -92,19 +94,22 @@ impl Bases<'_> {
 
     /// The VMID of the base for `key`, made now if there is none:
     /// `create_args(vmid)` is its `pct create`, then `pct template`. A
-    /// failure destroys what was made and frees the VMID.
+    /// failure destroys what was made and frees the VMID. The base's lock
+    /// comes with it, to be held while the caller clones it: `pct clone`
+    /// takes the source's `disk` lock, so a second clone of the same base
+    /// at the same time would fail with "CT is locked (disk)".
     pub fn ensure(
         &self,
         key: &BaseKey,
         create_args: impl Fn(u32) -> Vec<String>,
-    ) -> Result<u32, BaseError> {
+    ) -> Result<(u32, Flock<File>), BaseError> {
         let dir = self.root().join(key.dir_name());
         mkdir(&dir)?;
-        let _lock = lock(&dir)?;
+        let lock = lock(&dir)?;
         let record = dir.join("base.json");
         if let Some(vmid) = read(&record).map(|r| r.vmid) {
             if is_template(&self.conf_dir.join(format!("{vmid}.conf"))) {
-                return Ok(vmid);
+                return Ok((vmid, lock));
             }
             // Made by us, then destroyed or never finished: make it again.
             self.destroy(vmid, &key.template)?;
@@ -117,6 +122,7 @@ impl Bases<'_> {
             .into_owned();
         let reservation = self.alloc.reserve(&owner, &Default::default())?;
         let vmid = reservation.vmid;
+        let conf = self.conf_dir.join(format!("{vmid}.conf"));
         let made = (|| {
             self.pct(vmid, &key.template, create_args(vmid))?;
             self.pct(
@@ -124,6 +130,14 @@ impl Bases<'_> {
                 &key.template,
                 vec!["template".into(), vmid.to_string()],
             )?;
+            // pct template runs its work as a task: a failure there is
+            // printed, but pct still exits 0 (API2 `template` returns undef).
+            if !is_template(&conf) {
+                return Err(BaseError::NotTemplate {
+                    vmid,
+                    template: key.template.clone(),
+                });
+            }
             let text = serde_json::to_vec(&Record {
                 vmid,
                 template: key.template.clone(),
@@ -136,7 +150,7 @@ impl Bases<'_> {
             })
         })();
         match made {
-            Ok(()) => Ok(reservation.keep()),
+            Ok(()) => Ok((reservation.keep(), lock)),
             Err(e) => {
                 if let Err(undo) = self.destroy(vmid, &key.template) {
                     tracing::warn!(vmid, error = %undo, "cannot destroy the failed base");

@@ -256,12 +256,13 @@ impl Driver {
             size,
         };
         let phase = Instant::now();
-        let base = self
+        let (base, cloning) = self
             .bases()
             .ensure(&key, |vmid| plan.base_args(vmid, volid, storage, gib))
             .map_err(DriverError::from)?;
         req.phases.add("base", phase.elapsed(), None);
         let vmid = self.create_guest(req, |vmid| plan.clone_args(base, vmid), data, save)?;
+        drop(cloning);
         if let Some(args) = plan.set_args(vmid) {
             if let Err(e) = self.tools.pct(args) {
                 if let Err(undo) = self.destroy_guest(vmid) {
