@@ -180,3 +180,38 @@ fn a_failed_set_destroys_the_clone_and_keeps_only_a_base_made_before() {
     prune_all(&node);
     assert_clean(&node);
 }
+
+#[test]
+fn concurrent_creates_of_one_image_clone_its_base_in_turn() {
+    let node = Node::new();
+    // The base first, so that the creates below meet only at the clone,
+    // which takes the base's `disk` lock for its duration.
+    let first = clone_bundle(&node, "k0", false, "true");
+    let out = node.run_bundle(&first, "k0");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ids: Vec<String> = (1..=4).map(|i| format!("k{i}")).collect();
+    let bundles: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| clone_bundle(&node, id, false, "true"))
+        .collect();
+    let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .zip(&bundles)
+            .map(|(id, b)| s.spawn(|| node.create(b, id, &["--debug"])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (id, out) in ids.iter().zip(&outs) {
+        assert!(out.status.success(), "create {id}: {}", stderr(out));
+        // Not one clone met another's lock (then taken for a VMID taken).
+        assert!(!stderr(out).contains("is locked"), "{id}: {}", stderr(out));
+    }
+    assert_eq!(bases(&node).len(), 1);
+    for id in &ids {
+        let out = node.run(["delete", id]);
+        assert!(out.status.success(), "delete {id}: {}", stderr(&out));
+    }
+    prune_all(&node);
+    assert_clean(&node);
+}
