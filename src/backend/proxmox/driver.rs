@@ -22,7 +22,7 @@ use super::translate::{self, HostFacts, TranslateError};
 use super::update::UpdateRequest;
 use super::vmid::{self, Allocator, VmidError};
 use crate::backend::{
-    Backend, BackendError, Check, Guest, Provision, Save, Template, TemplateStore, Temporaries,
+    Backend, BackendError, Check, Guest, Provision, Save, Template, TemplateStore,
 };
 use crate::bridge::settings::INIT_SETTINGS_FILE;
 use crate::bridge::{BridgeDir, INIT_CMD, INIT_PATH, MOUNT_TARGET};
@@ -152,9 +152,9 @@ impl GuestData {
 const MAX_VMID_RETRIES: usize = 32;
 
 pub struct Driver {
-    settings: ProxmoxSettings,
-    tools: Tools,
-    state_root: PathBuf,
+    pub(super) settings: ProxmoxSettings,
+    pub(super) tools: Tools,
+    pub(super) state_root: PathBuf,
 }
 
 impl Driver {
@@ -168,7 +168,7 @@ impl Driver {
         }
     }
 
-    fn node(&self) -> Node<'_> {
+    pub(super) fn node(&self) -> Node<'_> {
         Node {
             settings: &self.settings,
             tools: &self.tools,
@@ -180,16 +180,8 @@ impl Driver {
         Allocator::new(&self.settings, &self.tools, &self.state_root)
     }
 
-    /// The template storage, its directory and what this root keeps about
-    /// its templates, for `nexcage template`.
-    fn template_store(&self) -> Result<(String, PathBuf, Meta), DriverError> {
-        let storage = self.node().template_storage()?;
-        let dir = self.node().template_dir(&storage)?;
-        Ok((storage, dir, Meta::new(&self.state_root)))
-    }
-
     /// nexcage's templates on `storage`.
-    fn templates_on(&self, storage: &str) -> Result<Vec<Template>, DriverError> {
+    pub(super) fn templates_on(&self, storage: &str) -> Result<Vec<Template>, DriverError> {
         let dir = self.node().template_dir(storage)?;
         let meta = Meta::new(&self.state_root);
         Ok(cache::list(&self.tools, storage, &dir, &meta)?)
@@ -276,6 +268,13 @@ impl Driver {
         Ok(vmid)
     }
 
+    /// The bases of template `name` go before it (cache::Dependents).
+    pub(super) fn release_bases(&self, name: &str) -> Result<bool, String> {
+        self.bases()
+            .remove_template(name)
+            .map_err(|e| e.to_string())
+    }
+
     fn bases(&self) -> Bases<'_> {
         Bases {
             tools: &self.tools,
@@ -317,44 +316,6 @@ impl Driver {
         data.vmid = None;
         save(data)?;
         Err(DriverError::VmidRace(taken.len()).into())
-    }
-}
-
-/// `nexcage template`: the converted templates on the template storage,
-/// listed and removed through pveam.
-impl TemplateStore for Driver {
-    fn list(&self) -> Result<Vec<Template>, BackendError> {
-        let storage = self.node().template_storage()?;
-        Ok(self.templates_on(&storage)?)
-    }
-
-    fn temporaries(&self) -> Result<Temporaries, BackendError> {
-        let (_, dir, _) = self.template_store()?;
-        Ok(cache::temps(&dir))
-    }
-
-    fn busy(&self, name: &str) -> Result<bool, BackendError> {
-        let meta = Meta::new(&self.state_root);
-        let lock = meta.try_lock_exclusive(name).map_err(DriverError::from)?;
-        Ok(lock.is_none())
-    }
-
-    /// `pveam remove` under the template's exclusive lock.
-    fn remove(&self, t: &Template) -> Result<bool, BackendError> {
-        let meta = Meta::new(&self.state_root);
-        let bases = self.bases();
-        let dependents = |name: &str| bases.remove_template(name).map_err(|e| e.to_string());
-        Ok(
-            cache::remove(&self.tools, &meta, &t.name, &t.volid, &dependents)
-                .map_err(DriverError::from)?,
-        )
-    }
-
-    fn used_by(&self, data: &Value) -> Option<String> {
-        let d = GuestData::deserialize(data).ok()?;
-        let volid = d.template?;
-        let (_, name) = volid.split_once(":vztmpl/")?;
-        Some(name.to_string())
     }
 }
 
@@ -541,15 +502,13 @@ impl Backend for Driver {
         if !tpl.reused {
             // Our own template is still held shared, so it is never the one
             // evicted, even when it alone is over the limit.
-            let bases = self.bases();
-            let dependents = |name: &str| bases.remove_template(name).map_err(|e| e.to_string());
             cache::evict(
                 &self.tools,
                 &template_storage,
                 &dir,
                 &meta,
                 self.settings.template_cache_limits(),
-                &dependents,
+                &|n| self.release_bases(n),
             );
         }
         Ok(())

@@ -12,6 +12,7 @@ mod node;
 pub mod pct;
 pub mod settings;
 pub mod template;
+mod template_store;
 pub mod translate;
 mod update;
 pub mod vmid;
