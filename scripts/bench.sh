@@ -26,7 +26,25 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 if [ -z "${PVE_SIM_ROOT:-}" ]; then
-  exec "$repo/scripts/with-sim" "$repo/scripts/bench.sh" "$@"
+  # The node on a btrfs file system of its own, as its thin pool: there the
+  # simulator's linked clone of a base volume is a reflink, constant in
+  # time as a node's LVM-thin snapshot (`lvcreate -s`). On this machine's
+  # ext4 it would copy the base's data instead (docs/pve-sim.md).
+  if ! command -v mkfs.btrfs >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq btrfs-progs >/dev/null
+  fi
+  mkdir -p "$repo/target/bench"
+  thin=$repo/target/bench/thin-pool.img
+  pool=$(mktemp -d /run/nexcage-bench.XXXXXX)
+  trap 'umount -l "$pool" 2>/dev/null; rmdir "$pool"; rm -f "$thin"' EXIT
+  rm -f "$thin"
+  truncate -s 64G "$thin"
+  mkfs.btrfs -q -f "$thin"
+  mount -o loop "$thin" "$pool"
+  chmod 755 "$pool"
+  status=0
+  PVE_SIM_NODE_PARENT=$pool "$repo/scripts/with-sim" "$repo/scripts/bench.sh" "$@" || status=$?
+  exit "$status"
 fi
 n=${1:-10}
 case $n in '' | *[!0-9]* | 0) echo "usage: $0 [ITERATIONS>0]" >&2; exit 2 ;; esac
