@@ -26,25 +26,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 if [ -z "${PVE_SIM_ROOT:-}" ]; then
-  # The node on a btrfs file system of its own, as its thin pool: there the
-  # simulator's linked clone of a base volume is a reflink, constant in
-  # time as a node's LVM-thin snapshot (`lvcreate -s`). On this machine's
-  # ext4 it would copy the base's data instead (docs/pve-sim.md).
-  if ! command -v mkfs.btrfs >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq btrfs-progs >/dev/null
-  fi
-  mkdir -p "$repo/target/bench"
-  thin=$repo/target/bench/thin-pool.img
-  pool=$(mktemp -d /run/nexcage-bench.XXXXXX)
-  trap 'umount -l "$pool" 2>/dev/null; rmdir "$pool"; rm -f "$thin"' EXIT
-  rm -f "$thin"
-  truncate -s 64G "$thin"
-  mkfs.btrfs -q -f "$thin"
-  mount -o loop "$thin" "$pool"
-  chmod 755 "$pool"
-  status=0
-  PVE_SIM_NODE_PARENT=$pool "$repo/scripts/with-sim" "$repo/scripts/bench.sh" "$@" || status=$?
-  exit "$status"
+  exec "$repo/scripts/with-sim" "$repo/scripts/bench.sh" "$@"
 fi
 n=${1:-10}
 case $n in '' | *[!0-9]* | 0) echo "usage: $0 [ITERATIONS>0]" >&2; exit 2 ;; esac
@@ -102,7 +84,30 @@ work=$(mktemp -d)
 chmod 755 "$work"
 # shellcheck source=scripts/lib/clients-env.sh
 . "$repo/scripts/lib/clients-env.sh"
-trap 'clients_cleanup; rm -rf --one-file-system "$work"' EXIT
+# The node's LVM-thin pool (its volume group's directory) on a btrfs file
+# system of its own: there the simulator's linked clone of a base volume is
+# a reflink, constant in time as a node's thin snapshot (`lvcreate -s`);
+# on this machine's ext4 it would copy the base's data (docs/pve-sim.md).
+# Every other file of the node stays where it was.
+command -v mkfs.btrfs >/dev/null || apt-get install -y -qq btrfs-progs >/dev/null
+thin_img="$repo/target/bench/thin-pool.img"
+thin_pool="$PVE_SIM_ROOT/dev/pve"
+rm -f "$thin_img"
+truncate -s 64G "$thin_img"
+mkfs.btrfs -q -f "$thin_img" >/dev/null 2>&1
+mkdir -p "$thin_pool"
+mount -o loop "$thin_img" "$thin_pool"
+# Root mode clone's bases are the only guests left at the end: they go
+# (with the templates) before the pool does.
+release_pool() {
+  local r
+  for r in "$work/nx" "$W/nexcage-podman"; do
+    [ -d "$r" ] && { "$nexcage" --root "$r" template prune --all >/dev/null 2>&1 || true; }
+  done
+  umount -l "$thin_pool" || true
+  rm -f "$thin_img"
+}
+trap 'clients_cleanup; release_pool; rm -rf --one-file-system "$work"' EXIT
 "$repo/fixtures/bundles/make-rootfs.sh" "$repo/target/fixtures"
 (cd "$repo" && cargo build -q --release -p nexcage)
 nexcage="$repo/target/x86_64-unknown-linux-gnu/release/nexcage"
