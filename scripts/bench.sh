@@ -97,6 +97,9 @@ truncate -s 64G "$thin_img"
 mkfs.btrfs -q -f "$thin_img" >/dev/null 2>&1
 mkdir -p "$thin_pool"
 mount -o loop "$thin_img" "$thin_pool"
+# No copy-on-write for the volumes' own writes (an LV has none either);
+# reflinks between such files still work.
+chattr +C "$thin_pool"
 # Root mode clone's bases are the only guests left at the end: they go
 # (with the templates) before the pool does.
 release_pool() {
