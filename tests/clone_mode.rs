@@ -215,3 +215,23 @@ fn concurrent_creates_of_one_image_clone_its_base_in_turn() {
     prune_all(&node);
     assert_clean(&node);
 }
+
+#[test]
+fn a_base_destroyed_behind_nexcages_back_is_made_again() {
+    let node = Node::new();
+    let bundle = clone_bundle(&node, "r1", false, "true");
+    let out = node.run_bundle(&bundle, "r1");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let old = bases(&node);
+    assert_eq!(old.len(), 1);
+    let out = node.pct(["destroy", &old[0].to_string()]);
+    assert!(out.status.success(), "pct destroy: {}", stderr(&out));
+    let out = node.run_bundle(&bundle, "r2");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let new = bases(&node);
+    assert_eq!(new.len(), 1);
+    // Its VMID reservation went with it: only the new base holds one.
+    assert_eq!(node.reservations().len(), 1, "{:?}", node.reservations());
+    prune_all(&node);
+    assert_clean(&node);
+}

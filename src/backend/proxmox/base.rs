@@ -124,6 +124,18 @@ impl Bases<'_> {
         let vmid = reservation.vmid;
         let conf = self.conf_dir.join(format!("{vmid}.conf"));
         let made = (|| {
+            // Recorded before it exists: a create killed from here on leaves
+            // a record the next one (or prune) destroys the guest by.
+            let text = serde_json::to_vec(&Record {
+                vmid,
+                template: key.template.clone(),
+            })
+            .expect("record serializes");
+            write_atomic(&record, &text, 0o600).map_err(|e| BaseError::Io {
+                what: "write",
+                path: record.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
             self.pct(vmid, &key.template, create_args(vmid))?;
             self.pct(
                 vmid,
@@ -138,22 +150,21 @@ impl Bases<'_> {
                     template: key.template.clone(),
                 });
             }
-            let text = serde_json::to_vec(&Record {
-                vmid,
-                template: key.template.clone(),
-            })
-            .expect("record serializes");
-            write_atomic(&record, &text, 0o600).map_err(|e| BaseError::Io {
-                what: "write",
-                path: record.clone(),
-                source: io::Error::other(e.to_string()),
-            })
+            Ok(())
         })();
         match made {
             Ok(()) => Ok((reservation.keep(), lock)),
             Err(e) => {
-                if let Err(undo) = self.destroy(vmid, &key.template) {
-                    tracing::warn!(vmid, error = %undo, "cannot destroy the failed base");
+                match self.destroy(vmid, &key.template) {
+                    Ok(()) => {
+                        let _ = fs::remove_file(&record);
+                    }
+                    Err(undo) => {
+                        // The record stays, so the next create or prune
+                        // destroys the guest; the VMID stays ours till then.
+                        reservation.keep();
+                        tracing::warn!(vmid, error = %undo, "cannot destroy the failed base");
+                    }
                 }
                 Err(e)
             }
