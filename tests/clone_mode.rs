@@ -41,6 +41,14 @@ fn conf(node: &Node, id: &str) -> String {
     std::fs::read_to_string(node.root().join(format!("etc/pve/lxc/{vmid}.conf"))).unwrap()
 }
 
+/// `nexcage run` of `bundle` as `id`, which must exit 0.
+#[track_caller]
+fn run_ok(node: &Node, bundle: &std::path::Path, id: &str) -> std::process::Output {
+    let out = node.run_bundle(bundle, id);
+    assert_eq!(out.status.code(), Some(0), "{id}: {}", stderr(&out));
+    out
+}
+
 fn prune_all(node: &Node) {
     let out = node.run(["template", "prune", "--all"]);
     assert!(out.status.success(), "prune: {}", stderr(&out));
@@ -87,20 +95,17 @@ fn containers_of_one_image_are_clones_of_one_base() {
 fn a_clone_runs_the_image_and_writes_only_its_own_root() {
     let node = Node::new();
     let a = clone_bundle(&node, "wa", true, "echo a > /mark; cat /mark; ls /");
-    let out = node.run_bundle(&a, "wa");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_ok(&node, &a, "wa");
     assert!(stdout(&out).starts_with("a\n"), "{}", stdout(&out));
     assert!(stdout(&out).contains("bin"), "{}", stdout(&out));
     let b = clone_bundle(&node, "wb", true, "cat /mark 2>&1; echo done");
-    let out = node.run_bundle(&b, "wb");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_ok(&node, &b, "wb");
     assert!(stdout(&out).contains("No such file"), "{}", stdout(&out));
     assert_eq!(bases(&node).len(), 1);
     // A privileged container of the same image needs a base of its own
     // (an unprivileged base's files are shifted).
     let p = clone_bundle(&node, "wp", false, "true");
-    let out = node.run_bundle(&p, "wp");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(&node, &p, "wp");
     assert_eq!(bases(&node).len(), 2);
     prune_all(&node);
     assert_clean(&node);
@@ -169,8 +174,7 @@ fn a_failed_set_destroys_the_clone_and_keeps_only_a_base_made_before() {
     // With the template and its base made by a create that succeeded, a
     // failed one leaves the base for the next create, and nothing else.
     use_pct(&node, &real);
-    let out = node.run_bundle(&bundle, "ok");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(&node, &bundle, "ok");
     let base = bases(&node);
     assert_eq!(base.len(), 1);
     use_pct(&node, &wrapper);
@@ -187,8 +191,7 @@ fn concurrent_creates_of_one_image_clone_its_base_in_turn() {
     // The base first, so that the creates below meet only at the clone,
     // which takes the base's `disk` lock for its duration.
     let first = clone_bundle(&node, "k0", false, "true");
-    let out = node.run_bundle(&first, "k0");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(&node, &first, "k0");
     let ids: Vec<String> = (1..=4).map(|i| format!("k{i}")).collect();
     let bundles: Vec<PathBuf> = ids
         .iter()
@@ -220,14 +223,12 @@ fn concurrent_creates_of_one_image_clone_its_base_in_turn() {
 fn a_base_destroyed_behind_nexcages_back_is_made_again() {
     let node = Node::new();
     let bundle = clone_bundle(&node, "r1", false, "true");
-    let out = node.run_bundle(&bundle, "r1");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(&node, &bundle, "r1");
     let old = bases(&node);
     assert_eq!(old.len(), 1);
     let out = node.pct(["destroy", &old[0].to_string()]);
     assert!(out.status.success(), "pct destroy: {}", stderr(&out));
-    let out = node.run_bundle(&bundle, "r2");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(&node, &bundle, "r2");
     let new = bases(&node);
     assert_eq!(new.len(), 1);
     // Its VMID reservation went with it: only the new base holds one.

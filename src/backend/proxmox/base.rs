@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pct::{PctError, Tools};
 use super::vmid::{Allocator, VmidError};
-use crate::fsutil::{own_path, write_atomic};
+use crate::fsutil::{own_path, write_atomic, FileError};
 
 /// Storage types whose container volumes pve-storage can clone linked
 /// (`volume_has_feature(clone)` for a base volume): LVM-thin, ZFS, Ceph RBD
@@ -45,6 +45,8 @@ pub enum BaseError {
     },
     #[error(transparent)]
     Vmid(#[from] VmidError),
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("base guest {vmid} for template {template}: pct template left it no template")]
     NotTemplate { vmid: u32, template: String },
 }
@@ -131,11 +133,7 @@ impl Bases<'_> {
                 template: key.template.clone(),
             })
             .expect("record serializes");
-            write_atomic(&record, &text, 0o600).map_err(|e| BaseError::Io {
-                what: "write",
-                path: record.clone(),
-                source: io::Error::other(e.to_string()),
-            })?;
+            write_atomic(&record, &text, 0o600)?;
             self.pct(vmid, &key.template, create_args(vmid))?;
             self.pct(
                 vmid,
@@ -212,18 +210,9 @@ impl Bases<'_> {
     }
 
     fn destroy(&self, vmid: u32, template: &str) -> Result<(), BaseError> {
-        let id = vmid.to_string();
-        match self.tools.pct(["destroy", &id, "--purge", "1"]) {
-            Ok(_) => {}
-            Err(e) if e.stderr().contains("does not exist") => {}
-            Err(source) => {
-                return Err(BaseError::Pct {
-                    vmid,
-                    template: template.to_string(),
-                    source,
-                })
-            }
-        }
+        self.tools
+            .destroy(vmid)
+            .map_err(pct_error(vmid, template))?;
         self.alloc.release(vmid);
         Ok(())
     }
@@ -232,11 +221,15 @@ impl Bases<'_> {
         self.tools
             .pct(args)
             .map(drop)
-            .map_err(|source| BaseError::Pct {
-                vmid,
-                template: template.to_string(),
-                source,
-            })
+            .map_err(pct_error(vmid, template))
+    }
+}
+
+fn pct_error(vmid: u32, template: &str) -> impl FnOnce(PctError) -> BaseError + '_ {
+    move |source| BaseError::Pct {
+        vmid,
+        template: template.to_string(),
+        source,
     }
 }
 

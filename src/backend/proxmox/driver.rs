@@ -202,16 +202,7 @@ impl Driver {
 
     /// `pct destroy` (which stops a running guest) and the VMID's release.
     fn destroy_guest(&self, vmid: u32) -> Result<(), DriverError> {
-        let id = vmid.to_string();
-        match self
-            .tools
-            .pct(["destroy", &id, "--force", "1", "--purge", "1"])
-        {
-            Ok(_) => {}
-            // Already gone (destroyed by an admin, or never made): nothing to undo.
-            Err(e) if e.stderr().contains("does not exist") => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.tools.destroy(vmid)?;
         self.allocator().release(vmid);
         Ok(())
     }

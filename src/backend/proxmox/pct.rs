@@ -68,6 +68,18 @@ impl Tools {
         run(&self.pct, args, self.timeout)
     }
 
+    /// `pct destroy` of a guest (stopped first if it runs) and its volumes.
+    /// A guest already gone (an admin's destroy, a create that never made
+    /// it) is what was wanted, not an error.
+    pub fn destroy(&self, vmid: u32) -> Result<(), PctError> {
+        let id = vmid.to_string();
+        match self.pct(["destroy", &id, "--force", "1", "--purge", "1"]) {
+            Ok(_) => Ok(()),
+            Err(e) if e.stderr().contains("does not exist") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn pveam<I, S>(&self, args: I) -> Result<String, PctError>
     where
         I: IntoIterator<Item = S>,
